@@ -1,0 +1,421 @@
+//! Per-call overhead of tanker's layers next to their peers, in one run.
+//!
+//! Run with `cargo bench --bench overhead` (add `-- --quick` for a smoke run,
+//! or a filter such as `-- ready_call/` to run one group), then
+//! `python3 scripts/bench_table.py` for a Markdown summary.
+//!
+//! Groups (criterion benchmark groups), each with one function per variant:
+//!
+//! * `ready_call` – one service, `svc.ready().await?.call(x).await` in a loop
+//!   inside a single `block_on` on a current-thread runtime.
+//! * `oneshot`    – `svc.clone().oneshot(x).await` in the same kind of loop.
+//! * `two_tasks`  – a 2-worker multi-thread runtime; two tasks, released
+//!   together by a barrier, each do `iters` ready+call on their own clone of
+//!   ONE shared service. The reported time is the wall time from the first
+//!   task's start to the last task's end, i.e. ns per call per core.
+//! * `rejection`  – the cost of a call that is turned away: bulkheads that are
+//!   full (capacity 1, the slot held by an outstanding call whose inner future
+//!   never completes) and breakers forced open.
+//!
+//! Variants: `raw`, `tanker_bulkhead`, `tanker_breaker`, `tanker_stack`,
+//! `tower_limit`, `resilience_bulkhead`, `resilience_breaker`,
+//! `resilience_stack`.
+//!
+//! Configuration is chosen to be like-for-like: every bulkhead admits 64 calls
+//! at a time and never waits (tower: `load_shed` over `concurrency_limit`;
+//! tower-resilience: `reject_when_full()`, i.e. a zero max wait). The
+//! tower-resilience circuit breaker is given the same trip settings as
+//! tanker's default breaker (see `resilience_breaker_layer`). Layers whose
+//! state can be per-layer or per-service are built so that every service from
+//! one layer shares state (tower-resilience: `build_with_handle()`), which is
+//! tanker's model.
+//!
+//! The tower-resilience bulkhead in reject mode acquires its permit inside
+//! `tokio::time::timeout(Duration::ZERO, ..)`, so every runtime here has the
+//! time driver enabled (`enable_all`), for every variant alike.
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use tokio::runtime::{Builder, Runtime};
+use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+
+use tanker::breaker::BreakerLayer;
+use tanker::bulkhead::BulkheadLayer;
+use tanker::ServiceBuilderExt;
+
+use tower_resilience::bulkhead::BulkheadLayer as RBulkheadLayer;
+use tower_resilience::circuitbreaker::{
+    CircuitBreakerLayer as RBreakerLayer, CircuitBreakerHandle as RBreakerHandle,
+    SlidingWindowType,
+};
+
+/// Capacity of every bulkhead / concurrency limit in the throughput groups.
+const MAX_IN_FLIGHT: usize = 64;
+/// Request value that makes the rejection-group inner service pend forever.
+const HOLD: u64 = u64::MAX;
+
+// ---------------------------------------------------------------------------
+// Inner services
+// ---------------------------------------------------------------------------
+
+/// The service every variant wraps: returns its input, immediately.
+fn inner() -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Future<Output = Result<u64, Infallible>> + Send>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|x: u64| async move { Ok::<_, Infallible>(x) })
+}
+
+/// Like [`inner`], but a request of [`HOLD`] never completes: used to keep a
+/// bulkhead slot occupied for the rejection group.
+fn holding_inner() -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Future<Output = Result<u64, Infallible>> + Send>
+       + Clone
+       + Send
+       + 'static {
+    tower::service_fn(|x: u64| async move {
+        if x == HOLD {
+            std::future::pending::<()>().await;
+        }
+        Ok::<_, Infallible>(x)
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Layer construction
+// ---------------------------------------------------------------------------
+
+fn tanker_bulkhead_layer(max: usize) -> BulkheadLayer {
+    BulkheadLayer::builder()
+        .max_in_flight(max)
+        .build()
+        .expect("valid tanker bulkhead config")
+}
+
+fn tanker_breaker_layer() -> BreakerLayer {
+    BreakerLayer::new()
+}
+
+fn resilience_bulkhead_layer(max: usize) -> RBulkheadLayer {
+    let (layer, _handle) = RBulkheadLayer::builder()
+        .max_concurrent_calls(max)
+        .reject_when_full()
+        .build_with_handle()
+        .expect("valid tower-resilience bulkhead config");
+    layer
+}
+
+/// tower-resilience breaker with the same trip rule as tanker's default
+/// breaker: failure rate >= 50% over a count-based window, evaluated once the
+/// minimum number of calls has been seen, open for the same cool-down, one
+/// half-open probe.
+fn resilience_breaker_layer() -> (RBreakerLayer, RBreakerHandle) {
+    RBreakerLayer::builder()
+        .failure_rate_threshold(0.5)
+        .sliding_window_type(SlidingWindowType::CountBased)
+        .sliding_window_size(100)
+        .minimum_number_of_calls(20)
+        .wait_duration_in_open(Duration::from_secs(30))
+        .permitted_calls_in_half_open(1)
+        .build_with_handle()
+        .expect("valid tower-resilience breaker config")
+}
+
+// ---------------------------------------------------------------------------
+// Runtimes
+// ---------------------------------------------------------------------------
+
+fn current_thread() -> Runtime {
+    Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("current-thread runtime")
+}
+
+fn two_workers() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("multi-thread runtime")
+}
+
+// ---------------------------------------------------------------------------
+// Measurement routines
+// ---------------------------------------------------------------------------
+
+/// `svc.ready().await?.call(x).await`.
+async fn ready_call<S: Service<u64>>(svc: &mut S, x: u64) -> Result<S::Response, S::Error> {
+    svc.ready().await?.call(x).await
+}
+
+/// Group `ready_call`: one service, ready+call in a loop inside one block_on.
+fn bench_ready_call<S>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, mut svc: S)
+where
+    S: Service<u64, Response = u64>,
+    S::Error: Debug,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let out = ready_call(&mut svc, black_box(i)).await.expect("call succeeds");
+                    black_box(out);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Group `oneshot`: `svc.clone().oneshot(x)` per call.
+fn bench_oneshot<S>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone,
+    S::Error: Debug,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    let out = svc.clone().oneshot(black_box(i)).await.expect("call succeeds");
+                    black_box(out);
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Group `two_tasks`: two tasks on a 2-worker runtime, each doing `iters`
+/// ready+call on its own clone of one shared service. Returns wall time from
+/// the earliest task start (after the barrier) to the latest task end.
+fn bench_two_tasks<S>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
+where
+    S: Service<u64, Response = u64> + Clone + Send + 'static,
+    S::Error: Debug,
+    S::Future: Send,
+{
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let barrier = Arc::new(tokio::sync::Barrier::new(2));
+                let spawn = |mut svc: S| {
+                    let barrier = Arc::clone(&barrier);
+                    tokio::spawn(async move {
+                        barrier.wait().await;
+                        let start = Instant::now();
+                        for i in 0..iters {
+                            let out = ready_call(&mut svc, black_box(i)).await.expect("call succeeds");
+                            black_box(out);
+                        }
+                        (start, Instant::now())
+                    })
+                };
+                let a = spawn(svc.clone());
+                let b = spawn(svc.clone());
+                let (a_start, a_end) = a.await.expect("task a");
+                let (b_start, b_end) = b.await.expect("task b");
+                a_end.max(b_end) - a_start.min(b_start)
+            })
+        })
+    });
+}
+
+/// Group `rejection`: every ready+call must come back `Err`.
+fn bench_rejection<S>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, mut svc: S)
+where
+    S: Service<u64, Response = u64>,
+{
+    // Fail loudly (rather than measure the wrong thing) if the setup does not
+    // actually reject.
+    rt.block_on(async {
+        assert!(ready_call(&mut svc, 1).await.is_err(), "{name}: setup must reject");
+    });
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for i in 0..iters {
+                    match ready_call(&mut svc, black_box(i)).await {
+                        Err(e) => drop(black_box(e)),
+                        Ok(_) => panic!("expected a rejection"),
+                    }
+                }
+                start.elapsed()
+            })
+        })
+    });
+}
+
+/// Occupies one slot of a bulkhead: issues a [`HOLD`] call through a clone of
+/// `svc` and polls it once, so that it has been admitted and now pends
+/// forever. The returned future must be kept alive while the slot should stay
+/// taken.
+fn occupy<S>(rt: &Runtime, svc: &S) -> Pin<Box<S::Future>>
+where
+    S: Service<u64> + Clone,
+    S::Error: Debug,
+{
+    rt.block_on(async {
+        let mut holder = svc.clone();
+        holder.ready().await.expect("holder admitted");
+        let mut fut = Box::pin(holder.call(HOLD));
+        assert!(
+            futures::poll!(fut.as_mut()).is_pending(),
+            "the holding call must stay in flight"
+        );
+        fut
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Service factories for the throughput groups
+// ---------------------------------------------------------------------------
+
+/// Calls `$f(group, runtime, name, service)` once per variant, each with a
+/// freshly built service (fresh layer state).
+macro_rules! for_each_variant {
+    ($g:expr, $rt:expr, $f:ident) => {{
+        let g = $g;
+        let rt = $rt;
+
+        $f(g, rt, "raw", inner());
+
+        $f(g, rt, "tanker_bulkhead", ServiceBuilder::new()
+            .layer(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+            .service(inner()));
+        $f(g, rt, "tanker_breaker", ServiceBuilder::new()
+            .layer(tanker_breaker_layer())
+            .service(inner()));
+        $f(g, rt, "tanker_stack", ServiceBuilder::new()
+            .breaker(tanker_breaker_layer())
+            .bulkhead(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+            .service(inner()));
+
+        $f(g, rt, "tower_limit", ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(MAX_IN_FLIGHT)
+            .service(inner()));
+
+        $f(g, rt, "resilience_bulkhead", ServiceBuilder::new()
+            .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
+            .service(inner()));
+        $f(g, rt, "resilience_breaker", ServiceBuilder::new()
+            .layer(resilience_breaker_layer().0)
+            .service(inner()));
+        $f(g, rt, "resilience_stack", ServiceBuilder::new()
+            .layer(resilience_breaker_layer().0)
+            .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
+            .service(inner()));
+    }};
+}
+
+// ---------------------------------------------------------------------------
+// Groups
+// ---------------------------------------------------------------------------
+
+fn group_ready_call(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("ready_call");
+    for_each_variant!(&mut g, &rt, bench_ready_call);
+    g.finish();
+}
+
+fn group_oneshot(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("oneshot");
+    for_each_variant!(&mut g, &rt, bench_oneshot);
+    g.finish();
+}
+
+fn group_two_tasks(c: &mut Criterion) {
+    let rt = two_workers();
+    let mut g = c.benchmark_group("two_tasks");
+    for_each_variant!(&mut g, &rt, bench_two_tasks);
+    g.finish();
+}
+
+fn group_rejection(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("rejection");
+
+    // tanker bulkhead, capacity 1, the one slot held by a call that never ends.
+    {
+        let svc = ServiceBuilder::new()
+            .layer(tanker_bulkhead_layer(1))
+            .service(holding_inner());
+        let _held = occupy(&rt, &svc);
+        bench_rejection(&mut g, &rt, "tanker_bulkhead", svc);
+    }
+
+    // tanker breaker, forced open.
+    {
+        let layer = tanker_breaker_layer();
+        layer.handle().force_open();
+        let svc = ServiceBuilder::new().layer(layer).service(holding_inner());
+        bench_rejection(&mut g, &rt, "tanker_breaker", svc);
+    }
+
+    // tower load_shed over concurrency_limit(1), the one permit held.
+    {
+        let svc = ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1)
+            .service(holding_inner());
+        let _held = occupy(&rt, &svc);
+        bench_rejection(&mut g, &rt, "tower_limit", svc);
+    }
+
+    // tower-resilience bulkhead (reject mode, zero wait), capacity 1, held.
+    {
+        let svc = ServiceBuilder::new()
+            .layer(resilience_bulkhead_layer(1))
+            .service(holding_inner());
+        let _held = occupy(&rt, &svc);
+        bench_rejection(&mut g, &rt, "resilience_bulkhead", svc);
+    }
+
+    // tower-resilience breaker, forced open through its handle.
+    {
+        let (layer, handle) = resilience_breaker_layer();
+        rt.block_on(handle.force_open());
+        let svc = ServiceBuilder::new().layer(layer).service(holding_inner());
+        bench_rejection(&mut g, &rt, "resilience_breaker", svc);
+    }
+
+    g.finish();
+}
+
+// Keep the `BoxError` import meaningful: every tanker/tower service here
+// reports it, and this pins that expectation at compile time.
+#[allow(dead_code)]
+fn _error_types_are_boxed() {
+    fn is_boxed<S: Service<u64, Error = BoxError>>(_: &S) {}
+    is_boxed(&ServiceBuilder::new().layer(tanker_bulkhead_layer(1)).service(inner()));
+    is_boxed(&ServiceBuilder::new().layer(tanker_breaker_layer()).service(inner()));
+    is_boxed(&ServiceBuilder::new().load_shed().concurrency_limit(1).service(inner()));
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(50)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = group_ready_call, group_oneshot, group_two_tasks, group_rejection
+}
+criterion_main!(benches);

@@ -1,0 +1,181 @@
+//! The state shared by every service built from one [`BulkheadLayer`](super::BulkheadLayer).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// One compartment: its capacity and its counters.
+///
+/// The number of calls in flight is `admitted - released`. Keeping two monotonic counters instead
+/// of one up-down counter gives the `admitted` statistic for free: admission is one
+/// compare-and-swap, release is one fetch-add, and neither takes a lock or allocates.
+pub(crate) struct Compartment {
+    admitted: AtomicU64,
+    released: AtomicU64,
+    shed: AtomicU64,
+    waiting: AtomicUsize,
+    max_in_flight: u64,
+    room: Option<WaitingRoom>,
+}
+
+pub(crate) struct WaitingRoom {
+    pub(crate) capacity: usize,
+    pub(crate) max_wait: Duration,
+    pub(crate) notify: Arc<Notify>,
+}
+
+impl Compartment {
+    pub(crate) fn new(max_in_flight: usize, room: Option<(usize, Duration)>) -> Self {
+        Self {
+            admitted: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            max_in_flight: max_in_flight as u64,
+            room: room.map(|(capacity, max_wait)| WaitingRoom {
+                capacity,
+                max_wait,
+                notify: Arc::new(Notify::new()),
+            }),
+        }
+    }
+
+    /// Takes a slot if one is free. Never waits.
+    #[inline]
+    pub(crate) fn try_admit(&self) -> bool {
+        loop {
+            // Read `released` before `admitted`: every release follows its admission, so this
+            // order can only overestimate the calls in flight, never admit one too many.
+            let released = self.released.load(Ordering::SeqCst);
+            let admitted = self.admitted.load(Ordering::Relaxed);
+            if admitted.wrapping_sub(released) >= self.max_in_flight {
+                return false;
+            }
+            if self
+                .admitted
+                .compare_exchange_weak(admitted, admitted + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// Gives a slot back, and wakes one waiter if anybody waits.
+    #[inline]
+    pub(crate) fn release(&self) {
+        // SeqCst pairs with the waiter's SeqCst increment of `waiting` followed by its
+        // `try_admit`: either the waiter sees this release, or this release sees the waiter.
+        self.released.fetch_add(1, Ordering::SeqCst);
+        self.wake_one();
+    }
+
+    /// Gives back a slot that was reserved but never used for a call (the inner service was not
+    /// ready, or the service holding the reservation was dropped). It is not counted as admitted.
+    pub(crate) fn cancel_admission(&self) {
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.wake_one();
+    }
+
+    #[inline]
+    fn wake_one(&self) {
+        if let Some(room) = &self.room {
+            if self.waiting.load(Ordering::SeqCst) > 0 {
+                room.notify.notify_one();
+            }
+        }
+    }
+
+    pub(crate) fn record_shed(&self) {
+        self.shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn room(&self) -> Option<&WaitingRoom> {
+        self.room.as_ref()
+    }
+
+    /// Takes a place in the waiting room if there is one free.
+    pub(crate) fn try_enter_room(&self) -> bool {
+        let Some(room) = &self.room else {
+            return false;
+        };
+        let mut waiting = self.waiting.load(Ordering::Relaxed);
+        loop {
+            if waiting >= room.capacity {
+                return false;
+            }
+            match self.waiting.compare_exchange_weak(
+                waiting,
+                waiting + 1,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => waiting = now,
+            }
+        }
+    }
+
+    pub(crate) fn leave_room(&self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn in_flight(&self) -> u64 {
+        let released = self.released.load(Ordering::SeqCst);
+        let admitted = self.admitted.load(Ordering::SeqCst);
+        admitted.saturating_sub(released)
+    }
+}
+
+/// A read-only view of a compartment's counters, for metrics and health checks.
+///
+/// Obtained from [`BulkheadLayer::handle`](super::BulkheadLayer::handle) or
+/// [`Bulkhead::handle`](super::Bulkhead::handle); cheap to clone. Every service built from the same
+/// layer value reports through the same handle.
+#[derive(Clone)]
+pub struct BulkheadHandle {
+    pub(crate) compartment: Arc<Compartment>,
+}
+
+impl BulkheadHandle {
+    /// Calls admitted and not yet finished (including slots reserved by `poll_ready`).
+    pub fn in_flight(&self) -> usize {
+        self.compartment.in_flight() as usize
+    }
+
+    /// Callers waiting in the waiting room for a slot.
+    pub fn waiting(&self) -> usize {
+        self.compartment.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Calls admitted to the inner service since the compartment was built.
+    pub fn admitted(&self) -> u64 {
+        self.compartment.admitted.load(Ordering::Relaxed)
+    }
+
+    /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was
+    /// built.
+    pub fn shed(&self) -> u64 {
+        self.compartment.shed.load(Ordering::Relaxed)
+    }
+
+    /// The configured maximum number of calls in flight.
+    pub fn max_in_flight(&self) -> usize {
+        self.compartment.max_in_flight as usize
+    }
+}
+
+impl fmt::Debug for BulkheadHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadHandle")
+            .field("in_flight", &self.in_flight())
+            .field("max_in_flight", &self.max_in_flight())
+            .field("waiting", &self.waiting())
+            .field("admitted", &self.admitted())
+            .field("shed", &self.shed())
+            .finish()
+    }
+}

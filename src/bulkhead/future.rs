@@ -1,0 +1,115 @@
+//! The response future of [`Bulkhead`](super::Bulkhead).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::BoxError;
+
+use super::compartment::Compartment;
+use super::error::BulkheadFull;
+
+/// A slot of the compartment.
+///
+/// Reserved by `poll_ready`, then used by `call`. Dropping a slot gives it back: a reserved slot
+/// that was never used is not counted as admitted; a used one counts as a finished call.
+pub(crate) struct Slot {
+    compartment: Arc<Compartment>,
+    used: bool,
+}
+
+impl Slot {
+    pub(crate) fn new(compartment: Arc<Compartment>) -> Self {
+        Self {
+            compartment,
+            used: false,
+        }
+    }
+
+    pub(crate) fn use_for_call(mut self) -> Self {
+        self.used = true;
+        self
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.used {
+            self.compartment.release();
+        } else {
+            self.compartment.cancel_admission();
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Bulkhead`](super::Bulkhead).
+    ///
+    /// Holds the call's slot until the inner future completes, and gives it back at that moment
+    /// (or when this future is dropped, if that comes first). A shed call resolves at once with
+    /// [`BulkheadFull`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        kind: Kind<F>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F> {
+        Called {
+            #[pin]
+            future: F,
+            slot: Option<Slot>,
+        },
+        Shed,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn called(future: F, slot: Slot) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                slot: Some(slot),
+            },
+        }
+    }
+
+    pub(crate) fn shed() -> Self {
+        Self { kind: Kind::Shed }
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called { future, slot } => {
+                let output = ready!(future.poll(cx));
+                // Free the slot the moment the call is over, not when the future is dropped.
+                drop(slot.take());
+                Poll::Ready(output.map_err(Into::into))
+            }
+            KindProj::Shed => Poll::Ready(Err(BulkheadFull::new().into())),
+        }
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Called { .. } => "called",
+            Kind::Shed => "shed",
+        };
+        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+    }
+}

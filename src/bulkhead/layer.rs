@@ -1,0 +1,140 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::compartment::{BulkheadHandle, Compartment};
+use super::service::Bulkhead;
+use crate::ConfigError;
+
+/// Wraps services in a [`Bulkhead`]: one compartment per layer value.
+///
+/// Every service this layer value builds, and every clone of those services and of this layer,
+/// shares one capacity. Build one layer per dependency and reuse it; building a new layer per
+/// request or per route clone would give every caller its own compartment. See the
+/// [module docs](super) for an example.
+#[derive(Clone)]
+pub struct BulkheadLayer {
+    compartment: Arc<Compartment>,
+}
+
+impl BulkheadLayer {
+    /// A compartment of `max_in_flight` calls with no waiting room: beyond that many calls in
+    /// flight, calls are shed at once.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] if `max_in_flight` is zero.
+    pub fn new(max_in_flight: usize) -> Result<Self, ConfigError> {
+        Self::builder().max_in_flight(max_in_flight).build()
+    }
+
+    /// A builder for a compartment with a waiting room or other non-default settings.
+    pub fn builder() -> BulkheadBuilder {
+        BulkheadBuilder::default()
+    }
+
+    /// The counters of this compartment.
+    pub fn handle(&self) -> BulkheadHandle {
+        BulkheadHandle {
+            compartment: self.compartment.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for BulkheadLayer {
+    type Service = Bulkhead<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Bulkhead::from_compartment(inner, self.compartment.clone())
+    }
+}
+
+impl fmt::Debug for BulkheadLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BulkheadLayer")
+            .field("compartment", &self.handle())
+            .finish()
+    }
+}
+
+/// Builds a [`BulkheadLayer`], checking its settings.
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | [`max_in_flight`](Self::max_in_flight) | 64 | enough for a fast dependency at high rate; a slow one fills it quickly and sheds instead of piling up |
+/// | [`waiting_room`](Self::waiting_room) | none | a caller that must not wait should never queue behind a full compartment |
+#[derive(Debug, Clone)]
+pub struct BulkheadBuilder {
+    max_in_flight: usize,
+    waiting_room: Option<(usize, Duration)>,
+}
+
+impl Default for BulkheadBuilder {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 64,
+            waiting_room: None,
+        }
+    }
+}
+
+impl BulkheadBuilder {
+    /// The most calls in flight to the inner service at once. Must be at least 1.
+    pub fn max_in_flight(mut self, max: usize) -> Self {
+        self.max_in_flight = max;
+        self
+    }
+
+    /// Lets up to `capacity` callers wait, each for at most `max_wait`, for a slot to free up
+    /// when the compartment is full. A caller that finds the waiting room full, or that has waited
+    /// `max_wait`, is shed.
+    ///
+    /// The wait happens in `poll_ready`, so a caller with a waiting room may wait up to `max_wait`
+    /// for readiness; without one (the default) `poll_ready` never waits because the compartment
+    /// is full. Waiting costs one allocation and one timer; admission without waiting costs
+    /// neither.
+    pub fn waiting_room(mut self, capacity: usize, max_wait: Duration) -> Self {
+        self.waiting_room = Some((capacity, max_wait));
+        self
+    }
+
+    /// Removes the waiting room: a full compartment sheds at once.
+    pub fn no_waiting_room(mut self) -> Self {
+        self.waiting_room = None;
+        self
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] if `max_in_flight` is zero, or if a waiting room has a zero
+    /// capacity or a zero maximum wait (use [`no_waiting_room`](Self::no_waiting_room) instead).
+    pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                "must be at least 1; a compartment of 0 would shed every call",
+            ));
+        }
+        if let Some((capacity, max_wait)) = self.waiting_room {
+            if capacity == 0 {
+                return Err(ConfigError::new(
+                    "waiting_room",
+                    "capacity must be at least 1; call `no_waiting_room()` for none",
+                ));
+            }
+            if max_wait.is_zero() {
+                return Err(ConfigError::new(
+                    "waiting_room",
+                    "max_wait must be longer than zero; call `no_waiting_room()` to shed at once",
+                ));
+            }
+        }
+        Ok(BulkheadLayer {
+            compartment: Arc::new(Compartment::new(self.max_in_flight, self.waiting_room)),
+        })
+    }
+}

@@ -1,0 +1,71 @@
+//! Bounded concurrency with immediate load shedding, one compartment per dependency.
+//!
+//! A [`BulkheadLayer`] is one compartment of a ship: it bounds how many calls may be in flight
+//! to the service it wraps, and sheds every call beyond that bound at once with
+//! [`BulkheadFull`], instead of letting callers pile up behind a slow dependency. The inner
+//! service never sees a shed call.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // One compartment of two calls for this dependency. Keep the layer value and reuse it:
+//! // every service it builds, and every clone of those, shares the two slots.
+//! let bulkhead = BulkheadLayer::new(2)?;
+//! let handle = bulkhead.handle();
+//!
+//! let dependency = service_fn(|n: u32| async move { Ok::<_, Infallible>(n * 2) });
+//! let mut svc = ServiceBuilder::new().layer(bulkhead).service(dependency);
+//!
+//! // Two calls take both slots...
+//! let first = svc.ready().await?.call(1);
+//! let second = svc.ready().await?.call(2);
+//! // ...so the third is shed at once, without waiting.
+//! let err = svc.ready().await?.call(3).await.unwrap_err();
+//! assert!(err.is::<BulkheadFull>());
+//! assert_eq!(handle.shed(), 1);
+//!
+//! // Finishing a call frees its slot.
+//! assert_eq!(first.await?, 2);
+//! assert_eq!(second.await?, 4);
+//! assert_eq!(svc.ready().await?.call(5).await?, 10);
+//! assert_eq!(handle.in_flight(), 0);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What is shared
+//!
+//! The capacity and the counters live in one allocation made when the layer is built. Cloning the
+//! layer or a service clones a pointer to it. A reservation made by `poll_ready` belongs to the
+//! service handle that made it: clones start without one, and dropping a handle (or a response
+//! future) gives its slot back.
+//!
+//! # Readiness
+//!
+//! `poll_ready` takes a slot and then polls the inner service. When no slot is free, or when the
+//! inner service is not ready, it still returns `Ready(Ok(()))`, and `call` returns an immediately
+//! ready `BulkheadFull` error, as tower's `LoadShed` does: `poll_ready` never returns an error for
+//! a temporary condition, and never makes the caller wait because the compartment is full (unless
+//! you configured a [waiting room](BulkheadBuilder::waiting_room)). Errors of the inner
+//! `poll_ready` are passed through.
+//!
+//! # Cost
+//!
+//! Admission is one compare-and-swap and release one atomic add on the shared compartment, plus
+//! one reference count for the response future: no lock, no allocation, no timer. A shed call
+//! allocates nothing either ([`BulkheadFull`] is zero-sized).
+
+mod compartment;
+mod error;
+pub mod future;
+mod layer;
+mod service;
+
+pub use self::compartment::BulkheadHandle;
+pub use self::error::BulkheadFull;
+pub use self::layer::{BulkheadBuilder, BulkheadLayer};
+pub use self::service::Bulkhead;

@@ -1,0 +1,238 @@
+use std::fmt;
+use std::future::Future;
+use std::mem;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::Sleep;
+use tower::BoxError;
+use tower_service::Service;
+
+use super::compartment::{BulkheadHandle, Compartment};
+use super::future::{ResponseFuture, Slot};
+
+/// Bounds the calls in flight to the inner service and sheds the rest at once.
+///
+/// Built by [`BulkheadLayer`](super::BulkheadLayer); see the [module docs](super) for the
+/// behaviour and an example. Every `Bulkhead` built from one layer value, and every clone of it,
+/// shares one compartment.
+///
+/// `poll_ready` reserves a slot and then polls the inner service. If no slot is free (and the
+/// waiting room, if any, is full or its maximum wait has passed), or if the inner service is not
+/// ready, `poll_ready` still returns `Ready(Ok(()))` and the following `call` fails at once with
+/// [`BulkheadFull`](super::BulkheadFull). A clone starts without a reservation.
+pub struct Bulkhead<S> {
+    inner: S,
+    compartment: Arc<Compartment>,
+    state: State,
+}
+
+enum State {
+    /// `poll_ready` has not run since the last `call`.
+    Idle,
+    /// A slot is reserved; dropping the state gives it back.
+    Reserved(Slot),
+    /// The next call is shed.
+    Shed,
+    /// Waiting in the waiting room for a slot.
+    Waiting(Pin<Box<Wait>>),
+}
+
+pin_project! {
+    struct Wait {
+        #[pin]
+        notified: OwnedNotified,
+        #[pin]
+        deadline: Sleep,
+        place: RoomPlace,
+    }
+}
+
+/// A place in the waiting room, given back on drop.
+struct RoomPlace {
+    compartment: Arc<Compartment>,
+}
+
+impl Drop for RoomPlace {
+    fn drop(&mut self) {
+        self.compartment.leave_room();
+    }
+}
+
+impl<S> Bulkhead<S> {
+    pub(crate) fn from_compartment(inner: S, compartment: Arc<Compartment>) -> Self {
+        Self {
+            inner,
+            compartment,
+            state: State::Idle,
+        }
+    }
+
+    /// The counters of the compartment this service belongs to.
+    pub fn handle(&self) -> BulkheadHandle {
+        BulkheadHandle {
+            compartment: self.compartment.clone(),
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the bulkhead, giving back any reserved slot, and returns the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Polls the waiting room until a slot is free or the maximum wait has passed.
+    ///
+    /// Returns `Ready(true)` with a slot taken, `Ready(false)` when the wait is over without one.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        loop {
+            if self.compartment.try_admit() {
+                return Poll::Ready(true);
+            }
+            let State::Waiting(wait) = &mut self.state else {
+                return Poll::Ready(false);
+            };
+            let mut wait = wait.as_mut().project();
+            if wait.notified.as_mut().poll(cx).is_ready() {
+                // A slot was freed; try again with a fresh registration so that a slot freed
+                // between the attempt and the next poll still wakes us.
+                if let Some(room) = self.compartment.room() {
+                    wait.notified.set(room.notify.clone().notified_owned());
+                }
+                continue;
+            }
+            return match wait.deadline.poll(cx) {
+                Poll::Ready(()) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}
+
+impl<S, Request> Service<Request> for Bulkhead<S>
+where
+    S: Service<Request>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        match self.state {
+            State::Reserved(_) => {}
+            State::Shed => return Poll::Ready(Ok(())),
+            State::Idle => {
+                if self.compartment.try_admit() {
+                    self.state = State::Reserved(Slot::new(self.compartment.clone()));
+                } else if let Some(wait) = self.enter_waiting_room() {
+                    self.state = State::Waiting(wait);
+                } else {
+                    self.state = State::Shed;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            State::Waiting(_) => {}
+        }
+
+        if let State::Waiting(_) = self.state {
+            let admitted = ready!(self.poll_wait(cx));
+            // Leaving the waiting state drops the place in the room.
+            self.state = if admitted {
+                State::Reserved(Slot::new(self.compartment.clone()))
+            } else {
+                State::Shed
+            };
+            if !admitted {
+                return Poll::Ready(Ok(()));
+            }
+        }
+
+        // A slot is reserved: the inner service decides the rest.
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(err)) => {
+                self.state = State::Idle;
+                Poll::Ready(Err(err.into()))
+            }
+            Poll::Pending => {
+                // Shed rather than queue behind a dependency that cannot take the call.
+                self.state = State::Shed;
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    /// # Panics
+    ///
+    /// Panics if called without a preceding `poll_ready` that returned `Ready(Ok(()))`, as the
+    /// tower contract allows.
+    fn call(&mut self, request: Request) -> Self::Future {
+        match mem::replace(&mut self.state, State::Idle) {
+            State::Reserved(slot) => ResponseFuture::called(self.inner.call(request), slot.use_for_call()),
+            State::Shed => {
+                self.compartment.record_shed();
+                ResponseFuture::shed()
+            }
+            State::Idle | State::Waiting(_) => {
+                panic!("Bulkhead::call without a successful poll_ready: poll_ready must be called first")
+            }
+        }
+    }
+}
+
+impl<S> Bulkhead<S> {
+    fn enter_waiting_room(&self) -> Option<Pin<Box<Wait>>> {
+        let room = self.compartment.room()?;
+        if room.max_wait.is_zero() || !self.compartment.try_enter_room() {
+            return None;
+        }
+        let place = RoomPlace {
+            compartment: self.compartment.clone(),
+        };
+        Some(Box::pin(Wait {
+            notified: room.notify.clone().notified_owned(),
+            deadline: tokio::time::sleep(room.max_wait),
+            place,
+        }))
+    }
+}
+
+impl<S: Clone> Clone for Bulkhead<S> {
+    /// The clone shares the compartment but not this handle's reservation: it starts idle.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            compartment: self.compartment.clone(),
+            state: State::Idle,
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Idle => "idle",
+            State::Reserved(_) => "reserved",
+            State::Shed => "shed",
+            State::Waiting(_) => "waiting",
+        };
+        f.debug_struct("Bulkhead")
+            .field("inner", &self.inner)
+            .field("state", &state)
+            .field("compartment", &self.handle())
+            .finish()
+    }
+}

@@ -1,0 +1,7 @@
+//! Bulkheads and circuit breakers for tower services.
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod bulkhead;
+mod error;
+
+pub use crate::error::ConfigError;
