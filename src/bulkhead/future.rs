@@ -110,6 +110,8 @@ impl<F> fmt::Debug for ResponseFuture<F> {
             Kind::Called { .. } => "called",
             Kind::Shed => "shed",
         };
-        f.debug_struct("ResponseFuture").field("kind", &kind).finish()
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
     }
 }

@@ -181,7 +181,9 @@ where
     /// tower contract allows.
     fn call(&mut self, request: Request) -> Self::Future {
         match mem::replace(&mut self.state, State::Idle) {
-            State::Reserved(slot) => ResponseFuture::called(self.inner.call(request), slot.use_for_call()),
+            State::Reserved(slot) => {
+                ResponseFuture::called(self.inner.call(request), slot.use_for_call())
+            }
             State::Shed => {
                 self.compartment.record_shed();
                 ResponseFuture::shed()

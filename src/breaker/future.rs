@@ -1,0 +1,108 @@
+//! The response future of [`Breaker`](super::Breaker).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use pin_project_lite::pin_project;
+use tower::BoxError;
+
+use super::classify::Classify;
+use super::error::BreakerOpen;
+use super::shared::Ticket;
+
+pin_project! {
+    /// Response future of [`Breaker`](super::Breaker).
+    ///
+    /// When the inner future completes, its result is classified and counted. If this future is
+    /// dropped first, nothing is counted, and a probe's place is given back. A rejected call
+    /// resolves at once with [`BreakerOpen`].
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        kind: Kind<F, C>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, C> {
+        Called {
+            #[pin]
+            future: F,
+            ticket: Option<Ticket>,
+            classifier: C,
+        },
+        Bypass {
+            #[pin]
+            future: F,
+        },
+        Rejected {
+            error: BreakerOpen,
+        },
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn called(future: F, ticket: Ticket, classifier: C) -> Self {
+        Self {
+            kind: Kind::Called {
+                future,
+                ticket: Some(ticket),
+                classifier,
+            },
+        }
+    }
+
+    pub(crate) fn bypass(future: F) -> Self {
+        Self {
+            kind: Kind::Bypass { future },
+        }
+    }
+
+    pub(crate) fn rejected(error: BreakerOpen) -> Self {
+        Self {
+            kind: Kind::Rejected { error },
+        }
+    }
+}
+
+impl<F, C, T, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Called {
+                future,
+                ticket,
+                classifier,
+            } => {
+                let result = ready!(future.poll(cx));
+                if let Some(ticket) = ticket.take() {
+                    ticket.finish(classifier.classify(result.as_ref()));
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
+            KindProj::Bypass { future } => future.poll(cx).map_err(Into::into),
+            KindProj::Rejected { error } => Poll::Ready(Err((*error).into())),
+        }
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Called { .. } => "called",
+            Kind::Bypass { .. } => "bypass",
+            Kind::Rejected { .. } => "rejected",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("kind", &kind)
+            .finish()
+    }
+}

@@ -1,0 +1,256 @@
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::classify::ErrorsAsFailures;
+use super::policy::{Policy, SlowCalls};
+use super::service::Breaker;
+use super::shared::{BreakerHandle, Shared};
+use crate::ConfigError;
+
+/// Wraps services in a [`Breaker`]: one breaker state per layer value.
+///
+/// Every service this layer value builds, and every clone of those services and of this layer,
+/// shares one state. Build one layer per dependency and reuse it. See the [module docs](super).
+pub struct BreakerLayer<C = ErrorsAsFailures> {
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl BreakerLayer {
+    /// A breaker with the [default settings](BreakerBuilder).
+    pub fn new() -> Self {
+        // The defaults are checked by a test; they cannot fail.
+        let policy = Policy::default();
+        Self {
+            shared: Arc::new(Shared::new(policy, Arc::from("breaker"), random_seed())),
+            classifier: ErrorsAsFailures,
+        }
+    }
+
+    /// A builder to change the thresholds, the cool-down, the probes or the classifier.
+    pub fn builder() -> BreakerBuilder {
+        BreakerBuilder::default()
+    }
+}
+
+impl Default for BreakerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C> BreakerLayer<C> {
+    /// The state, counters and controls of this breaker.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Clone> Clone for BreakerLayer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            classifier: self.classifier.clone(),
+        }
+    }
+}
+
+impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
+    type Service = Breaker<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Breaker::from_parts(inner, self.shared.clone(), self.classifier.clone())
+    }
+}
+
+impl<C> fmt::Debug for BreakerLayer<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerLayer")
+            .field("breaker", &self.handle())
+            .finish()
+    }
+}
+
+fn random_seed() -> u64 {
+    RandomState::new().build_hasher().finish()
+}
+
+/// Builds a [`BreakerLayer`], checking its settings.
+///
+/// The defaults suit a non-critical dependency that a latency-critical service must not wait
+/// for, such as a Kafka or Redis write on the side:
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | [`consecutive_failures`](Self::consecutive_failures) | 5 | a dependency that fails five times in a row is down; stop at once, whatever the traffic |
+/// | [`failure_rate`](Self::failure_rate) | 0.5 | half the calls failing is an outage, not noise |
+/// | [`window`](Self::window) | 10 s in 10 buckets | long enough to smooth out a bad second, short enough to forget an incident that is over |
+/// | [`minimum_calls`](Self::minimum_calls) | 20 | a rate over fewer calls is noise |
+/// | [`slow_calls`](Self::slow_calls) | off | what "slow" means depends on the dependency; put a timeout inside the breaker, or set this |
+/// | [`open_for`](Self::open_for) | 5 s | gives a struggling dependency room to recover without losing much data |
+/// | [`backoff`](Self::backoff) | ×2, up to 60 s | a dependency that keeps failing probes is probed less and less often |
+/// | [`jitter`](Self::jitter) | 0.1 | replicas that tripped together do not all probe at the same instant |
+/// | [`probes`](Self::probes) | 1 | one success is enough evidence for a non-critical write, and the gentlest load on a recovering dependency |
+/// | [`probe_timeout`](Self::probe_timeout) | 10 s | a probe that hangs cannot keep the breaker half-open |
+#[derive(Clone)]
+pub struct BreakerBuilder<C = ErrorsAsFailures> {
+    policy: Policy,
+    classifier: C,
+    name: Arc<str>,
+    seed: Option<u64>,
+}
+
+impl Default for BreakerBuilder {
+    fn default() -> Self {
+        Self {
+            policy: Policy::default(),
+            classifier: ErrorsAsFailures,
+            name: Arc::from("breaker"),
+            seed: None,
+        }
+    }
+}
+
+impl<C> BreakerBuilder<C> {
+    /// Names the breaker; the name labels its log events. Default: `"breaker"`.
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Trips after `n` failures in a row, whatever the window says. Must be at least 1.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.policy.consecutive_failures = Some(n);
+        self
+    }
+
+    /// Turns off tripping on consecutive failures.
+    pub fn no_consecutive_failures(mut self) -> Self {
+        self.policy.consecutive_failures = None;
+        self
+    }
+
+    /// Trips when at least this share of the calls in the window failed (above 0, at most 1),
+    /// once the window holds [`minimum_calls`](Self::minimum_calls).
+    pub fn failure_rate(mut self, rate: f64) -> Self {
+        self.policy.failure_rate = Some(rate);
+        self
+    }
+
+    /// Turns off tripping on the failure rate.
+    pub fn no_failure_rate(mut self) -> Self {
+        self.policy.failure_rate = None;
+        self
+    }
+
+    /// The sliding window: its length and how many buckets it is cut into. Calls leave the
+    /// window one bucket at a time; each bucket must span at least 1 ms, and there may be at most
+    /// 1000 buckets.
+    pub fn window(mut self, length: Duration, buckets: u32) -> Self {
+        self.policy.window = length;
+        self.policy.buckets = buckets;
+        self
+    }
+
+    /// How many calls the window must hold before a rate can trip the breaker. At least 1.
+    pub fn minimum_calls(mut self, n: u32) -> Self {
+        self.policy.minimum_calls = n;
+        self
+    }
+
+    /// Counts a call that takes at least `threshold` as slow, and trips when at least `rate` of
+    /// the calls in the window were slow. A slow probe counts as a failed probe.
+    ///
+    /// Turning this on reads the clock at the start and end of every call, which costs about as
+    /// much as the rest of the breaker's work; it is off by default.
+    pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
+        self.policy.slow_calls = Some(SlowCalls { threshold, rate });
+        self
+    }
+
+    /// The cool-down after the first trip: how long the breaker stays open before a probe.
+    pub fn open_for(mut self, base: Duration) -> Self {
+        self.policy.open_for = base;
+        self
+    }
+
+    /// Multiplies the cool-down by `multiplier` on each trip that follows a failed probe, up to
+    /// `max`. A multiplier of 1 keeps the cool-down constant. It returns to
+    /// [`open_for`](Self::open_for) once the breaker closes.
+    pub fn backoff(mut self, multiplier: f64, max: Duration) -> Self {
+        self.policy.backoff = multiplier;
+        self.policy.max_open_for = max;
+        self
+    }
+
+    /// Shortens each cool-down by a random share of up to `fraction` (0 to below 1). With 0 the
+    /// cool-downs are exact and deterministic.
+    pub fn jitter(mut self, fraction: f64) -> Self {
+        self.policy.jitter = fraction;
+        self
+    }
+
+    /// Seeds the jitter's random numbers, for reproducible cool-downs. By default each breaker
+    /// gets a random seed.
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// How many probes the half-open breaker lets through at once; that many successes close it,
+    /// and any failure opens it again. At least 1.
+    pub fn probes(mut self, n: u32) -> Self {
+        self.policy.probes = n;
+        self
+    }
+
+    /// The longest the breaker stays half-open. If the probes have not closed it by then (a
+    /// probe hangs, or its caller never calls), it opens again as if a probe had failed.
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.probe_timeout = timeout;
+        self
+    }
+
+    /// Decides which outcomes are failures. See [`Classify`](super::Classify).
+    pub fn classify<C2>(self, classifier: C2) -> BreakerBuilder<C2> {
+        BreakerBuilder {
+            policy: self.policy,
+            classifier,
+            name: self.name,
+            seed: self.seed,
+        }
+    }
+
+    /// Checks the settings and builds the layer.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`ConfigError`] naming the setting to change if a rate is outside `(0, 1]`, a
+    /// count or duration is zero, the window has too many or too narrow buckets, the back-off
+    /// multiplier is below 1 or its cap below the base cool-down, the jitter is outside `[0, 1)`,
+    /// or every trip condition is turned off.
+    pub fn build(self) -> Result<BreakerLayer<C>, ConfigError> {
+        self.policy.check()?;
+        let seed = self.seed.unwrap_or_else(random_seed);
+        Ok(BreakerLayer {
+            shared: Arc::new(Shared::new(self.policy, self.name, seed)),
+            classifier: self.classifier,
+        })
+    }
+}
+
+impl<C> fmt::Debug for BreakerBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerBuilder")
+            .field("name", &self.name)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,96 @@
+//! A circuit breaker: stop calling a failing dependency, probe it after a cool-down, and resume
+//! when it answers again.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+//! use tanker::breaker::{BreakerLayer, BreakerOpen, BreakerState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let breaker = BreakerLayer::builder()
+//!     .name("stats")
+//!     .consecutive_failures(3)
+//!     .open_for(Duration::from_secs(5))
+//!     .jitter(0.0)
+//!     .build()?;
+//! let handle = breaker.handle();
+//!
+//! // A dependency that is down.
+//! let dependency = service_fn(|_: &str| async { Err::<(), _>("connection refused") });
+//! let mut svc = ServiceBuilder::new().layer(breaker).service(dependency);
+//!
+//! for _ in 0..3 {
+//!     assert!(svc.ready().await?.call("event").await.is_err());
+//! }
+//! assert_eq!(handle.state(), BreakerState::Open);
+//!
+//! // Open: rejected at once, without calling the dependency, with the time to the next probe.
+//! let err = svc.ready().await?.call("event").await.unwrap_err();
+//! let open = err.downcast_ref::<BreakerOpen>().expect("rejected by the breaker");
+//! assert_eq!(open.retry_after(), Some(Duration::from_secs(5)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # States
+//!
+//! - **Closed**: calls go through. Each outcome is [classified](Classify) and counted. The
+//!   breaker trips to Open when [`consecutive_failures`](BreakerBuilder::consecutive_failures)
+//!   failures come in a row, or when, over the sliding [`window`](BreakerBuilder::window) holding
+//!   at least [`minimum_calls`](BreakerBuilder::minimum_calls), the share of failures reaches
+//!   [`failure_rate`](BreakerBuilder::failure_rate) or the share of slow calls reaches the
+//!   [`slow_calls`](BreakerBuilder::slow_calls) rate.
+//! - **Open**: every call is rejected at once with [`BreakerOpen`], which says how long until
+//!   the next probe; the inner service is neither polled nor called. The cool-down starts at
+//!   [`open_for`](BreakerBuilder::open_for) and grows with each trip that follows a failed probe
+//!   ([`backoff`](BreakerBuilder::backoff)), less a random [`jitter`](BreakerBuilder::jitter).
+//! - **Half-open**: after the cool-down, at most [`probes`](BreakerBuilder::probes) calls go
+//!   through at once; the others are still rejected, so a crowd arriving after the cool-down
+//!   cannot storm a recovering dependency. That many successful probes close the breaker (with an
+//!   empty window and the shortest cool-down); one failed probe opens it again. A probe whose
+//!   future is dropped frees its place without an outcome, and if the probes have not closed the
+//!   breaker within [`probe_timeout`](BreakerBuilder::probe_timeout), it opens again.
+//! - **Forced open / forced closed**: an operator's override through the [`BreakerHandle`],
+//!   until [`reset`](BreakerHandle::reset).
+//!
+//! Calls admitted in one period (say, while closed) that finish in another (after the breaker
+//! opened) are not counted: their period is over.
+//!
+//! # What is shared
+//!
+//! The state lives in one allocation made when the layer is built; every service the layer
+//! builds, every clone, and every [`BreakerHandle`] points to it. axum and tonic clone services
+//! per request, and they all count toward the same breaker.
+//!
+//! # Time
+//!
+//! All timing uses `tokio::time::Instant`, so tests drive the breaker with paused time
+//! (`#[tokio::test(start_paused = true)]` and `tokio::time::advance`). Changes that time alone
+//! causes (the end of the cool-down, a probe timeout) happen when the next call arrives.
+//!
+//! # Cost
+//!
+//! The closed path takes no lock and allocates nothing: one atomic load to admit, and on success
+//! one atomic add into the window, plus one reference count for the response future. It does not
+//! read the clock on every call unless slow-call detection is on; see the window's notes in
+//! [`BreakerBuilder::window`]. Failures, rejections and transitions do more work: they are rare
+//! or already cheap compared with what they save. Transitions are logged with `tracing`: `warn`
+//! when the breaker opens, `info` when it goes half-open or closes.
+
+mod classify;
+mod error;
+pub mod future;
+mod layer;
+mod policy;
+mod service;
+mod shared;
+mod state;
+mod window;
+
+pub use self::classify::{Classify, ErrorsAsFailures, Outcome};
+pub use self::error::BreakerOpen;
+pub use self::layer::{BreakerBuilder, BreakerLayer};
+pub use self::service::Breaker;
+pub use self::shared::{BreakerHandle, BreakerMetrics};
+pub use self::state::BreakerState;

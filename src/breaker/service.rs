@@ -1,0 +1,169 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower::BoxError;
+use tower_service::Service;
+
+use super::classify::{Classify, ErrorsAsFailures};
+use super::error::BreakerOpen;
+use super::future::ResponseFuture;
+use super::shared::{BreakerHandle, Kind, Shared, Ticket};
+use super::state::Admission;
+
+/// Counts the outcomes of calls to the inner service, and stops calling it while it fails.
+///
+/// Built by [`BreakerLayer`](super::BreakerLayer); see the [module docs](super) for the states,
+/// the thresholds and an example. Every `Breaker` built from one layer value, and every clone of
+/// it, shares one state.
+///
+/// `poll_ready` checks the state before it touches the inner service: when the breaker is open it
+/// returns `Ready(Ok(()))` at once, without polling the inner service, and the following `call`
+/// fails with [`BreakerOpen`]. A probe place taken by `poll_ready` belongs to this handle: a clone
+/// starts without one, and dropping the handle gives it back.
+pub struct Breaker<S, C = ErrorsAsFailures> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: C,
+    ready: Option<Ready>,
+}
+
+enum Ready {
+    Ticket(Ticket),
+    Bypass,
+    Reject(BreakerOpen),
+}
+
+impl<S, C> Breaker<S, C> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+        Self {
+            inner,
+            shared,
+            classifier,
+            ready: None,
+        }
+    }
+
+    /// The state and counters this service shares with its layer.
+    pub fn handle(&self) -> BreakerHandle {
+        BreakerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A reference to the inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// A mutable reference to the inner service.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the breaker, giving back any probe place it holds, and returns the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// Whether the admission held from an earlier `poll_ready` still stands.
+    #[inline]
+    fn holds_admission(&self) -> bool {
+        match &self.ready {
+            None | Some(Ready::Bypass) => false,
+            // A probe place is scarce: keep it until `call` or drop.
+            Some(Ready::Reject(_)) => true,
+            Some(Ready::Ticket(ticket)) => {
+                ticket.kind() == Kind::Probe || self.shared.is_current(ticket.generation())
+            }
+        }
+    }
+}
+
+impl<S, C, Request> Service<Request> for Breaker<S, C>
+where
+    S: Service<Request>,
+    S::Error: Into<BoxError>,
+    C: Classify<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Decide before touching the inner service, so a hung dependency cannot stall a breaker
+        // that should fail fast. A closed admission is checked again on every poll, in case the
+        // breaker opened while the inner service was not ready.
+        if !self.holds_admission() {
+            self.ready = Some(match self.shared.admit() {
+                Admission::Call { generation } => {
+                    Ready::Ticket(Ticket::new(self.shared.clone(), Kind::Call, generation))
+                }
+                Admission::Probe { generation } => {
+                    Ready::Ticket(Ticket::new(self.shared.clone(), Kind::Probe, generation))
+                }
+                Admission::Bypass => Ready::Bypass,
+                Admission::Reject { retry_after } => Ready::Reject(BreakerOpen::new(retry_after)),
+            });
+        }
+        if let Some(Ready::Reject(_)) = self.ready {
+            return Poll::Ready(Ok(()));
+        }
+        match self.inner.poll_ready(cx) {
+            Poll::Ready(Err(err)) => {
+                // The inner service is broken for good; a probe place held here is given back
+                // without an outcome.
+                self.ready = None;
+                Poll::Ready(Err(err.into()))
+            }
+            other => other.map_err(Into::into),
+        }
+    }
+
+    /// # Panics
+    ///
+    /// Panics if called without a preceding `poll_ready` that returned `Ready(Ok(()))`, as the
+    /// tower contract allows.
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.ready.take() {
+            Some(Ready::Ticket(mut ticket)) => {
+                ticket.start();
+                ResponseFuture::called(self.inner.call(request), ticket, self.classifier.clone())
+            }
+            Some(Ready::Bypass) => ResponseFuture::bypass(self.inner.call(request)),
+            Some(Ready::Reject(error)) => ResponseFuture::rejected(error),
+            None => panic!(
+                "Breaker::call without a successful poll_ready: poll_ready must be called first"
+            ),
+        }
+    }
+}
+
+impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
+    /// The clone shares the breaker's state but not this handle's admission: it starts fresh.
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            classifier: self.classifier.clone(),
+            ready: None,
+        }
+    }
+}
+
+impl<S: fmt::Debug, C> fmt::Debug for Breaker<S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ready = match &self.ready {
+            None => "none",
+            Some(Ready::Ticket(t)) if t.kind() == Kind::Probe => "probe",
+            Some(Ready::Ticket(_)) => "call",
+            Some(Ready::Bypass) => "bypass",
+            Some(Ready::Reject(_)) => "reject",
+        };
+        f.debug_struct("Breaker")
+            .field("inner", &self.inner)
+            .field("ready", &ready)
+            .field("breaker", &self.handle())
+            .finish()
+    }
+}

@@ -1,0 +1,495 @@
+//! The state shared by every service built from one [`BreakerLayer`](super::BreakerLayer), and
+//! the handle that reads and controls it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::classify::Outcome;
+use super::policy::Policy;
+use super::state::{Admission, BreakerState, Machine, ProbeEnd, Transition};
+use super::window::{Sample, Window};
+
+const STATE_BITS: u32 = 3;
+
+#[inline]
+const fn pack(generation: u64, state: BreakerState) -> u64 {
+    (generation << STATE_BITS) | state.bits()
+}
+
+/// Which kind of call a ticket stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Call,
+    Probe,
+}
+
+pub(crate) struct Shared {
+    /// `generation << 3 | state`, read without a lock by every call.
+    word: AtomicU64,
+    consecutive: AtomicU32,
+    /// When the cool-down ends, in nanoseconds after `origin`, so that an open breaker rejects
+    /// without a lock.
+    open_until: AtomicU64,
+    rejected: AtomicU64,
+    ignored: AtomicU64,
+    opened: AtomicU64,
+    window: Window,
+    machine: Mutex<Machine>,
+    pub(crate) policy: Policy,
+    origin: Instant,
+    name: Arc<str>,
+}
+
+impl Shared {
+    pub(crate) fn new(policy: Policy, name: Arc<str>, seed: u64) -> Self {
+        let origin = Instant::now();
+        Self {
+            word: AtomicU64::new(pack(0, BreakerState::Closed)),
+            consecutive: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
+            opened: AtomicU64::new(0),
+            window: Window::new(origin, policy.window, policy.buckets),
+            machine: Mutex::new(Machine::new(origin, seed)),
+            policy,
+            origin,
+            name,
+        }
+    }
+
+    fn machine(&self) -> MutexGuard<'_, Machine> {
+        // The machine's invariants hold between its method calls, so a panic elsewhere while
+        // the lock was held leaves nothing half-done: keep going.
+        self.machine
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether slow-call detection needs the start time of each call.
+    #[inline]
+    pub(crate) fn times_calls(&self) -> bool {
+        self.policy.slow_calls.is_some()
+    }
+
+    /// Decides whether a call may go through. The closed path is one atomic load.
+    #[inline]
+    pub(crate) fn admit(&self) -> Admission {
+        let word = self.word.load(Ordering::Acquire);
+        if word & 0b111 == BreakerState::Closed.bits() {
+            return Admission::Call {
+                generation: word >> STATE_BITS,
+            };
+        }
+        self.admit_slow(word)
+    }
+
+    #[cold]
+    fn admit_slow(&self, word: u64) -> Admission {
+        let now = Instant::now();
+        if BreakerState::from_bits(word) == BreakerState::Open {
+            let until = self.open_until.load(Ordering::Acquire);
+            let at = self.nanos(now);
+            if at < until {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                return Admission::Reject {
+                    retry_after: Some(Duration::from_nanos(until - at)),
+                };
+            }
+        }
+        let mut machine = self.machine();
+        let (admission, transition) = machine.admit(now, &self.policy);
+        if let Some(transition) = transition {
+            self.publish(&machine, transition);
+        }
+        drop(machine);
+        if let Admission::Reject { .. } = admission {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+        admission
+    }
+
+    /// Whether a call admitted in `generation` while closed would still be counted.
+    #[inline]
+    pub(crate) fn is_current(&self, generation: u64) -> bool {
+        self.word.load(Ordering::Acquire) == pack(generation, BreakerState::Closed)
+    }
+
+    /// Records the outcome of an ordinary call admitted while closed.
+    #[inline]
+    pub(crate) fn record(&self, generation: u64, started: Option<Instant>, outcome: Outcome) {
+        if outcome == Outcome::Ignore {
+            self.ignored.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if !self.is_current(generation) {
+            // Admitted before the breaker left this closed period: the period it would count
+            // toward is over.
+            return;
+        }
+        match (outcome, started) {
+            (Outcome::Success, None) => {
+                if self.consecutive.load(Ordering::Relaxed) != 0 {
+                    self.consecutive.store(0, Ordering::Relaxed);
+                }
+                self.window.record_success(Instant::now);
+            }
+            _ => self.record_bad_or_timed(generation, started, outcome == Outcome::Failure),
+        }
+    }
+
+    fn record_bad_or_timed(&self, generation: u64, started: Option<Instant>, failure: bool) {
+        let now = Instant::now();
+        let slow = match (self.policy.slow_calls, started) {
+            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
+            _ => false,
+        };
+        self.window.record(now, Sample { failure, slow });
+        let consecutive = if failure {
+            self.consecutive
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            if self.consecutive.load(Ordering::Relaxed) != 0 {
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            0
+        };
+        if !(failure || slow) {
+            return;
+        }
+        let policy = &self.policy;
+        let reason = if policy
+            .consecutive_failures
+            .is_some_and(|n| consecutive >= n)
+        {
+            Some("consecutive failures")
+        } else {
+            let totals = self.window.totals(self.window.observe(now));
+            if totals.calls < u64::from(policy.minimum_calls) {
+                None
+            } else if policy
+                .failure_rate
+                .is_some_and(|rate| totals.failures as f64 >= rate * totals.calls as f64)
+            {
+                Some("failure rate")
+            } else if policy
+                .slow_calls
+                .is_some_and(|s| totals.slow as f64 >= s.rate * totals.calls as f64)
+            {
+                Some("slow-call rate")
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = reason {
+            let mut machine = self.machine();
+            if let Some(transition) = machine.trip(now, generation, policy, reason) {
+                self.publish(&machine, transition);
+            }
+        }
+    }
+
+    /// Records the end of a probe.
+    pub(crate) fn finish_probe(&self, generation: u64, started: Option<Instant>, outcome: Outcome) {
+        let now = Instant::now();
+        let slow = match (self.policy.slow_calls, started) {
+            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
+            _ => false,
+        };
+        let end = match outcome {
+            Outcome::Ignore => {
+                self.ignored.fetch_add(1, Ordering::Relaxed);
+                ProbeEnd::Abandoned
+            }
+            Outcome::Failure => ProbeEnd::Failure,
+            Outcome::Success if slow => ProbeEnd::Failure,
+            Outcome::Success => ProbeEnd::Success,
+        };
+        self.end_probe(now, generation, end);
+    }
+
+    /// Frees the place of a probe that was dropped before it finished.
+    pub(crate) fn abandon_probe(&self, generation: u64) {
+        self.end_probe(Instant::now(), generation, ProbeEnd::Abandoned);
+    }
+
+    fn end_probe(&self, now: Instant, generation: u64, end: ProbeEnd) {
+        let mut machine = self.machine();
+        if let Some(transition) = machine.probe_done(now, generation, end, &self.policy) {
+            self.publish(&machine, transition);
+        }
+    }
+
+    /// Makes a transition visible to the lock-free paths, and tells operators. Called with the
+    /// machine locked, so transitions are published in the order they happened.
+    fn publish(&self, machine: &Machine, transition: Transition) {
+        match transition.to {
+            BreakerState::Open => {
+                self.open_until
+                    .store(self.nanos(machine.open_until()), Ordering::Release);
+                self.opened.fetch_add(1, Ordering::Relaxed);
+            }
+            BreakerState::Closed => {
+                self.window.clear();
+                self.consecutive.store(0, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.word.store(
+            pack(transition.generation, transition.to),
+            Ordering::Release,
+        );
+
+        let name = &*self.name;
+        let (from, to, reason) = (
+            transition.from.as_str(),
+            transition.to.as_str(),
+            transition.reason,
+        );
+        match transition.to {
+            BreakerState::Open => tracing::warn!(
+                breaker = name,
+                from,
+                to,
+                reason,
+                open_for_ms = transition.open_for.map_or(0, |d| d.as_millis() as u64),
+                "circuit breaker opened"
+            ),
+            BreakerState::ForcedOpen => {
+                tracing::warn!(
+                    breaker = name,
+                    from,
+                    to,
+                    reason,
+                    "circuit breaker forced open"
+                )
+            }
+            BreakerState::Closed => {
+                tracing::info!(breaker = name, from, to, reason, "circuit breaker closed")
+            }
+            BreakerState::HalfOpen => {
+                tracing::info!(
+                    breaker = name,
+                    from,
+                    to,
+                    reason,
+                    "circuit breaker half-open"
+                )
+            }
+            BreakerState::ForcedClosed => {
+                tracing::info!(
+                    breaker = name,
+                    from,
+                    to,
+                    reason,
+                    "circuit breaker forced closed"
+                )
+            }
+        }
+    }
+
+    fn force(&self, to: BreakerState) {
+        let mut machine = self.machine();
+        let transition = machine.force(Instant::now(), to);
+        self.publish(&machine, transition);
+    }
+
+    fn reset(&self) {
+        let mut machine = self.machine();
+        let transition = machine.reset(Instant::now());
+        self.publish(&machine, transition);
+    }
+}
+
+/// Reads and controls a breaker: its state, its counters, and operator overrides.
+///
+/// Obtained from [`BreakerLayer::handle`](super::BreakerLayer::handle) or
+/// [`Breaker::handle`](super::Breaker::handle); cheap to clone. Every service built from the same
+/// layer value shares the state this handle shows.
+///
+/// Time-driven changes (the end of a cool-down, a probe timeout) take effect when the next call
+/// arrives, so [`state`](Self::state) keeps saying `Open` after the cool-down until a call comes.
+#[derive(Clone)]
+pub struct BreakerHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl BreakerHandle {
+    /// The current state.
+    pub fn state(&self) -> BreakerState {
+        BreakerState::from_bits(self.shared.word.load(Ordering::Acquire))
+    }
+
+    /// The breaker's name, as given to the builder (it labels log events).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// When the state last changed.
+    pub fn last_transition(&self) -> Instant {
+        self.shared.machine().last_transition()
+    }
+
+    /// A snapshot of the counters.
+    pub fn metrics(&self) -> BreakerMetrics {
+        let shared = &self.shared;
+        let (state, last_transition, probes_in_flight, open_until) = {
+            let machine = shared.machine();
+            (
+                machine.state(),
+                machine.last_transition(),
+                machine.probes_in_flight(),
+                machine.open_until(),
+            )
+        };
+        let window = shared.window.current_totals();
+        let all = shared.window.all_time();
+        BreakerMetrics {
+            state,
+            window_calls: window.calls,
+            window_failures: window.failures,
+            window_slow_calls: window.slow,
+            consecutive_failures: shared.consecutive.load(Ordering::Relaxed),
+            successes: all.calls - all.failures,
+            failures: all.failures,
+            slow_calls: all.slow,
+            ignored: shared.ignored.load(Ordering::Relaxed),
+            rejected: shared.rejected.load(Ordering::Relaxed),
+            times_opened: shared.opened.load(Ordering::Relaxed),
+            probes_in_flight,
+            last_transition,
+            open_until: (state == BreakerState::Open).then_some(open_until),
+        }
+    }
+
+    /// Forces the breaker open: every call is rejected (with no `retry_after`) until
+    /// [`reset`](Self::reset) or [`force_closed`](Self::force_closed).
+    pub fn force_open(&self) {
+        self.shared.force(BreakerState::ForcedOpen);
+    }
+
+    /// Disables the breaker: every call goes through and nothing is counted until
+    /// [`reset`](Self::reset) or [`force_open`](Self::force_open).
+    pub fn force_closed(&self) {
+        self.shared.force(BreakerState::ForcedClosed);
+    }
+
+    /// Returns to the closed state with an empty window and the shortest cool-down, whatever the
+    /// current state.
+    pub fn reset(&self) {
+        self.shared.reset();
+    }
+}
+
+impl fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BreakerHandle")
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A snapshot of a breaker's counters, from [`BreakerHandle::metrics`].
+///
+/// The all-time counters (`successes`, `failures`, `slow_calls`) count calls admitted while the
+/// breaker was closed; probes are not included. Counters of different fields are read one after
+/// the other, so under load they may be a few calls apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BreakerMetrics {
+    /// The state.
+    pub state: BreakerState,
+    /// Calls counted in the sliding window.
+    pub window_calls: u64,
+    /// Failures counted in the sliding window.
+    pub window_failures: u64,
+    /// Slow calls counted in the sliding window.
+    pub window_slow_calls: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Successful calls since the breaker was built.
+    pub successes: u64,
+    /// Failed calls since the breaker was built.
+    pub failures: u64,
+    /// Slow calls since the breaker was built.
+    pub slow_calls: u64,
+    /// Outcomes the classifier ignored since the breaker was built.
+    pub ignored: u64,
+    /// Calls rejected with [`BreakerOpen`](super::BreakerOpen) since the breaker was built.
+    pub rejected: u64,
+    /// How many times the breaker opened (forced opening not included).
+    pub times_opened: u64,
+    /// Probes admitted and not yet finished.
+    pub probes_in_flight: u32,
+    /// When the state last changed.
+    pub last_transition: Instant,
+    /// When the cool-down ends, if the breaker is open.
+    pub open_until: Option<Instant>,
+}
+
+/// A call's claim on the breaker: an ordinary call's generation, or a probe's place, which is
+/// given back if the ticket is dropped before the call finishes.
+pub(crate) struct Ticket {
+    shared: Arc<Shared>,
+    kind: Kind,
+    generation: u64,
+    started: Option<Instant>,
+    done: bool,
+}
+
+impl Ticket {
+    pub(crate) fn new(shared: Arc<Shared>, kind: Kind, generation: u64) -> Self {
+        Self {
+            shared,
+            kind,
+            generation,
+            started: None,
+            done: false,
+        }
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Marks the start of the call, when slow calls are detected.
+    #[inline]
+    pub(crate) fn start(&mut self) {
+        if self.shared.times_calls() {
+            self.started = Some(Instant::now());
+        }
+    }
+
+    #[inline]
+    pub(crate) fn finish(mut self, outcome: Outcome) {
+        self.done = true;
+        match self.kind {
+            Kind::Call => self.shared.record(self.generation, self.started, outcome),
+            Kind::Probe => self
+                .shared
+                .finish_probe(self.generation, self.started, outcome),
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done && self.kind == Kind::Probe {
+            self.shared.abandon_probe(self.generation);
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! The breaker's state machine, apart from the sliding window: pure, with time passed in.
+//!
+//! [`Machine`] decides what happens when the breaker trips, when a call arrives while it is not
+//! closed, and when a probe finishes. It owns no clock and no runtime, so it is tested by handing
+//! it instants. The service keeps it behind a mutex that the closed path never takes.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::policy::Policy;
+
+/// The state of a breaker, as its handle reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls go through; outcomes are counted and may trip the breaker.
+    Closed,
+    /// Calls are rejected at once until the cool-down ends.
+    Open,
+    /// A bounded number of probe calls go through; the rest are rejected.
+    HalfOpen,
+    /// An operator forced the breaker open: every call is rejected until it is reset.
+    ForcedOpen,
+    /// An operator disabled the breaker: every call goes through, nothing is counted, it never
+    /// trips, until it is reset.
+    ForcedClosed,
+}
+
+impl BreakerState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half-open",
+            Self::ForcedOpen => "forced-open",
+            Self::ForcedClosed => "forced-closed",
+        }
+    }
+
+    pub(crate) const fn bits(self) -> u64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+            Self::ForcedOpen => 3,
+            Self::ForcedClosed => 4,
+        }
+    }
+
+    pub(crate) const fn from_bits(bits: u64) -> Self {
+        match bits & 0b111 {
+            0 => Self::Closed,
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            3 => Self::ForcedOpen,
+            _ => Self::ForcedClosed,
+        }
+    }
+}
+
+impl fmt::Display for BreakerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a call that arrives while the breaker is not closed may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// Go through as an ordinary call of this generation.
+    Call { generation: u64 },
+    /// Go through as a probe of this generation.
+    Probe { generation: u64 },
+    /// Go through without being counted (the breaker is forced closed).
+    Bypass,
+    /// Be rejected; a probe may be possible after this long (`None`: not before a reset).
+    Reject { retry_after: Option<Duration> },
+}
+
+/// How a probe ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProbeEnd {
+    Success,
+    Failure,
+    /// Ignored by the classifier, or dropped before it finished: frees the probe's place only.
+    Abandoned,
+}
+
+/// A change of state, for the caller to publish (atomics, window, events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Transition {
+    pub(crate) from: BreakerState,
+    pub(crate) to: BreakerState,
+    pub(crate) generation: u64,
+    /// For a transition to `Open`: how long the cool-down is.
+    pub(crate) open_for: Option<Duration>,
+    pub(crate) reason: &'static str,
+}
+
+#[derive(Debug)]
+pub(crate) struct Machine {
+    state: BreakerState,
+    /// Incremented on every transition; outcomes of calls admitted in an older generation are
+    /// not counted.
+    generation: u64,
+    /// Consecutive trips without closing in between; drives the back-off.
+    trips: u32,
+    open_until: Instant,
+    half_open_since: Instant,
+    probes_in_flight: u32,
+    probe_successes: u32,
+    last_transition: Instant,
+    rng: u64,
+}
+
+impl Machine {
+    pub(crate) fn new(now: Instant, seed: u64) -> Self {
+        Self {
+            state: BreakerState::Closed,
+            generation: 0,
+            trips: 0,
+            open_until: now,
+            half_open_since: now,
+            probes_in_flight: 0,
+            probe_successes: 0,
+            last_transition: now,
+            // splitmix64 needs any seed but zero is as good as any other.
+            rng: seed,
+        }
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        self.state
+    }
+
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn last_transition(&self) -> Instant {
+        self.last_transition
+    }
+
+    pub(crate) fn open_until(&self) -> Instant {
+        self.open_until
+    }
+
+    pub(crate) fn probes_in_flight(&self) -> u32 {
+        self.probes_in_flight
+    }
+
+    fn move_to(
+        &mut self,
+        now: Instant,
+        to: BreakerState,
+        open_for: Option<Duration>,
+        reason: &'static str,
+    ) -> Transition {
+        let from = self.state;
+        self.state = to;
+        self.generation += 1;
+        self.last_transition = now;
+        self.probes_in_flight = 0;
+        self.probe_successes = 0;
+        Transition {
+            from,
+            to,
+            generation: self.generation,
+            open_for,
+            reason,
+        }
+    }
+
+    fn open(&mut self, now: Instant, policy: &Policy, reason: &'static str) -> Transition {
+        self.trips = self.trips.saturating_add(1);
+        let open_for = self.cool_down(policy);
+        self.open_until = now + open_for;
+        self.move_to(now, BreakerState::Open, Some(open_for), reason)
+    }
+
+    /// The cool-down after the current number of consecutive trips.
+    fn cool_down(&mut self, policy: &Policy) -> Duration {
+        let base = policy.open_for.as_secs_f64();
+        let exponent = self.trips.saturating_sub(1).min(1_000) as i32;
+        let grown = (base * policy.backoff.powi(exponent)).min(policy.max_open_for.as_secs_f64());
+        let jittered = if policy.jitter > 0.0 {
+            grown * (1.0 - policy.jitter * self.next_unit())
+        } else {
+            grown
+        };
+        Duration::try_from_secs_f64(jittered)
+            .unwrap_or(policy.max_open_for)
+            .min(policy.max_open_for)
+    }
+
+    /// A number in `[0, 1)` (splitmix64).
+    fn next_unit(&mut self) -> f64 {
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The closed breaker's thresholds were crossed by a call of `generation`.
+    pub(crate) fn trip(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        policy: &Policy,
+        reason: &'static str,
+    ) -> Option<Transition> {
+        (self.state == BreakerState::Closed && self.generation == generation)
+            .then(|| self.open(now, policy, reason))
+    }
+
+    /// Decides for a call that found the breaker not closed (or that raced with a transition).
+    pub(crate) fn admit(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+    ) -> (Admission, Option<Transition>) {
+        match self.state {
+            BreakerState::Closed => (
+                Admission::Call {
+                    generation: self.generation,
+                },
+                None,
+            ),
+            BreakerState::ForcedClosed => (Admission::Bypass, None),
+            BreakerState::ForcedOpen => (Admission::Reject { retry_after: None }, None),
+            BreakerState::Open if now < self.open_until => (
+                Admission::Reject {
+                    retry_after: Some(self.open_until - now),
+                },
+                None,
+            ),
+            BreakerState::Open => {
+                let transition = self.move_to(now, BreakerState::HalfOpen, None, "cool-down over");
+                self.half_open_since = now;
+                (self.take_probe(), Some(transition))
+            }
+            BreakerState::HalfOpen => {
+                let deadline = self.half_open_since + policy.probe_timeout;
+                if now >= deadline {
+                    // The probes did not close the breaker in time: treat it as a failure.
+                    let transition = self.open(now, policy, "probes timed out");
+                    let retry_after = Some(self.open_until - now);
+                    (Admission::Reject { retry_after }, Some(transition))
+                } else if self.probes_in_flight < policy.probes {
+                    (self.take_probe(), None)
+                } else {
+                    (
+                        Admission::Reject {
+                            retry_after: Some(deadline - now),
+                        },
+                        None,
+                    )
+                }
+            }
+        }
+    }
+
+    fn take_probe(&mut self) -> Admission {
+        self.probes_in_flight += 1;
+        Admission::Probe {
+            generation: self.generation,
+        }
+    }
+
+    /// A probe of `generation` finished (or was abandoned).
+    pub(crate) fn probe_done(
+        &mut self,
+        now: Instant,
+        generation: u64,
+        end: ProbeEnd,
+        policy: &Policy,
+    ) -> Option<Transition> {
+        if self.state != BreakerState::HalfOpen || self.generation != generation {
+            return None;
+        }
+        self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        match end {
+            ProbeEnd::Abandoned => None,
+            ProbeEnd::Failure => Some(self.open(now, policy, "probe failed")),
+            ProbeEnd::Success => {
+                self.probe_successes += 1;
+                (self.probe_successes >= policy.probes).then(|| {
+                    self.trips = 0;
+                    self.move_to(now, BreakerState::Closed, None, "probes succeeded")
+                })
+            }
+        }
+    }
+
+    pub(crate) fn force(&mut self, now: Instant, to: BreakerState) -> Transition {
+        self.move_to(now, to, None, "forced by operator")
+    }
+
+    pub(crate) fn reset(&mut self, now: Instant) -> Transition {
+        self.trips = 0;
+        self.move_to(now, BreakerState::Closed, None, "reset by operator")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        let mut policy = Policy::default();
+        policy.open_for = Duration::from_secs(1);
+        policy.backoff = 2.0;
+        policy.max_open_for = Duration::from_secs(5);
+        policy.jitter = 0.0;
+        policy.probes = 2;
+        policy.probe_timeout = Duration::from_secs(10);
+        policy
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn trips_only_from_closed_and_the_same_generation() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        assert!(m.trip(t0, 7, &p, "x").is_none(), "stale generation");
+        let t = m.trip(t0, 0, &p, "x").expect("trips");
+        assert_eq!(
+            (t.from, t.to, t.open_for),
+            (BreakerState::Closed, BreakerState::Open, Some(secs(1)))
+        );
+        assert!(m.trip(t0, t.generation, &p, "x").is_none(), "already open");
+    }
+
+    #[test]
+    fn open_rejects_with_time_left_then_lets_probes_through() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        let (admission, _) = m.admit(t0 + Duration::from_millis(400), &p);
+        assert_eq!(
+            admission,
+            Admission::Reject {
+                retry_after: Some(Duration::from_millis(600))
+            }
+        );
+        let (a, t) = m.admit(t0 + secs(1), &p);
+        assert!(matches!(a, Admission::Probe { .. }));
+        assert_eq!(t.unwrap().to, BreakerState::HalfOpen);
+        let (b, _) = m.admit(t0 + secs(1), &p);
+        assert!(matches!(b, Admission::Probe { .. }));
+        // No storm: the third caller is rejected.
+        let (c, _) = m.admit(t0 + secs(1), &p);
+        assert!(matches!(c, Admission::Reject { .. }));
+    }
+
+    #[test]
+    fn all_probes_must_succeed_to_close() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+            panic!()
+        };
+        assert!(m
+            .probe_done(t0 + secs(1), generation, ProbeEnd::Success, &p)
+            .is_none());
+        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+            panic!()
+        };
+        let t = m
+            .probe_done(t0 + secs(1), generation, ProbeEnd::Success, &p)
+            .unwrap();
+        assert_eq!(t.to, BreakerState::Closed);
+        assert_eq!(m.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn cool_down_grows_to_the_cap_and_resets_on_close() {
+        let p = policy();
+        let mut now = Instant::now();
+        let mut m = Machine::new(now, 1);
+        let mut seen = Vec::new();
+        let mut generation = 0;
+        for _ in 0..5 {
+            let t = m.trip(now, generation, &p, "x").or_else(|| {
+                let (a, _) = m.admit(now, &p);
+                let Admission::Probe { generation } = a else {
+                    panic!()
+                };
+                m.probe_done(now, generation, ProbeEnd::Failure, &p)
+            });
+            let t = t.unwrap();
+            seen.push(t.open_for.unwrap());
+            now += t.open_for.unwrap();
+            generation = t.generation;
+        }
+        assert_eq!(seen, [secs(1), secs(2), secs(4), secs(5), secs(5)]);
+    }
+
+    #[test]
+    fn abandoned_probe_frees_its_place_without_an_outcome() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+            panic!()
+        };
+        m.admit(t0 + secs(1), &p);
+        assert_eq!(m.probes_in_flight(), 2);
+        assert!(m
+            .probe_done(t0 + secs(1), generation, ProbeEnd::Abandoned, &p)
+            .is_none());
+        assert_eq!(m.probes_in_flight(), 1);
+        assert_eq!(m.state(), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn probes_that_never_finish_reopen_the_breaker_after_the_probe_timeout() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        m.admit(t0 + secs(1), &p);
+        m.admit(t0 + secs(1), &p);
+        let (a, t) = m.admit(t0 + secs(11), &p);
+        assert_eq!(t.unwrap().to, BreakerState::Open);
+        // Second trip in a row: twice the cool-down.
+        assert_eq!(
+            a,
+            Admission::Reject {
+                retry_after: Some(secs(2))
+            }
+        );
+    }
+
+    #[test]
+    fn jitter_shortens_the_cool_down_within_bounds_and_varies() {
+        let mut p = policy();
+        p.jitter = 0.5;
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..50 {
+            let t0 = Instant::now();
+            let mut m = Machine::new(t0, seed);
+            let d = m.trip(t0, 0, &p, "x").unwrap().open_for.unwrap();
+            assert!(d <= secs(1) && d >= Duration::from_millis(500), "{d:?}");
+            seen.insert(d);
+        }
+        assert!(seen.len() > 40);
+    }
+
+    #[test]
+    fn forced_states_override_until_reset() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.force(t0, BreakerState::ForcedOpen);
+        assert_eq!(
+            m.admit(t0 + secs(100), &p).0,
+            Admission::Reject { retry_after: None }
+        );
+        m.force(t0, BreakerState::ForcedClosed);
+        assert_eq!(m.admit(t0, &p).0, Admission::Bypass);
+        assert!(m.trip(t0, m.generation(), &p, "x").is_none());
+        m.reset(t0);
+        assert!(matches!(m.admit(t0, &p).0, Admission::Call { .. }));
+    }
+}
