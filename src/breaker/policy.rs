@@ -187,7 +187,8 @@ mod tests {
 
     #[test]
     fn refuses_each_bad_setting_by_name() {
-        let cases: Vec<(&str, fn(&mut Policy))> = vec![
+        type Spoil = fn(&mut Policy);
+        let cases: Vec<(&str, Spoil)> = vec![
             ("consecutive_failures", |p| p.consecutive_failures = Some(0)),
             ("failure_rate", |p| p.failure_rate = Some(0.0)),
             ("failure_rate", |p| p.failure_rate = Some(1.5)),

@@ -311,14 +311,15 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        let mut policy = Policy::default();
-        policy.open_for = Duration::from_secs(1);
-        policy.backoff = 2.0;
-        policy.max_open_for = Duration::from_secs(5);
-        policy.jitter = 0.0;
-        policy.probes = 2;
-        policy.probe_timeout = Duration::from_secs(10);
-        policy
+        Policy {
+            open_for: Duration::from_secs(1),
+            backoff: 2.0,
+            max_open_for: Duration::from_secs(5),
+            jitter: 0.0,
+            probes: 2,
+            probe_timeout: Duration::from_secs(10),
+            ..Policy::default()
+        }
     }
 
     fn secs(n: u64) -> Duration {

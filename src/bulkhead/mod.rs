@@ -7,11 +7,11 @@
 //!
 //! ```
 //! use std::convert::Infallible;
-//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 //! use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn main() -> Result<(), BoxError> {
 //! // One compartment of two calls for this dependency. Keep the layer value and reuse it:
 //! // every service it builds, and every clone of those, shares the two slots.
 //! let bulkhead = BulkheadLayer::new(2)?;
