@@ -49,13 +49,14 @@
 //!   through at once; the others are still rejected, so a crowd arriving after the cool-down
 //!   cannot storm a recovering dependency. That many successful probes close the breaker (with an
 //!   empty window and the shortest cool-down); one failed probe opens it again. A probe whose
-//!   future is dropped frees its place without an outcome, and if the probes have not closed the
-//!   breaker within [`probe_timeout`](BreakerBuilder::probe_timeout), it opens again.
+//!   future is dropped frees its place without an outcome, and a probe that has not finished
+//!   within [`probe_timeout`](BreakerBuilder::probe_timeout) counts as failed.
 //! - **Forced open / forced closed**: an operator's override through the [`BreakerHandle`],
 //!   until [`reset`](BreakerHandle::reset).
 //!
 //! Calls admitted in one period (say, while closed) that finish in another (after the breaker
-//! opened) are not counted: their period is over.
+//! opened) are not counted: their period is over. A caller parked in `poll_ready` on an inner
+//! service that is not ready is woken when the breaker opens, and rejected.
 //!
 //! # What is shared
 //!
@@ -73,8 +74,8 @@
 //!
 //! The closed path takes no lock and allocates nothing: one atomic load to admit, and on success
 //! one atomic add into the window, plus one reference count for the response future. It does not
-//! read the clock on every call unless slow-call detection is on; see the window's notes in
-//! [`BreakerBuilder::window`]. Failures, rejections and transitions do more work: they are rare
+//! read the clock unless slow-call detection is on; see [`BreakerBuilder::window`] for how the
+//! window knows the current bucket without it. Failures, rejections and transitions do more work: they are rare
 //! or already cheap compared with what they save. Transitions are logged with `tracing`: `warn`
 //! when the breaker opens, `info` when it goes half-open or closes.
 
@@ -86,6 +87,7 @@ mod policy;
 mod service;
 mod shared;
 mod state;
+mod ticker;
 mod window;
 
 pub use self::classify::{Classify, ErrorsAsFailures, Outcome};

@@ -1,6 +1,10 @@
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use tokio::sync::futures::OwnedNotified;
 
 use tower::BoxError;
 use tower_service::Service;
@@ -26,6 +30,8 @@ pub struct Breaker<S, C = ErrorsAsFailures> {
     shared: Arc<Shared>,
     classifier: C,
     ready: Option<Ready>,
+    /// Registered while the inner service is not ready, to be woken if the breaker opens.
+    parked: Option<Pin<Box<OwnedNotified>>>,
 }
 
 enum Ready {
@@ -41,6 +47,7 @@ impl<S, C> Breaker<S, C> {
             shared,
             classifier,
             ready: None,
+            parked: None,
         }
     }
 
@@ -66,17 +73,42 @@ impl<S, C> Breaker<S, C> {
         self.inner
     }
 
-    /// Whether the admission held from an earlier `poll_ready` still stands.
+    /// Whether the admission held from an earlier `poll_ready` still stands: an ordinary call
+    /// admitted while closed, or a probe of the current half-open period. Anything else is
+    /// decided again, so a caller never acts on a stale decision.
     #[inline]
     fn holds_admission(&self) -> bool {
         match &self.ready {
-            None | Some(Ready::Bypass) => false,
-            // A probe place is scarce: keep it until `call` or drop.
-            Some(Ready::Reject(_)) => true,
-            Some(Ready::Ticket(ticket)) => {
-                ticket.kind() == Kind::Probe || self.shared.is_current(ticket.generation())
-            }
+            Some(Ready::Ticket(ticket)) => ticket.is_valid(),
+            _ => false,
         }
+    }
+
+    fn admit(&mut self) {
+        self.ready = Some(match self.shared.admit() {
+            Admission::Call { generation } => {
+                Ready::Ticket(Ticket::call(self.shared.clone(), generation))
+            }
+            Admission::Probe { generation, id } => {
+                Ready::Ticket(Ticket::probe(self.shared.clone(), generation, id))
+            }
+            Admission::Bypass => Ready::Bypass,
+            Admission::Reject { retry_after } => Ready::Reject(BreakerOpen::new(retry_after)),
+        });
+    }
+
+    /// Registers to be woken when the breaker opens. Returns `true` if it already happened.
+    fn park(&mut self, cx: &mut Context<'_>) -> bool {
+        let opened = &self.shared.opened;
+        let parked = self
+            .parked
+            .get_or_insert_with(|| Box::pin(opened.clone().notified_owned()));
+        if parked.as_mut().poll(cx).is_ready() {
+            // Consumed; register afresh next time, reusing the allocation.
+            parked.set(opened.clone().notified_owned());
+            return true;
+        }
+        false
     }
 }
 
@@ -91,32 +123,31 @@ where
     type Future = ResponseFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Decide before touching the inner service, so a hung dependency cannot stall a breaker
-        // that should fail fast. A closed admission is checked again on every poll, in case the
-        // breaker opened while the inner service was not ready.
-        if !self.holds_admission() {
-            self.ready = Some(match self.shared.admit() {
-                Admission::Call { generation } => {
-                    Ready::Ticket(Ticket::new(self.shared.clone(), Kind::Call, generation))
-                }
-                Admission::Probe { generation } => {
-                    Ready::Ticket(Ticket::new(self.shared.clone(), Kind::Probe, generation))
-                }
-                Admission::Bypass => Ready::Bypass,
-                Admission::Reject { retry_after } => Ready::Reject(BreakerOpen::new(retry_after)),
-            });
-        }
-        if let Some(Ready::Reject(_)) = self.ready {
-            return Poll::Ready(Ok(()));
-        }
-        match self.inner.poll_ready(cx) {
-            Poll::Ready(Err(err)) => {
-                // The inner service is broken for good; a probe place held here is given back
-                // without an outcome.
-                self.ready = None;
-                Poll::Ready(Err(err.into()))
+        loop {
+            // Decide before touching the inner service, so a hung dependency cannot stall a
+            // breaker that should fail fast.
+            if !self.holds_admission() {
+                self.admit();
             }
-            other => other.map_err(Into::into),
+            if let Some(Ready::Reject(_)) = self.ready {
+                return Poll::Ready(Ok(()));
+            }
+            match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(())),
+                Poll::Ready(Err(err)) => {
+                    // The inner service is broken for good; a probe place held here is given
+                    // back without an outcome.
+                    self.ready = None;
+                    return Poll::Ready(Err(err.into()));
+                }
+                Poll::Pending => {
+                    // If the breaker opens while this caller waits for the inner service, wake
+                    // up and reject instead of waiting on a dependency that is failing.
+                    if !self.park(cx) && self.holds_admission() {
+                        return Poll::Pending;
+                    }
+                }
+            }
         }
     }
 
@@ -131,7 +162,10 @@ where
                 ResponseFuture::called(self.inner.call(request), ticket, self.classifier.clone())
             }
             Some(Ready::Bypass) => ResponseFuture::bypass(self.inner.call(request)),
-            Some(Ready::Reject(error)) => ResponseFuture::rejected(error),
+            Some(Ready::Reject(error)) => {
+                self.shared.count_rejection();
+                ResponseFuture::rejected(error)
+            }
             None => panic!(
                 "Breaker::call without a successful poll_ready: poll_ready must be called first"
             ),
@@ -147,6 +181,7 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
             ready: None,
+            parked: None,
         }
     }
 }

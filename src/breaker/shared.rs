@@ -2,15 +2,17 @@
 //! the handle that reads and controls it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::classify::Outcome;
 use super::policy::Policy;
 use super::state::{Admission, BreakerState, Machine, ProbeEnd, Transition};
+use super::ticker;
 use super::window::{Sample, Window};
 
 const STATE_BITS: u32 = 3;
@@ -30,14 +32,20 @@ pub(crate) enum Kind {
 pub(crate) struct Shared {
     /// `generation << 3 | state`, read without a lock by every call.
     word: AtomicU64,
+    /// Whether a ticker task keeps the window's epoch current (see [`ticker`]).
+    pub(crate) ticking: AtomicBool,
+    /// The epoch in which a ticker was last started or tried, to try at most once per bucket.
+    ticker_tried: AtomicU64,
+    /// Wakes callers parked on a not-ready inner service when the breaker opens.
+    pub(crate) opened: Arc<Notify>,
     consecutive: AtomicU32,
     /// When the cool-down ends, in nanoseconds after `origin`, so that an open breaker rejects
     /// without a lock.
     open_until: AtomicU64,
     rejected: AtomicU64,
     ignored: AtomicU64,
-    opened: AtomicU64,
-    window: Window,
+    times_opened: AtomicU64,
+    pub(crate) window: Window,
     machine: Mutex<Machine>,
     pub(crate) policy: Policy,
     origin: Instant,
@@ -49,11 +57,14 @@ impl Shared {
         let origin = Instant::now();
         Self {
             word: AtomicU64::new(pack(0, BreakerState::Closed)),
+            ticking: AtomicBool::new(false),
+            ticker_tried: AtomicU64::new(0),
+            opened: Arc::new(Notify::new()),
             consecutive: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
-            opened: AtomicU64::new(0),
+            times_opened: AtomicU64::new(0),
             window: Window::new(origin, policy.window, policy.buckets),
             machine: Mutex::new(Machine::new(origin, seed)),
             policy,
@@ -99,7 +110,6 @@ impl Shared {
             let until = self.open_until.load(Ordering::Acquire);
             let at = self.nanos(now);
             if at < until {
-                self.rejected.fetch_add(1, Ordering::Relaxed);
                 return Admission::Reject {
                     retry_after: Some(Duration::from_nanos(until - at)),
                 };
@@ -110,11 +120,27 @@ impl Shared {
         if let Some(transition) = transition {
             self.publish(&machine, transition);
         }
-        drop(machine);
-        if let Admission::Reject { .. } = admission {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
-        }
         admission
+    }
+
+    /// Counts a call rejected by `call`.
+    pub(crate) fn count_rejection(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a probe admitted in `generation` is still a probe of the current half-open period.
+    #[inline]
+    pub(crate) fn is_probing(&self, generation: u64) -> bool {
+        self.word.load(Ordering::Acquire) == pack(generation, BreakerState::HalfOpen)
+    }
+
+    /// Starts a ticker if none runs, trying at most once per bucket.
+    #[cold]
+    fn start_ticker(self: &Arc<Self>) {
+        let epoch = self.window.epoch();
+        if self.ticker_tried.swap(epoch, Ordering::Relaxed) != epoch {
+            ticker::start(self);
+        }
     }
 
     /// Whether a call admitted in `generation` while closed would still be counted.
@@ -125,7 +151,12 @@ impl Shared {
 
     /// Records the outcome of an ordinary call admitted while closed.
     #[inline]
-    pub(crate) fn record(&self, generation: u64, started: Option<Instant>, outcome: Outcome) {
+    pub(crate) fn record(
+        self: &Arc<Self>,
+        generation: u64,
+        started: Option<Instant>,
+        outcome: Outcome,
+    ) {
         if outcome == Outcome::Ignore {
             self.ignored.fetch_add(1, Ordering::Relaxed);
             return;
@@ -140,7 +171,11 @@ impl Shared {
                 if self.consecutive.load(Ordering::Relaxed) != 0 {
                     self.consecutive.store(0, Ordering::Relaxed);
                 }
-                self.window.record_success(Instant::now);
+                let ticking = self.ticking.load(Ordering::Relaxed);
+                self.window.record_success(ticking, Instant::now);
+                if !ticking {
+                    self.start_ticker();
+                }
             }
             _ => self.record_bad_or_timed(generation, started, outcome == Outcome::Failure),
         }
@@ -173,7 +208,7 @@ impl Shared {
         {
             Some("consecutive failures")
         } else {
-            let totals = self.window.totals(self.window.observe(now));
+            let totals = self.window.totals_at(now);
             if totals.calls < u64::from(policy.minimum_calls) {
                 None
             } else if policy
@@ -199,7 +234,13 @@ impl Shared {
     }
 
     /// Records the end of a probe.
-    pub(crate) fn finish_probe(&self, generation: u64, started: Option<Instant>, outcome: Outcome) {
+    pub(crate) fn finish_probe(
+        &self,
+        generation: u64,
+        id: u64,
+        started: Option<Instant>,
+        outcome: Outcome,
+    ) {
         let now = Instant::now();
         let slow = match (self.policy.slow_calls, started) {
             (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
@@ -214,17 +255,17 @@ impl Shared {
             Outcome::Success if slow => ProbeEnd::Failure,
             Outcome::Success => ProbeEnd::Success,
         };
-        self.end_probe(now, generation, end);
+        self.end_probe(now, generation, id, end);
     }
 
     /// Frees the place of a probe that was dropped before it finished.
-    pub(crate) fn abandon_probe(&self, generation: u64) {
-        self.end_probe(Instant::now(), generation, ProbeEnd::Abandoned);
+    pub(crate) fn abandon_probe(&self, generation: u64, id: u64) {
+        self.end_probe(Instant::now(), generation, id, ProbeEnd::Abandoned);
     }
 
-    fn end_probe(&self, now: Instant, generation: u64, end: ProbeEnd) {
+    fn end_probe(&self, now: Instant, generation: u64, id: u64, end: ProbeEnd) {
         let mut machine = self.machine();
-        if let Some(transition) = machine.probe_done(now, generation, end, &self.policy) {
+        if let Some(transition) = machine.probe_done(now, generation, id, end, &self.policy) {
             self.publish(&machine, transition);
         }
     }
@@ -236,7 +277,7 @@ impl Shared {
             BreakerState::Open => {
                 self.open_until
                     .store(self.nanos(machine.open_until()), Ordering::Release);
-                self.opened.fetch_add(1, Ordering::Relaxed);
+                self.times_opened.fetch_add(1, Ordering::Relaxed);
             }
             BreakerState::Closed => {
                 self.window.clear();
@@ -248,6 +289,10 @@ impl Shared {
             pack(transition.generation, transition.to),
             Ordering::Release,
         );
+        if matches!(transition.to, BreakerState::Open | BreakerState::ForcedOpen) {
+            // Callers parked on a not-ready inner service must now be rejected instead.
+            self.opened.notify_waiters();
+        }
 
         let name = &*self.name;
         let (from, to, reason) = (
@@ -351,7 +396,7 @@ impl BreakerHandle {
                 machine.open_until(),
             )
         };
-        let window = shared.window.current_totals();
+        let window = shared.window.totals_at(Instant::now());
         let all = shared.window.all_time();
         BreakerMetrics {
             state,
@@ -364,7 +409,7 @@ impl BreakerHandle {
             slow_calls: all.slow,
             ignored: shared.ignored.load(Ordering::Relaxed),
             rejected: shared.rejected.load(Ordering::Relaxed),
-            times_opened: shared.opened.load(Ordering::Relaxed),
+            times_opened: shared.times_opened.load(Ordering::Relaxed),
             probes_in_flight,
             last_transition,
             open_until: (state == BreakerState::Open).then_some(open_until),
@@ -443,27 +488,46 @@ pub(crate) struct Ticket {
     shared: Arc<Shared>,
     kind: Kind,
     generation: u64,
+    probe: u64,
     started: Option<Instant>,
     done: bool,
 }
 
 impl Ticket {
-    pub(crate) fn new(shared: Arc<Shared>, kind: Kind, generation: u64) -> Self {
+    #[inline]
+    pub(crate) fn call(shared: Arc<Shared>, generation: u64) -> Self {
         Self {
             shared,
-            kind,
+            kind: Kind::Call,
             generation,
+            probe: 0,
             started: None,
             done: false,
         }
     }
 
-    pub(crate) fn kind(&self) -> Kind {
-        self.kind
+    pub(crate) fn probe(shared: Arc<Shared>, generation: u64, id: u64) -> Self {
+        Self {
+            shared,
+            kind: Kind::Probe,
+            generation,
+            probe: id,
+            started: None,
+            done: false,
+        }
     }
 
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation
+    /// Whether the admission this ticket stands for still holds.
+    #[inline]
+    pub(crate) fn is_valid(&self) -> bool {
+        match self.kind {
+            Kind::Call => self.shared.is_current(self.generation),
+            Kind::Probe => self.shared.is_probing(self.generation),
+        }
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.kind
     }
 
     /// Marks the start of the call, when slow calls are detected.
@@ -479,9 +543,10 @@ impl Ticket {
         self.done = true;
         match self.kind {
             Kind::Call => self.shared.record(self.generation, self.started, outcome),
-            Kind::Probe => self
-                .shared
-                .finish_probe(self.generation, self.started, outcome),
+            Kind::Probe => {
+                self.shared
+                    .finish_probe(self.generation, self.probe, self.started, outcome)
+            }
         }
     }
 }
@@ -489,7 +554,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done && self.kind == Kind::Probe {
-            self.shared.abandon_probe(self.generation);
+            self.shared.abandon_probe(self.generation, self.probe);
         }
     }
 }

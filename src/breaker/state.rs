@@ -70,8 +70,8 @@ impl fmt::Display for BreakerState {
 pub(crate) enum Admission {
     /// Go through as an ordinary call of this generation.
     Call { generation: u64 },
-    /// Go through as a probe of this generation.
-    Probe { generation: u64 },
+    /// Go through as a probe of this generation, known by `id`.
+    Probe { generation: u64, id: u64 },
     /// Go through without being counted (the breaker is forced closed).
     Bypass,
     /// Be rejected; a probe may be possible after this long (`None`: not before a reset).
@@ -107,8 +107,9 @@ pub(crate) struct Machine {
     /// Consecutive trips without closing in between; drives the back-off.
     trips: u32,
     open_until: Instant,
-    half_open_since: Instant,
-    probes_in_flight: u32,
+    /// The probes in flight: their ids and when they were admitted.
+    probes: Vec<(u64, Instant)>,
+    next_probe: u64,
     probe_successes: u32,
     last_transition: Instant,
     rng: u64,
@@ -121,8 +122,8 @@ impl Machine {
             generation: 0,
             trips: 0,
             open_until: now,
-            half_open_since: now,
-            probes_in_flight: 0,
+            probes: Vec::new(),
+            next_probe: 0,
             probe_successes: 0,
             last_transition: now,
             // splitmix64 needs any seed but zero is as good as any other.
@@ -148,7 +149,7 @@ impl Machine {
     }
 
     pub(crate) fn probes_in_flight(&self) -> u32 {
-        self.probes_in_flight
+        self.probes.len() as u32
     }
 
     fn move_to(
@@ -162,7 +163,7 @@ impl Machine {
         self.state = to;
         self.generation += 1;
         self.last_transition = now;
-        self.probes_in_flight = 0;
+        self.probes.clear();
         self.probe_successes = 0;
         Transition {
             from,
@@ -240,49 +241,52 @@ impl Machine {
             ),
             BreakerState::Open => {
                 let transition = self.move_to(now, BreakerState::HalfOpen, None, "cool-down over");
-                self.half_open_since = now;
-                (self.take_probe(), Some(transition))
+                (self.take_probe(now), Some(transition))
             }
             BreakerState::HalfOpen => {
-                let deadline = self.half_open_since + policy.probe_timeout;
-                if now >= deadline {
-                    // The probes did not close the breaker in time: treat it as a failure.
-                    let transition = self.open(now, policy, "probes timed out");
+                let oldest = self.probes.iter().map(|&(_, admitted)| admitted).min();
+                let deadline = oldest.map(|admitted| admitted + policy.probe_timeout);
+                if deadline.is_some_and(|deadline| now >= deadline) {
+                    // A probe did not finish in time: count it as failed.
+                    let transition = self.open(now, policy, "probe timed out");
                     let retry_after = Some(self.open_until - now);
                     (Admission::Reject { retry_after }, Some(transition))
-                } else if self.probes_in_flight < policy.probes {
-                    (self.take_probe(), None)
+                } else if self.probes.len() < policy.probes as usize {
+                    (self.take_probe(now), None)
                 } else {
-                    (
-                        Admission::Reject {
-                            retry_after: Some(deadline - now),
-                        },
-                        None,
-                    )
+                    // Every place is taken; one frees up at the latest when the oldest probe
+                    // times out.
+                    let retry_after = deadline.map(|deadline| deadline - now);
+                    (Admission::Reject { retry_after }, None)
                 }
             }
         }
     }
 
-    fn take_probe(&mut self) -> Admission {
-        self.probes_in_flight += 1;
+    fn take_probe(&mut self, now: Instant) -> Admission {
+        let id = self.next_probe;
+        self.next_probe += 1;
+        self.probes.push((id, now));
         Admission::Probe {
             generation: self.generation,
+            id,
         }
     }
 
-    /// A probe of `generation` finished (or was abandoned).
+    /// The probe `id` of `generation` finished (or was abandoned).
     pub(crate) fn probe_done(
         &mut self,
         now: Instant,
         generation: u64,
+        id: u64,
         end: ProbeEnd,
         policy: &Policy,
     ) -> Option<Transition> {
         if self.state != BreakerState::HalfOpen || self.generation != generation {
             return None;
         }
-        self.probes_in_flight = self.probes_in_flight.saturating_sub(1);
+        let place = self.probes.iter().position(|&(probe, _)| probe == id)?;
+        self.probes.swap_remove(place);
         match end {
             ProbeEnd::Abandoned => None,
             ProbeEnd::Failure => Some(self.open(now, policy, "probe failed")),
@@ -369,17 +373,17 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
         m.trip(t0, 0, &p, "x");
-        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+        let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
         assert!(m
-            .probe_done(t0 + secs(1), generation, ProbeEnd::Success, &p)
+            .probe_done(t0 + secs(1), generation, id, ProbeEnd::Success, &p)
             .is_none());
-        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+        let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
         let t = m
-            .probe_done(t0 + secs(1), generation, ProbeEnd::Success, &p)
+            .probe_done(t0 + secs(1), generation, id, ProbeEnd::Success, &p)
             .unwrap();
         assert_eq!(t.to, BreakerState::Closed);
         assert_eq!(m.state(), BreakerState::Closed);
@@ -395,10 +399,10 @@ mod tests {
         for _ in 0..5 {
             let t = m.trip(now, generation, &p, "x").or_else(|| {
                 let (a, _) = m.admit(now, &p);
-                let Admission::Probe { generation } = a else {
+                let Admission::Probe { generation, id } = a else {
                     panic!()
                 };
-                m.probe_done(now, generation, ProbeEnd::Failure, &p)
+                m.probe_done(now, generation, id, ProbeEnd::Failure, &p)
             });
             let t = t.unwrap();
             seen.push(t.open_for.unwrap());
@@ -414,13 +418,13 @@ mod tests {
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
         m.trip(t0, 0, &p, "x");
-        let (Admission::Probe { generation }, _) = m.admit(t0 + secs(1), &p) else {
+        let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
         m.admit(t0 + secs(1), &p);
         assert_eq!(m.probes_in_flight(), 2);
         assert!(m
-            .probe_done(t0 + secs(1), generation, ProbeEnd::Abandoned, &p)
+            .probe_done(t0 + secs(1), generation, id, ProbeEnd::Abandoned, &p)
             .is_none());
         assert_eq!(m.probes_in_flight(), 1);
         assert_eq!(m.state(), BreakerState::HalfOpen);
@@ -434,6 +438,14 @@ mod tests {
         m.trip(t0, 0, &p, "x");
         m.admit(t0 + secs(1), &p);
         m.admit(t0 + secs(1), &p);
+        // Both places taken: the next place frees up when the first probe times out.
+        let (full, _) = m.admit(t0 + secs(4), &p);
+        assert_eq!(
+            full,
+            Admission::Reject {
+                retry_after: Some(secs(7))
+            }
+        );
         let (a, t) = m.admit(t0 + secs(11), &p);
         assert_eq!(t.unwrap().to, BreakerState::Open);
         // Second trip in a row: twice the cool-down.
@@ -443,6 +455,45 @@ mod tests {
                 retry_after: Some(secs(2))
             }
         );
+    }
+
+    #[test]
+    fn the_probe_timeout_counts_from_each_probe_not_from_half_open() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
+            panic!()
+        };
+        m.probe_done(t0 + secs(2), generation, id, ProbeEnd::Success, &p);
+        // Light traffic: the second probe comes long after half-open began.
+        let (a, t) = m.admit(t0 + secs(30), &p);
+        assert!(matches!(a, Admission::Probe { .. }) && t.is_none());
+        let Admission::Probe { generation, id } = a else {
+            panic!()
+        };
+        let t = m
+            .probe_done(t0 + secs(31), generation, id, ProbeEnd::Success, &p)
+            .unwrap();
+        assert_eq!(t.to, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_late_outcome_of_a_timed_out_probe_is_not_counted() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        m.trip(t0, 0, &p, "x");
+        let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
+            panic!()
+        };
+        m.admit(t0 + secs(11), &p);
+        assert_eq!(m.state(), BreakerState::Open);
+        assert!(m
+            .probe_done(t0 + secs(12), generation, id, ProbeEnd::Success, &p)
+            .is_none());
+        assert_eq!(m.state(), BreakerState::Open);
     }
 
     #[test]

@@ -9,24 +9,18 @@
 //!
 //! # Knowing the current bucket without reading the clock on every call
 //!
-//! Reading the clock costs more than the rest of a call, so a success does not always read it.
-//! The window keeps the newest epoch anybody has seen. Failures and slow calls always read the
-//! clock; a success reads it only while the bucket it would land in has fewer than
-//! [`SAMPLE_BELOW`] calls, and then once every [`SAMPLE_EVERY`] calls. Under light traffic every
-//! call reads the clock, so attribution is exact. Under heavy traffic at most `SAMPLE_EVERY - 1`
-//! successes land in the previous bucket after a boundary, which is less than one bucket's worth
-//! of calls: the window stays accurate to within one bucket, its own granularity. Time comes from
-//! the caller, so paused tokio time drives it in tests.
+//! Reading the clock costs more than the rest of a call, so successes do not read it. The window
+//! keeps the current epoch in an atomic; a ticker task on the tokio runtime (see
+//! [`ticker`](super::ticker)) moves it forward at every bucket boundary, failures and slow calls
+//! move it forward from the clock they read anyway, and while no ticker runs (no runtime yet, or
+//! its runtime shut down) successes read the clock themselves. The ticker sleeps on tokio's
+//! clock, so paused time drives it in tests. Whenever the epoch moves forward, the slots it
+//! skipped are emptied, so a slot never holds counts older than the window.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-/// While a bucket holds fewer calls than this, every success reads the clock.
-pub(crate) const SAMPLE_BELOW: u32 = 64;
-/// Beyond [`SAMPLE_BELOW`], one success in this many reads the clock.
-pub(crate) const SAMPLE_EVERY: u32 = 64;
 
 const COUNT_MASK: u64 = 0xFFFF_FFFF;
 
@@ -93,6 +87,12 @@ impl Window {
         }
     }
 
+    /// When the bucket after `epoch` begins.
+    pub(crate) fn next_boundary(&self, epoch: u64) -> Instant {
+        let nanos = epoch.saturating_mul(self.bucket_nanos);
+        self.origin + Duration::from_nanos(nanos)
+    }
+
     /// The epoch of `now`, and remembers it if it is the newest seen.
     #[inline]
     pub(crate) fn observe(&self, now: Instant) -> u64 {
@@ -100,9 +100,43 @@ impl Window {
             .unwrap_or(u64::MAX);
         let epoch = nanos / self.bucket_nanos + 1;
         if epoch > self.epoch.load(Ordering::Relaxed) {
-            self.epoch.fetch_max(epoch, Ordering::Relaxed);
+            let previous = self.epoch.fetch_max(epoch, Ordering::AcqRel);
+            if epoch > previous {
+                self.empty_skipped(previous, epoch);
+            }
         }
         epoch
+    }
+
+    /// The current epoch, as last moved forward by anybody.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Empties the slots of the epochs after `previous` up to `epoch`, which nobody recorded in
+    /// yet, so that no slot keeps counts from a full turn (or many turns) ago.
+    fn empty_skipped(&self, previous: u64, epoch: u64) {
+        let buckets = self.slots.len() as u64;
+        let first = (previous + 1).max(epoch.saturating_sub(buckets - 1));
+        // Every slot holds one of the last `buckets` epochs before `previous`, so comparing
+        // 32-bit tags is exact unless the jump is nearly 2^32 buckets; then empty by force.
+        let aliased = epoch - previous >= (1u64 << 32) - buckets;
+        for skipped in first..=epoch {
+            let slot = self.slot(skipped);
+            for (counter, retired) in [
+                (&slot.calls, &self.retired_calls),
+                (&slot.failures, &self.retired_failures),
+                (&slot.slow, &self.retired_slow),
+            ] {
+                if aliased {
+                    let old = counter.swap(pack(skipped as u32, 0), Ordering::Relaxed);
+                    retired.fetch_add(u64::from(count(old)), Ordering::Relaxed);
+                } else {
+                    renew(counter, skipped, 0, retired);
+                }
+            }
+        }
     }
 
     #[inline]
@@ -110,19 +144,15 @@ impl Window {
         &self.slots[(epoch % self.slots.len() as u64) as usize]
     }
 
-    /// Records a success, reading the clock through `now` only when the bucket needs it.
+    /// Records a success in the current epoch, or at `now()` when the epoch is not kept current
+    /// by a ticker.
     #[inline]
-    pub(crate) fn record_success(&self, now: impl FnOnce() -> Instant) {
-        let mut epoch = self.epoch.load(Ordering::Relaxed);
-        let word = self.slot(epoch).calls.load(Ordering::Relaxed);
-        let seen = if tag(word) == epoch as u32 {
-            count(word)
+    pub(crate) fn record_success(&self, ticking: bool, now: impl FnOnce() -> Instant) {
+        let epoch = if ticking {
+            self.epoch()
         } else {
-            0
+            self.observe(now())
         };
-        if seen < SAMPLE_BELOW || (seen + 1) % SAMPLE_EVERY == 0 {
-            epoch = self.observe(now());
-        }
         bump(&self.slot(epoch).calls, epoch, &self.retired_calls);
     }
 
@@ -159,9 +189,9 @@ impl Window {
         totals
     }
 
-    /// The window as of the newest epoch seen.
-    pub(crate) fn current_totals(&self) -> Totals {
-        self.totals(self.epoch.load(Ordering::Relaxed))
+    /// The window as it stands at `now`.
+    pub(crate) fn totals_at(&self, now: Instant) -> Totals {
+        self.totals(self.observe(now))
     }
 
     /// Every call ever recorded, including those that have left the window.
@@ -213,22 +243,34 @@ fn retire(counter: &AtomicU64, retired: &AtomicU64) {
     }
 }
 
-/// Adds one to `counter` for `epoch`, recycling the slot if it still holds an older epoch.
+/// Adds one to `counter` for `epoch`.
 #[inline]
 fn bump(counter: &AtomicU64, epoch: u64, retired: &AtomicU64) {
+    let word = counter.load(Ordering::Relaxed);
+    if tag(word) == epoch as u32 {
+        counter.fetch_add(1, Ordering::Relaxed);
+    } else {
+        renew(counter, epoch, 1, retired);
+    }
+}
+
+/// Moves `counter` to `epoch` with `add` counted in it, retiring the counts of an older epoch.
+/// If the counter is already at `epoch` (or, for a thread whose epoch went stale, at a newer one),
+/// `add` is added there instead: a count is never lost.
+fn renew(counter: &AtomicU64, epoch: u64, add: u32, retired: &AtomicU64) {
     let epoch = epoch as u32;
     let mut word = counter.load(Ordering::Relaxed);
     loop {
         let age = epoch.wrapping_sub(tag(word));
         if age == 0 || age > u32::MAX / 2 {
-            // Same epoch, or the slot already moved to a newer one (this thread's epoch is stale
-            // by a whole window): count the call there rather than lose it.
-            counter.fetch_add(1, Ordering::Relaxed);
+            if add > 0 {
+                counter.fetch_add(u64::from(add), Ordering::Relaxed);
+            }
             return;
         }
         match counter.compare_exchange_weak(
             word,
-            pack(epoch, 1),
+            pack(epoch, add),
             Ordering::Relaxed,
             Ordering::Relaxed,
         ) {
@@ -257,14 +299,18 @@ mod tests {
         slow: false,
     };
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn counts_within_the_window() {
         let (w, t0) = window();
         for _ in 0..3 {
-            w.record_success(|| t0);
+            w.record_success(false, || t0);
         }
-        w.record(t0 + Duration::from_secs(1), FAIL);
-        let totals = w.totals(w.observe(t0 + Duration::from_secs(1)));
+        w.record(t0 + secs(1), FAIL);
+        let totals = w.totals_at(t0 + secs(1));
         assert_eq!(totals.calls, 4);
         assert_eq!(totals.failures, 1);
     }
@@ -273,16 +319,21 @@ mod tests {
     fn old_buckets_slide_out() {
         let (w, t0) = window();
         for _ in 0..100 {
-            w.record_success(|| t0);
+            w.record_success(false, || t0);
         }
         w.record(t0 + Duration::from_millis(9_500), FAIL);
-        assert_eq!(w.current_totals().calls, 101);
+        assert_eq!(w.totals_at(t0 + Duration::from_millis(9_500)).calls, 101);
         // Ten seconds after the successes their bucket has left the window.
-        let later = t0 + Duration::from_millis(10_000);
+        let later = t0 + secs(10);
         w.record(later, FAIL);
-        let totals = w.current_totals();
-        assert_eq!(totals.calls, 2);
-        assert_eq!(totals.failures, 2);
+        assert_eq!(
+            w.totals_at(later),
+            Totals {
+                calls: 2,
+                failures: 2,
+                slow: 0
+            }
+        );
         // Nothing is forgotten in the all-time totals.
         assert_eq!(w.all_time().calls, 102);
     }
@@ -292,10 +343,9 @@ mod tests {
         let (w, t0) = window();
         w.record(t0, FAIL);
         // Same slot index, ten buckets later.
-        w.record_success(|| t0 + Duration::from_secs(10));
-        let totals = w.current_totals();
+        w.record_success(false, || t0 + secs(10));
         assert_eq!(
-            totals,
+            w.totals_at(t0 + secs(10)),
             Totals {
                 calls: 1,
                 failures: 0,
@@ -313,69 +363,82 @@ mod tests {
     }
 
     #[test]
-    fn sparse_successes_read_the_clock_every_time() {
+    fn a_ticking_window_records_successes_in_the_epoch_the_ticker_set() {
         let (w, t0) = window();
-        let mut reads = 0;
-        for i in 0..SAMPLE_BELOW {
-            w.record_success(|| {
-                reads += 1;
-                t0 + Duration::from_millis(u64::from(i))
-            });
-        }
-        assert_eq!(reads, SAMPLE_BELOW);
+        w.observe(t0 + secs(3));
+        w.record_success(true, || {
+            unreachable!("a ticking window does not read the clock")
+        });
+        assert_eq!(w.totals_at(t0 + secs(3)).calls, 1);
+        assert_eq!(w.totals_at(t0 + secs(12)).calls, 1);
+        assert_eq!(w.totals_at(t0 + secs(13)).calls, 0);
     }
 
     #[test]
-    fn dense_successes_read_the_clock_rarely_and_stay_within_one_bucket() {
+    fn counts_from_whole_turns_ago_never_come_back() {
         let (w, t0) = window();
-        let mut reads = 0u32;
-        let calls = 10_000u32;
-        // All the calls happen in the second bucket, but the window last saw the first.
-        w.observe(t0);
-        let t1 = t0 + Duration::from_millis(1_500);
-        for _ in 0..calls {
-            w.record_success(|| {
-                reads += 1;
-                t1
-            });
+        for _ in 0..9 {
+            w.record(t0, FAIL);
         }
-        assert!(
-            reads <= SAMPLE_BELOW + calls / SAMPLE_EVERY + 1,
-            "{reads} clock reads"
+        // 2^32 buckets later the 32-bit tags would match again; the skipped slots were emptied.
+        let much_later = t0 + Duration::from_secs(1) * (1u32 << 31) * 2;
+        w.record(much_later, FAIL);
+        assert_eq!(
+            w.totals_at(much_later),
+            Totals {
+                calls: 1,
+                failures: 1,
+                slow: 0
+            }
         );
-        // The very first call read the clock, so every call landed in the right bucket.
-        let epoch_1 = w.observe(t1);
-        assert_eq!(count(w.slot(epoch_1).calls.load(Ordering::Relaxed)), calls);
-    }
-
-    #[test]
-    fn after_a_boundary_at_most_one_sample_period_lands_late() {
-        let (w, t0) = window();
-        for _ in 0..1_000 {
-            w.record_success(|| t0);
-        }
-        // Time moves to the next bucket; nobody has read the clock yet.
-        let t1 = t0 + Duration::from_secs(1);
-        for _ in 0..1_000 {
-            w.record_success(|| t1);
-        }
-        let late = count(w.slot(w.observe(t0)).calls.load(Ordering::Relaxed)) - 1_000;
-        assert!(late < SAMPLE_EVERY, "{late} calls landed in the old bucket");
-        assert_eq!(w.current_totals().calls, 2_000);
+        assert_eq!(w.all_time().calls, 10);
     }
 
     #[test]
     fn clear_empties_the_window_but_keeps_all_time_totals() {
         let (w, t0) = window();
         w.record(t0, FAIL);
-        w.record_success(|| t0);
+        w.record_success(false, || t0);
         w.clear();
-        assert_eq!(w.current_totals(), Totals::default());
+        assert_eq!(w.totals_at(t0), Totals::default());
         assert_eq!(
             w.all_time(),
             Totals {
                 calls: 2,
                 failures: 1,
+                slow: 0
+            }
+        );
+    }
+
+    #[test]
+    fn concurrent_writers_lose_no_count() {
+        let (w, t0) = window();
+        let w = std::sync::Arc::new(w);
+        let threads: Vec<_> = (0..2u64)
+            .map(|k| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u64 {
+                        // Both threads cross bucket boundaries while the other writes.
+                        let at = t0 + Duration::from_millis((i / 1_000) * 700 + k);
+                        if i % 10 == 0 {
+                            w.record(at, FAIL);
+                        } else {
+                            w.record_success(false, || at);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            w.all_time(),
+            Totals {
+                calls: 40_000,
+                failures: 4_000,
                 slow: 0
             }
         );
