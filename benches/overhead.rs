@@ -13,13 +13,15 @@
 //!   together by a barrier, each do `iters` ready+call on their own clone of
 //!   ONE shared service. The reported time is the wall time from the first
 //!   task's start to the last task's end, i.e. ns per call per core.
-//! * `rejection`  – the cost of a call that is turned away: bulkheads that are
-//!   full (capacity 1, the slot held by an outstanding call whose inner future
-//!   never completes) and breakers forced open.
+//! * `rejection`  – the cost of a ready+call that comes back `Err`: bulkheads
+//!   that are full (capacity 1, the slot held by an outstanding call whose
+//!   inner future never completes), breakers forced open through their handle
+//!   (`*_breaker`), and breakers tripped by inner failures
+//!   (`*_breaker_tripped`).
 //!
 //! Variants: `raw`, `tanker_bulkhead`, `tanker_breaker`, `tanker_stack`,
 //! `tower_limit`, `resilience_bulkhead`, `resilience_breaker`,
-//! `resilience_stack`.
+//! `resilience_stack` (no `raw` or stacks in `rejection`).
 //!
 //! Configuration is chosen to be like-for-like: every bulkhead admits 64 calls
 //! at a time and never waits (tower: `load_shed` over `concurrency_limit`;
@@ -47,44 +49,60 @@ use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use tokio::runtime::{Builder, Runtime};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 
-use tanker::breaker::BreakerLayer;
+use tanker::breaker::{BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
 use tanker::ServiceBuilderExt;
 
 use tower_resilience::bulkhead::BulkheadLayer as RBulkheadLayer;
 use tower_resilience::circuitbreaker::{
-    CircuitBreakerLayer as RBreakerLayer, CircuitBreakerHandle as RBreakerHandle,
-    SlidingWindowType,
+    CircuitBreakerHandle as RBreakerHandle, CircuitBreakerLayer as RBreakerLayer, SlidingWindowType,
 };
 
+/// tanker's default cool-down, given to the tower-resilience breaker too.
+const RESILIENCE_OPEN_FOR: Duration = Duration::from_secs(5);
+/// Cool-down for breakers tripped by failures in the rejection group: far
+/// longer than the benchmark, so they stay open throughout.
+const TRIPPED_OPEN_FOR: Duration = Duration::from_secs(3600);
 /// Capacity of every bulkhead / concurrency limit in the throughput groups.
 const MAX_IN_FLIGHT: usize = 64;
 /// Request value that makes the rejection-group inner service pend forever.
 const HOLD: u64 = u64::MAX;
+/// Request value that makes the rejection-group inner service fail.
+const FAIL: u64 = u64::MAX - 1;
 
 // ---------------------------------------------------------------------------
 // Inner services
 // ---------------------------------------------------------------------------
 
 /// The service every variant wraps: returns its input, immediately.
-fn inner() -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Future<Output = Result<u64, Infallible>> + Send>
-       + Clone
+fn inner() -> impl Service<
+    u64,
+    Response = u64,
+    Error = Infallible,
+    Future = impl Future<Output = Result<u64, Infallible>> + Send,
+> + Clone
        + Send
        + 'static {
     tower::service_fn(|x: u64| async move { Ok::<_, Infallible>(x) })
 }
 
-/// Like [`inner`], but a request of [`HOLD`] never completes: used to keep a
-/// bulkhead slot occupied for the rejection group.
-fn holding_inner() -> impl Service<u64, Response = u64, Error = Infallible, Future = impl Future<Output = Result<u64, Infallible>> + Send>
-       + Clone
+/// Like [`inner`], but a request of [`HOLD`] never completes (used to keep a
+/// bulkhead slot occupied) and a request of [`FAIL`] fails (used to trip
+/// breakers). Used by the rejection group only.
+fn rejection_inner() -> impl Service<
+    u64,
+    Response = u64,
+    Error = &'static str,
+    Future = impl Future<Output = Result<u64, &'static str>> + Send,
+> + Clone
        + Send
        + 'static {
     tower::service_fn(|x: u64| async move {
-        if x == HOLD {
-            std::future::pending::<()>().await;
+        match x {
+            HOLD => std::future::pending().await,
+            FAIL => Err("inner failure"),
+            x => Ok(x),
         }
-        Ok::<_, Infallible>(x)
     })
 }
 
@@ -95,6 +113,7 @@ fn holding_inner() -> impl Service<u64, Response = u64, Error = Infallible, Futu
 fn tanker_bulkhead_layer(max: usize) -> BulkheadLayer {
     BulkheadLayer::builder()
         .max_in_flight(max)
+        .no_waiting_room() // shed at once when full (the default, made explicit)
         .build()
         .expect("valid tanker bulkhead config")
 }
@@ -112,17 +131,25 @@ fn resilience_bulkhead_layer(max: usize) -> RBulkheadLayer {
     layer
 }
 
-/// tower-resilience breaker with the same trip rule as tanker's default
-/// breaker: failure rate >= 50% over a count-based window, evaluated once the
-/// minimum number of calls has been seen, open for the same cool-down, one
-/// half-open probe.
-fn resilience_breaker_layer() -> (RBreakerLayer, RBreakerHandle) {
+/// tower-resilience breaker set up like tanker's default breaker (failure
+/// rate >= 50%, at least 20 calls, 5 s open, one half-open probe).
+///
+/// Window: tanker's default is time-based (10 s in 10 buckets). The
+/// tower-resilience time-based window keeps one record per call in a
+/// `VecDeque` and rescans all of them on every call, which at benchmark rates
+/// (millions of calls in 10 s) makes each call O(n) and the run quadratic, so
+/// its O(1) count-based mode (size 100) is used instead. (In 0.13 that mode
+/// keeps cumulative counters since the last state change rather than the
+/// last N calls; the per-call cost is what is compared here, not semantics.)
+/// Its `ConsecutiveFailures` model cannot be combined with a rate, so
+/// tanker's extra "5 in a row" rule has no counterpart here.
+fn resilience_breaker_layer(open_for: Duration) -> (RBreakerLayer, RBreakerHandle) {
     RBreakerLayer::builder()
         .failure_rate_threshold(0.5)
         .sliding_window_type(SlidingWindowType::CountBased)
         .sliding_window_size(100)
         .minimum_number_of_calls(20)
-        .wait_duration_in_open(Duration::from_secs(30))
+        .wait_duration_in_open(open_for)
         .permitted_calls_in_half_open(1)
         .build_with_handle()
         .expect("valid tower-resilience breaker config")
@@ -167,7 +194,9 @@ where
             rt.block_on(async {
                 let start = Instant::now();
                 for i in 0..iters {
-                    let out = ready_call(&mut svc, black_box(i)).await.expect("call succeeds");
+                    let out = ready_call(&mut svc, black_box(i))
+                        .await
+                        .expect("call succeeds");
                     black_box(out);
                 }
                 start.elapsed()
@@ -187,7 +216,11 @@ where
             rt.block_on(async {
                 let start = Instant::now();
                 for i in 0..iters {
-                    let out = svc.clone().oneshot(black_box(i)).await.expect("call succeeds");
+                    let out = svc
+                        .clone()
+                        .oneshot(black_box(i))
+                        .await
+                        .expect("call succeeds");
                     black_box(out);
                 }
                 start.elapsed()
@@ -202,7 +235,7 @@ where
 fn bench_two_tasks<S>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str, svc: S)
 where
     S: Service<u64, Response = u64> + Clone + Send + 'static,
-    S::Error: Debug,
+    S::Error: Debug + Send,
     S::Future: Send,
 {
     g.bench_function(name, |b| {
@@ -215,7 +248,9 @@ where
                         barrier.wait().await;
                         let start = Instant::now();
                         for i in 0..iters {
-                            let out = ready_call(&mut svc, black_box(i)).await.expect("call succeeds");
+                            let out = ready_call(&mut svc, black_box(i))
+                                .await
+                                .expect("call succeeds");
                             black_box(out);
                         }
                         (start, Instant::now())
@@ -239,7 +274,10 @@ where
     // Fail loudly (rather than measure the wrong thing) if the setup does not
     // actually reject.
     rt.block_on(async {
-        assert!(ready_call(&mut svc, 1).await.is_err(), "{name}: setup must reject");
+        assert!(
+            ready_call(&mut svc, 1).await.is_err(),
+            "{name}: setup must reject"
+        );
     });
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
@@ -266,16 +304,31 @@ where
     S: Service<u64> + Clone,
     S::Error: Debug,
 {
+    let _runtime_context = rt.enter();
+    let mut holder = svc.clone();
+    rt.block_on(holder.ready()).expect("holder admitted");
+    let mut fut = Box::pin(holder.call(HOLD));
     rt.block_on(async {
-        let mut holder = svc.clone();
-        holder.ready().await.expect("holder admitted");
-        let mut fut = Box::pin(holder.call(HOLD));
         assert!(
             futures::poll!(fut.as_mut()).is_pending(),
             "the holding call must stay in flight"
         );
-        fut
-    })
+    });
+    fut
+}
+
+/// Sends [`FAIL`] requests through `svc` until `is_open()` says the breaker
+/// has tripped.
+fn trip<S: Service<u64>>(rt: &Runtime, svc: &mut S, is_open: impl Fn() -> bool) {
+    rt.block_on(async {
+        for _ in 0..10_000 {
+            if is_open() {
+                return;
+            }
+            let _ = ready_call(svc, FAIL).await;
+        }
+        panic!("breaker did not trip after 10 000 failures");
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -291,32 +344,67 @@ macro_rules! for_each_variant {
 
         $f(g, rt, "raw", inner());
 
-        $f(g, rt, "tanker_bulkhead", ServiceBuilder::new()
-            .layer(tanker_bulkhead_layer(MAX_IN_FLIGHT))
-            .service(inner()));
-        $f(g, rt, "tanker_breaker", ServiceBuilder::new()
-            .layer(tanker_breaker_layer())
-            .service(inner()));
-        $f(g, rt, "tanker_stack", ServiceBuilder::new()
-            .breaker(tanker_breaker_layer())
-            .bulkhead(tanker_bulkhead_layer(MAX_IN_FLIGHT))
-            .service(inner()));
+        $f(
+            g,
+            rt,
+            "tanker_bulkhead",
+            ServiceBuilder::new()
+                .layer(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+                .service(inner()),
+        );
+        $f(
+            g,
+            rt,
+            "tanker_breaker",
+            ServiceBuilder::new()
+                .layer(tanker_breaker_layer())
+                .service(inner()),
+        );
+        $f(
+            g,
+            rt,
+            "tanker_stack",
+            ServiceBuilder::new()
+                .breaker(tanker_breaker_layer())
+                .bulkhead(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+                .service(inner()),
+        );
 
-        $f(g, rt, "tower_limit", ServiceBuilder::new()
-            .load_shed()
-            .concurrency_limit(MAX_IN_FLIGHT)
-            .service(inner()));
+        $f(
+            g,
+            rt,
+            "tower_limit",
+            ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(MAX_IN_FLIGHT)
+                .service(inner()),
+        );
 
-        $f(g, rt, "resilience_bulkhead", ServiceBuilder::new()
-            .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
-            .service(inner()));
-        $f(g, rt, "resilience_breaker", ServiceBuilder::new()
-            .layer(resilience_breaker_layer().0)
-            .service(inner()));
-        $f(g, rt, "resilience_stack", ServiceBuilder::new()
-            .layer(resilience_breaker_layer().0)
-            .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
-            .service(inner()));
+        $f(
+            g,
+            rt,
+            "resilience_bulkhead",
+            ServiceBuilder::new()
+                .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
+                .service(inner()),
+        );
+        $f(
+            g,
+            rt,
+            "resilience_breaker",
+            ServiceBuilder::new()
+                .layer(resilience_breaker_layer(RESILIENCE_OPEN_FOR).0)
+                .service(inner()),
+        );
+        $f(
+            g,
+            rt,
+            "resilience_stack",
+            ServiceBuilder::new()
+                .layer(resilience_breaker_layer(RESILIENCE_OPEN_FOR).0)
+                .layer(resilience_bulkhead_layer(MAX_IN_FLIGHT))
+                .service(inner()),
+        );
     }};
 }
 
@@ -353,7 +441,7 @@ fn group_rejection(c: &mut Criterion) {
     {
         let svc = ServiceBuilder::new()
             .layer(tanker_bulkhead_layer(1))
-            .service(holding_inner());
+            .service(rejection_inner());
         let _held = occupy(&rt, &svc);
         bench_rejection(&mut g, &rt, "tanker_bulkhead", svc);
     }
@@ -362,7 +450,9 @@ fn group_rejection(c: &mut Criterion) {
     {
         let layer = tanker_breaker_layer();
         layer.handle().force_open();
-        let svc = ServiceBuilder::new().layer(layer).service(holding_inner());
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(rejection_inner());
         bench_rejection(&mut g, &rt, "tanker_breaker", svc);
     }
 
@@ -371,7 +461,7 @@ fn group_rejection(c: &mut Criterion) {
         let svc = ServiceBuilder::new()
             .load_shed()
             .concurrency_limit(1)
-            .service(holding_inner());
+            .service(rejection_inner());
         let _held = occupy(&rt, &svc);
         bench_rejection(&mut g, &rt, "tower_limit", svc);
     }
@@ -380,17 +470,44 @@ fn group_rejection(c: &mut Criterion) {
     {
         let svc = ServiceBuilder::new()
             .layer(resilience_bulkhead_layer(1))
-            .service(holding_inner());
+            .service(rejection_inner());
         let _held = occupy(&rt, &svc);
         bench_rejection(&mut g, &rt, "resilience_bulkhead", svc);
     }
 
     // tower-resilience breaker, forced open through its handle.
     {
-        let (layer, handle) = resilience_breaker_layer();
+        let (layer, handle) = resilience_breaker_layer(RESILIENCE_OPEN_FOR);
         rt.block_on(handle.force_open());
-        let svc = ServiceBuilder::new().layer(layer).service(holding_inner());
+        let svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(rejection_inner());
         bench_rejection(&mut g, &rt, "resilience_breaker", svc);
+    }
+
+    // The breakers again, but opened the way production opens them: tripped
+    // by failures of the inner service (cool-down longer than the run). A
+    // forced-open breaker may take a different, slower path.
+    {
+        let layer = BreakerLayer::builder()
+            .open_for(TRIPPED_OPEN_FOR)
+            .backoff(1.0, TRIPPED_OPEN_FOR) // the default cap (60 s) must be >= open_for
+            .build()
+            .expect("valid tanker breaker config");
+        let handle = layer.handle();
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(rejection_inner());
+        trip(&rt, &mut svc, || handle.state() == BreakerState::Open);
+        bench_rejection(&mut g, &rt, "tanker_breaker_tripped", svc);
+    }
+    {
+        let (layer, handle) = resilience_breaker_layer(TRIPPED_OPEN_FOR);
+        let mut svc = ServiceBuilder::new()
+            .layer(layer)
+            .service(rejection_inner());
+        trip(&rt, &mut svc, || handle.is_open());
+        bench_rejection(&mut g, &rt, "resilience_breaker_tripped", svc);
     }
 
     g.finish();
@@ -401,9 +518,22 @@ fn group_rejection(c: &mut Criterion) {
 #[allow(dead_code)]
 fn _error_types_are_boxed() {
     fn is_boxed<S: Service<u64, Error = BoxError>>(_: &S) {}
-    is_boxed(&ServiceBuilder::new().layer(tanker_bulkhead_layer(1)).service(inner()));
-    is_boxed(&ServiceBuilder::new().layer(tanker_breaker_layer()).service(inner()));
-    is_boxed(&ServiceBuilder::new().load_shed().concurrency_limit(1).service(inner()));
+    is_boxed(
+        &ServiceBuilder::new()
+            .layer(tanker_bulkhead_layer(1))
+            .service(inner()),
+    );
+    is_boxed(
+        &ServiceBuilder::new()
+            .layer(tanker_breaker_layer())
+            .service(inner()),
+    );
+    is_boxed(
+        &ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(1)
+            .service(inner()),
+    );
 }
 
 fn config() -> Criterion {

@@ -76,6 +76,7 @@
 //! [`ServiceBuilder::boxed_clone`](tower::ServiceBuilder::boxed_clone) (or
 //! `BoxCloneService::new`) works around it, at the cost of one allocation per call.
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![forbid(unsafe_code)]
 
 pub mod breaker;
 mod builder;
