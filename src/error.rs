@@ -1,5 +1,6 @@
 //! Errors shared by every part of the crate.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// A configuration was refused when it was built.
@@ -17,21 +18,22 @@ use std::fmt;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    setting: &'static str,
+    setting: Cow<'static, str>,
     message: String,
 }
 
 impl ConfigError {
-    pub(crate) fn new(setting: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(setting: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         Self {
-            setting,
+            setting: setting.into(),
             message: message.into(),
         }
     }
 
-    /// The name of the builder method whose value was refused.
-    pub fn setting(&self) -> &'static str {
-        self.setting
+    /// The name of the builder method (or, for Kafka, of the librdkafka property) whose value
+    /// was refused.
+    pub fn setting(&self) -> &str {
+        &self.setting
     }
 }
 

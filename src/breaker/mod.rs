@@ -40,7 +40,8 @@
 //!   failures come in a row, or when, over the sliding [`window`](BreakerBuilder::window) holding
 //!   at least [`minimum_calls`](BreakerBuilder::minimum_calls), the share of failures reaches
 //!   [`failure_rate`](BreakerBuilder::failure_rate) or the share of slow calls reaches the
-//!   [`slow_calls`](BreakerBuilder::slow_calls) rate.
+//!   [`slow_calls`](BreakerBuilder::slow_calls) rate. The rates are checked when a failure or a
+//!   slow call is counted (a success can only lower them), so a success stays one atomic add.
 //! - **Open**: every call is rejected at once with [`BreakerOpen`], which says how long until
 //!   the next probe; the inner service is neither polled nor called. The cool-down starts at
 //!   [`open_for`](BreakerBuilder::open_for) and grows with each trip that follows a failed probe
@@ -50,7 +51,9 @@
 //!   cannot storm a recovering dependency. That many successful probes close the breaker (with an
 //!   empty window and the shortest cool-down); one failed probe opens it again. A probe whose
 //!   future is dropped frees its place without an outcome, and a probe that has not finished
-//!   within [`probe_timeout`](BreakerBuilder::probe_timeout) counts as failed.
+//!   within [`probe_timeout`](BreakerBuilder::probe_timeout) counts as failed as soon as another
+//!   call arrives (a late success that comes first still closes the breaker: the dependency did
+//!   answer).
 //! - **Forced open / forced closed**: an operator's override through the [`BreakerHandle`],
 //!   until [`reset`](BreakerHandle::reset).
 //!

@@ -1,0 +1,184 @@
+//! Errors of the Kafka leaf, and whose fault they are.
+
+use std::fmt;
+
+use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
+
+/// Whose fault an error is: this decides whether it may trip a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fault {
+    /// Kafka (or the way to it) is failing: time out, down, overloaded. Counts as a failure.
+    Dependency,
+    /// The record or the configuration is wrong; Kafka is fine. Retrying will not help, and it
+    /// must not trip a breaker.
+    Caller,
+}
+
+/// What went wrong with one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum KafkaErrorKind {
+    /// The producer's local queue is full (Kafka is not taking records as fast as they come).
+    /// Returned at once, never waited for.
+    QueueFull,
+    /// The record was not delivered within `message.timeout.ms`.
+    MessageTimedOut,
+    /// The brokers cannot be reached (connection refused or lost, all brokers down).
+    BrokerDown,
+    /// A broker kept answering with a retriable error code until the producer gave up.
+    BrokerError,
+    /// The producer hit a fatal error and must be rebuilt.
+    Fatal,
+    /// The producer was shut down before the record was delivered (it was purged).
+    Closed,
+    /// The record is larger than the producer or the broker accepts.
+    MessageTooLarge,
+    /// The record is invalid (bad timestamp, corrupt, unsupported format...).
+    InvalidRecord,
+    /// The topic does not exist and is not created automatically.
+    UnknownTopic,
+    /// The partition does not exist.
+    UnknownPartition,
+    /// The broker refused the producer's configuration or credentials.
+    Config,
+    /// Any other error; counted as the dependency's.
+    Other,
+}
+
+impl KafkaErrorKind {
+    /// Whose fault this kind of error is.
+    pub fn fault(self) -> Fault {
+        match self {
+            Self::MessageTooLarge
+            | Self::InvalidRecord
+            | Self::UnknownTopic
+            | Self::UnknownPartition
+            | Self::Config => Fault::Caller,
+            Self::QueueFull
+            | Self::MessageTimedOut
+            | Self::BrokerDown
+            | Self::BrokerError
+            | Self::Fatal
+            | Self::Closed
+            | Self::Other => Fault::Dependency,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "producer queue is full",
+            Self::MessageTimedOut => "record timed out before delivery",
+            Self::BrokerDown => "kafka brokers unreachable",
+            Self::BrokerError => "kafka broker kept failing",
+            Self::Fatal => "kafka producer failed fatally",
+            Self::Closed => "kafka producer closed before delivery",
+            Self::MessageTooLarge => "record too large",
+            Self::InvalidRecord => "invalid record",
+            Self::UnknownTopic => "unknown topic",
+            Self::UnknownPartition => "unknown partition",
+            Self::Config => "kafka refused the producer's configuration",
+            Self::Other => "kafka error",
+        }
+    }
+
+    pub(crate) fn from_code(code: RDKafkaErrorCode) -> Self {
+        use RDKafkaErrorCode as C;
+        match code {
+            C::QueueFull => Self::QueueFull,
+            C::MessageTimedOut | C::RequestTimedOut => Self::MessageTimedOut,
+            C::AllBrokersDown
+            | C::BrokerTransportFailure
+            | C::BrokerNotAvailable
+            | C::NetworkException
+            | C::BrokerDestroy
+            | C::Resolve => Self::BrokerDown,
+            C::NotLeaderForPartition
+            | C::LeaderNotAvailable
+            | C::NotEnoughReplicas
+            | C::NotEnoughReplicasAfterAppend
+            | C::KafkaStorageError
+            | C::PreferredLeaderNotAvailable => Self::BrokerError,
+            C::Fatal => Self::Fatal,
+            C::PurgeQueue | C::PurgeInflight | C::DestroyBroker => Self::Closed,
+            C::MessageSizeTooLarge | C::InvalidMessageSize => Self::MessageTooLarge,
+            C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTimestamp
+            | C::BadMessage
+            | C::UnsupportedForMessageFormat
+            | C::InvalidArgument => Self::InvalidRecord,
+            C::UnknownTopic | C::UnknownTopicOrPartition => Self::UnknownTopic,
+            C::UnknownPartition => Self::UnknownPartition,
+            C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::SaslAuthenticationFailed
+            | C::Authentication
+            | C::InvalidRequiredAcks => Self::Config,
+            _ => Self::Other,
+        }
+    }
+}
+
+impl fmt::Display for KafkaErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A record could not be written, with the kind of failure and whose fault it is.
+///
+/// Returned by [`KafkaService`](super::KafkaService); boxed into a [`tower::BoxError`] by the
+/// layers above it, where `err.downcast_ref::<KafkaError>()` finds it again.
+#[derive(Debug, Clone)]
+pub struct KafkaError {
+    kind: KafkaErrorKind,
+    source: Option<RdKafkaError>,
+}
+
+impl KafkaError {
+    pub(crate) fn new(kind: KafkaErrorKind, source: Option<RdKafkaError>) -> Self {
+        Self { kind, source }
+    }
+
+    pub(crate) fn from_rdkafka(error: RdKafkaError) -> Self {
+        let kind = match error.rdkafka_error_code() {
+            Some(code) => KafkaErrorKind::from_code(code),
+            None => match error {
+                RdKafkaError::Canceled => KafkaErrorKind::Closed,
+                _ => KafkaErrorKind::Other,
+            },
+        };
+        Self::new(kind, Some(error))
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> KafkaErrorKind {
+        self.kind
+    }
+
+    /// Whose fault it is.
+    pub fn fault(&self) -> Fault {
+        self.kind.fault()
+    }
+
+    /// The librdkafka error code, if there is one.
+    pub fn code(&self) -> Option<RDKafkaErrorCode> {
+        self.source.as_ref().and_then(RdKafkaError::rdkafka_error_code)
+    }
+}
+
+impl fmt::Display for KafkaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let whose = match self.fault() {
+            Fault::Dependency => "dependency",
+            Fault::Caller => "caller",
+        };
+        write!(f, "{} ({whose} fault)", self.kind)
+    }
+}
+
+impl std::error::Error for KafkaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}

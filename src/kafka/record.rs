@@ -1,0 +1,96 @@
+//! What is written to Kafka, and what comes back.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+
+/// One record to produce: owned bytes, cheap to clone.
+///
+/// Serialising your own type into a `Record` is a step of your stack (`map_request`), so that
+/// the layers and the hand-off stay generic.
+///
+/// ```
+/// use tanker::kafka::Record;
+///
+/// let record = Record::new("page-views", b"{\"path\":\"/\"}".to_vec())
+///     .key("user-42")
+///     .header("source", "web");
+/// assert_eq!(record.topic(), "page-views");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub(crate) topic: Cow<'static, str>,
+    pub(crate) key: Option<Bytes>,
+    pub(crate) payload: Bytes,
+    pub(crate) headers: Vec<(Cow<'static, str>, Bytes)>,
+    pub(crate) partition: Option<i32>,
+    pub(crate) timestamp: Option<i64>,
+}
+
+impl Record {
+    /// A record for `topic` carrying `payload`. A `&'static str` topic is not copied.
+    pub fn new(topic: impl Into<Cow<'static, str>>, payload: impl Into<Bytes>) -> Self {
+        Self {
+            topic: topic.into(),
+            key: None,
+            payload: payload.into(),
+            headers: Vec::new(),
+            partition: None,
+            timestamp: None,
+        }
+    }
+
+    /// Sets the key, which picks the partition unless [`partition`](Self::partition) is set.
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<Cow<'static, str>>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sends the record to this partition instead of letting the partitioner choose.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets the record's timestamp, in milliseconds since the Unix epoch (default: when it is
+    /// produced).
+    pub fn timestamp(mut self, millis: i64) -> Self {
+        self.timestamp = Some(millis);
+        self
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The payload.
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// The key, if any.
+    pub fn key_bytes(&self) -> Option<&Bytes> {
+        self.key.as_ref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &[(Cow<'static, str>, Bytes)] {
+        &self.headers
+    }
+}
+
+/// Where Kafka stored a record: the response of [`KafkaService`](super::KafkaService).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Delivery {
+    /// The partition the record was written to.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+}

@@ -1,0 +1,275 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use tower_service::Service;
+
+use super::config::KafkaConfig;
+use super::error::{KafkaError, KafkaErrorKind};
+use super::record::{Delivery, Record};
+use crate::ConfigError;
+
+/// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
+///
+/// Built by [`KafkaConfig::build`]. See the [module docs](super) for the whole stack.
+///
+/// - **Never blocks**: `call` hands the record to librdkafka's local queue without waiting. A
+///   full queue is an immediate [`QueueFull`](KafkaErrorKind::QueueFull) error. The response
+///   future resolves on the record's delivery report: its partition and offset, or a
+///   [`KafkaError`] that says whose fault the failure is.
+/// - **Honest readiness**: `poll_ready` is always ready, unless the producer hit a fatal error,
+///   which it returns (the service is then broken for good and must be rebuilt).
+/// - **Cheap to clone**: clones share one producer and its connections.
+/// - **Shutdown**: [`flush`](Self::flush) waits, up to a deadline, for the records in flight and
+///   says how many were not delivered. When the last clone is dropped, records still in flight
+///   are purged: their calls fail with [`Closed`](KafkaErrorKind::Closed) (so a hand-off counts
+///   them as failed) and a warning gives their number. Nothing is dropped silently.
+#[derive(Clone)]
+pub struct KafkaService {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `None` only while being dropped.
+    producer: Option<FutureProducer<LogContext>>,
+    name: Arc<str>,
+}
+
+/// Routes librdkafka's logs and errors to `tracing`, naming the producer.
+struct LogContext {
+    name: Arc<str>,
+}
+
+impl ClientContext for LogContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let producer = &*self.name;
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(producer, facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(producer, facility, "librdkafka: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::debug!(producer, facility, "librdkafka: {message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::trace!(producer, facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: RdKafkaError, reason: &str) {
+        // Connection errors repeat while a broker is down; librdkafka already spaces them out.
+        tracing::warn!(producer = &*self.name, %error, "kafka client error: {reason}");
+    }
+}
+
+/// What [`KafkaService::flush`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FlushReport {
+    /// Records still queued or in flight when the flush ended.
+    pub undelivered: usize,
+}
+
+impl KafkaService {
+    pub(crate) fn from_config(config: KafkaConfig) -> Result<Self, ConfigError> {
+        let context = LogContext {
+            name: config.name.clone(),
+        };
+        let producer: FutureProducer<LogContext> = config
+            .client_config()
+            .create_with_context(context)
+            .map_err(|error| config.refusal(&error))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                producer: Some(producer),
+                name: config.name,
+            }),
+        })
+    }
+
+    fn producer(&self) -> Result<&FutureProducer<LogContext>, KafkaError> {
+        self.shared
+            .producer
+            .as_ref()
+            .ok_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None))
+    }
+
+    /// The producer's name, as given to [`KafkaConfig::name`].
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// Records handed to the producer and not yet delivered or failed.
+    pub fn in_flight(&self) -> usize {
+        self.producer()
+            .map_or(0, |p| usize::try_from(p.in_flight_count()).unwrap_or(0))
+    }
+
+    /// Waits up to `timeout` for every record in flight to be delivered (or to fail), without
+    /// blocking the runtime, and reports how many were left. Records keep being accepted while
+    /// it waits.
+    ///
+    /// Each record's own call still resolves with its delivery or error, as usual.
+    pub async fn flush(&self, timeout: Duration) -> FlushReport {
+        let shared = self.shared.clone();
+        let waited = tokio::task::spawn_blocking(move || {
+            if let Some(producer) = &shared.producer {
+                // `Err` means the timeout passed; what is left is counted below either way.
+                let _ = producer.flush(timeout);
+            }
+        })
+        .await;
+        if let Err(error) = waited {
+            tracing::warn!(producer = self.name(), %error, "kafka flush did not run");
+        }
+        FlushReport {
+            undelivered: self.in_flight(),
+        }
+    }
+
+    fn send(&self, record: &Record) -> Result<DeliveryFuture, KafkaError> {
+        let producer = self.producer()?;
+        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).payload(&record.payload[..]);
+        if let Some(key) = &record.key {
+            future = future.key(&key[..]);
+        }
+        if let Some(partition) = record.partition {
+            future = future.partition(partition);
+        }
+        if let Some(timestamp) = record.timestamp {
+            future = future.timestamp(timestamp);
+        }
+        if !record.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for (name, value) in &record.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(&value[..]),
+                });
+            }
+            future = future.headers(headers);
+        }
+        producer
+            .send_result(future)
+            .map_err(|(error, _record)| KafkaError::from_rdkafka(error))
+    }
+}
+
+impl Service<Record> for KafkaService {
+    type Response = Delivery;
+    type Error = KafkaError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let producer = self.producer()?;
+        match producer.client().fatal_error() {
+            None => Poll::Ready(Ok(())),
+            Some((code, reason)) => {
+                tracing::error!(producer = self.name(), ?code, reason, "kafka producer is broken");
+                Poll::Ready(Err(KafkaError::from_rdkafka(RdKafkaError::MessageProduction(
+                    code,
+                ))))
+            }
+        }
+    }
+
+    fn call(&mut self, record: Record) -> Self::Future {
+        ResponseFuture {
+            state: match self.send(&record) {
+                Ok(delivery) => State::Waiting(delivery),
+                Err(error) => State::Failed(Some(error)),
+            },
+        }
+    }
+}
+
+impl fmt::Debug for KafkaService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The configuration is not shown: it may hold secrets.
+        f.debug_struct("KafkaService")
+            .field("name", &self.name())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let Some(producer) = self.producer.take() else {
+            return;
+        };
+        let undelivered = producer.in_flight_count();
+        if undelivered > 0 {
+            tracing::warn!(
+                producer = &*self.name,
+                undelivered,
+                "kafka producer dropped before its records were delivered: they are purged and \
+                 their calls fail with `Closed`; call `flush` first to deliver them"
+            );
+        }
+        // Dropping the producer purges its queue and joins its polling thread, which can take a
+        // moment: keep that off the async worker threads when there are any.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(move || drop(producer));
+            }
+            Err(_) => drop(producer),
+        }
+    }
+}
+
+/// Response future of [`KafkaService`]: resolves on the record's delivery report.
+pub struct ResponseFuture {
+    state: State,
+}
+
+enum State {
+    Waiting(DeliveryFuture),
+    Failed(Option<KafkaError>),
+}
+
+impl Future for ResponseFuture {
+    type Output = Result<Delivery, KafkaError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            State::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Ok(Ok(delivered))) => Poll::Ready(Ok(Delivery {
+                    partition: delivered.partition,
+                    offset: delivered.offset,
+                })),
+                Poll::Ready(Ok(Err((error, _message)))) => {
+                    Poll::Ready(Err(KafkaError::from_rdkafka(error)))
+                }
+                // The producer went away without reporting: it was dropped.
+                Poll::Ready(Err(_canceled)) => {
+                    Poll::Ready(Err(KafkaError::new(KafkaErrorKind::Closed, None)))
+                }
+            },
+            State::Failed(error) => Poll::Ready(Err(error
+                .take()
+                .unwrap_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None)))),
+        }
+    }
+}
+
+impl fmt::Debug for ResponseFuture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Waiting(_) => "waiting for delivery",
+            State::Failed(_) => "failed",
+        };
+        f.debug_struct("ResponseFuture").field("state", &state).finish()
+    }
+}
