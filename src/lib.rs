@@ -82,6 +82,9 @@ pub mod breaker;
 mod builder;
 pub mod bulkhead;
 mod error;
+pub mod handoff;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 pub use crate::builder::ServiceBuilderExt;
 pub use crate::error::ConfigError;

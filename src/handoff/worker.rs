@@ -1,0 +1,167 @@
+//! The background task that drains the queue through the stack.
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::futures::OwnedNotified;
+use tokio::time::{interval, Interval, MissedTickBehavior};
+use tower::BoxError;
+use tower_service::Service;
+
+use super::shared::Shared;
+use crate::breaker::BreakerOpen;
+use crate::bulkhead::BulkheadFull;
+
+pub(crate) struct Worker<S, Req>
+where
+    S: Service<Req>,
+{
+    shared: Arc<Shared<Req>>,
+    service: S,
+    concurrency: usize,
+    calls: FuturesUnordered<S::Future>,
+    /// A request taken from the queue while the service was not ready.
+    held: Option<Req>,
+    /// Set when the service's `poll_ready` failed: it is broken for good.
+    broken: bool,
+    doorbell: Pin<Box<OwnedNotified>>,
+    tick: Interval,
+}
+
+impl<S, Req> Worker<S, Req>
+where
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared<Req>>,
+        service: S,
+        concurrency: usize,
+        idle_poll: Duration,
+    ) -> Self {
+        let doorbell = Box::pin(shared.doorbell.clone().notified_owned());
+        let mut tick = interval(idle_poll);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            shared,
+            service,
+            concurrency,
+            calls: FuturesUnordered::new(),
+            held: None,
+            broken: false,
+            doorbell,
+            tick,
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        poll_fn(|cx| self.poll_run(cx)).await;
+        self.shared.finished.store(true, Ordering::Release);
+        self.shared.drained.notify_waiters();
+    }
+
+    fn record(&self, outcome: Result<S::Response, S::Error>) {
+        let shared = &*self.shared;
+        let counter = match outcome {
+            Ok(_) => &shared.delivered,
+            Err(error) => {
+                let error: BoxError = error.into();
+                if error.is::<BulkheadFull>() {
+                    &shared.shed
+                } else if error.is::<BreakerOpen>() {
+                    &shared.rejected
+                } else {
+                    tracing::trace!(handoff = &*shared.name, %error, "hand-off call failed");
+                    &shared.failed
+                }
+            }
+        };
+        // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
+        counter.fetch_add(1, Ordering::Release);
+        shared.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Takes the next request: the one held back, or the queue's next.
+    fn next_request(&mut self) -> Option<Req> {
+        self.held.take().or_else(|| {
+            let request = self.shared.queue.pop()?;
+            // Counted as in flight from the moment it leaves the queue.
+            self.shared.in_flight.fetch_add(1, Ordering::Release);
+            Some(request)
+        })
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            // Finish what is done.
+            while let Poll::Ready(Some(outcome)) = self.calls.poll_next_unpin(cx) {
+                self.record(outcome);
+            }
+
+            // Start new calls, up to the concurrency bound.
+            let mut started = false;
+            while self.calls.len() < self.concurrency {
+                let Some(request) = self.next_request() else {
+                    break;
+                };
+                if self.broken {
+                    self.shared.failed.fetch_add(1, Ordering::Release);
+                    self.shared.in_flight.fetch_sub(1, Ordering::Release);
+                    continue;
+                }
+                match self.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        self.calls.push(self.service.call(request));
+                        started = true;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        let error: BoxError = error.into();
+                        tracing::error!(
+                            handoff = &*self.shared.name,
+                            %error,
+                            "the hand-off's service failed for good; every record will fail"
+                        );
+                        self.broken = true;
+                        self.shared.failed.fetch_add(1, Ordering::Release);
+                        self.shared.in_flight.fetch_sub(1, Ordering::Release);
+                    }
+                    Poll::Pending => {
+                        self.held = Some(request);
+                        break;
+                    }
+                }
+            }
+            if started {
+                // Poll the new calls once; most finish or register their wakers right away.
+                continue;
+            }
+
+            let closed = self.shared.closed.load(Ordering::Acquire);
+            if closed && self.held.is_none() && self.shared.queue.is_empty() && self.calls.is_empty()
+            {
+                return Poll::Ready(());
+            }
+
+            // Sleep until the doorbell rings, the next tick, or a call finishes (its waker).
+            self.shared.sleeping.store(true, Ordering::Release);
+            if self.doorbell.as_mut().poll(cx).is_ready() {
+                self.doorbell
+                    .set(self.shared.doorbell.clone().notified_owned());
+                continue;
+            }
+            if self.tick.poll_tick(cx).is_ready() {
+                continue;
+            }
+            // A request that arrived between the drain and `sleeping` would otherwise wait a tick.
+            if self.held.is_none() && !self.shared.queue.is_empty() && self.calls.len() < self.concurrency {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The Kafka leaf: a `tower::Service` that produces records with rdkafka and never blocks.
+//!
+//! [`KafkaService`] takes a [`Record`] and resolves with its [`Delivery`] (partition and
+//! offset), or with a [`KafkaError`] whose [`Fault`] says whether Kafka failed (timeouts, brokers
+//! down, a full queue) or the caller did (a record too large, an unknown topic). Put it under a
+//! breaker with the [`FaultClassifier`] and a bulkhead, and behind a
+//! [hand-off](crate::handoff), and a slow or frozen Kafka cannot slow the service that writes to
+//! it:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tanker::breaker::BreakerLayer;
+//! use tanker::bulkhead::BulkheadLayer;
+//! use tanker::handoff::HandoffBuilder;
+//! use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
+//! use tanker::ServiceBuilderExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), tower::BoxError> {
+//! let kafka = KafkaConfig::new("127.0.0.1:9092").name("stats").build()?;
+//! let stack = ServiceBuilder::new()
+//!     .breaker(BreakerLayer::builder().name("kafka").classify(FaultClassifier).build()?)
+//!     .bulkhead(BulkheadLayer::new(4096)?)
+//!     .service(kafka.clone());
+//! let stats = HandoffBuilder::new().name("stats").spawn(stack)?;
+//!
+//! // In a request handler: returns at once, whatever Kafka does.
+//! stats.send(Record::new("page-views", b"/index.html".to_vec()));
+//!
+//! // At shutdown.
+//! stats.close(Duration::from_secs(5)).await;
+//! let left = kafka.flush(Duration::from_secs(5)).await;
+//! println!("{} records not delivered", left.undelivered);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Delivery guarantee
+//!
+//! At least once for the records that are delivered: librdkafka retries a produce request
+//! whose answer was lost, so a record may be written twice (set `enable.idempotence=true` to
+//! have the broker remove such duplicates). Records that are dropped, shed, rejected or fail are
+//! not written, and are counted, never lost silently.
+
+mod classify;
+mod config;
+mod error;
+mod record;
+mod service;
+
+pub use self::classify::FaultClassifier;
+pub use self::config::KafkaConfig;
+pub use self::error::{Fault, KafkaError, KafkaErrorKind};
+pub use self::record::{Delivery, Record};
+pub use self::service::{FlushReport, KafkaService, ResponseFuture};
