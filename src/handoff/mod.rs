@@ -55,7 +55,7 @@
 //! `concurrency` calls in flight (plus whatever the stack itself buffers, such as librdkafka's
 //! bounded queue).
 
-mod handoff;
+mod front;
 mod shared;
 mod worker;
 
@@ -65,7 +65,7 @@ use std::time::Duration;
 use tower::BoxError;
 use tower_service::Service;
 
-pub use self::handoff::{CloseReport, Handoff, Sent};
+pub use self::front::{CloseReport, Handoff, Sent};
 pub use self::shared::HandoffCounts;
 use self::shared::Shared;
 use self::worker::Worker;
