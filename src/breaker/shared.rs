@@ -34,8 +34,9 @@ pub(crate) struct Shared {
     word: AtomicU64,
     /// Whether a ticker task keeps the window's epoch current (see [`ticker`]).
     pub(crate) ticking: AtomicBool,
-    /// The epoch in which a ticker was last started or tried, to try at most once per bucket.
-    ticker_tried: AtomicU64,
+    /// The epoch in which a ticker was last started or tried, to try at most once per bucket
+    /// (0 after a ticker ended: try again at once).
+    pub(crate) ticker_tried: AtomicU64,
     /// Wakes callers parked on a not-ready inner service when the breaker opens.
     pub(crate) opened: Arc<Notify>,
     consecutive: AtomicU32,

@@ -50,6 +50,8 @@ impl Drop for Alive {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
             shared.ticking.store(false, Ordering::Release);
+            // Let the next call start a new ticker at once, on whatever runtime it runs.
+            shared.ticker_tried.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const COUNT_MASK: u64 = 0xFFFF_FFFF;
+/// Bits of [`Window::current`] that hold the slot index (the policy allows at most 1000 slots).
+const INDEX_BITS: u32 = 16;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
 
 #[inline]
 fn tag(word: u64) -> u32 {
@@ -65,8 +68,10 @@ pub(crate) struct Window {
     origin: Instant,
     bucket_nanos: u64,
     slots: Box<[Slot]>,
-    /// The newest epoch seen by anybody; epochs start at 1 so that 0 means "empty".
-    epoch: AtomicU64,
+    /// The newest epoch seen by anybody, shifted left by [`INDEX_BITS`], with its slot's index in
+    /// the low bits, so that a success finds its slot with one load and no division. Epochs
+    /// start at 1 so that a zero tag means "empty".
+    current: AtomicU64,
     /// Counts of buckets that were recycled, for the all-time totals.
     retired_calls: AtomicU64,
     retired_failures: AtomicU64,
@@ -80,7 +85,7 @@ impl Window {
             origin,
             bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
             slots: (0..buckets).map(|_| Slot::default()).collect(),
-            epoch: AtomicU64::new(1),
+            current: AtomicU64::new(Self::pack_current(1, buckets)),
             retired_calls: AtomicU64::new(0),
             retired_failures: AtomicU64::new(0),
             retired_slow: AtomicU64::new(0),
@@ -99,8 +104,9 @@ impl Window {
         let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
             .unwrap_or(u64::MAX);
         let epoch = nanos / self.bucket_nanos + 1;
-        if epoch > self.epoch.load(Ordering::Relaxed) {
-            let previous = self.epoch.fetch_max(epoch, Ordering::AcqRel);
+        if epoch > self.epoch() {
+            let packed = Self::pack_current(epoch, self.slots.len() as u32);
+            let previous = self.current.fetch_max(packed, Ordering::AcqRel) >> INDEX_BITS;
             if epoch > previous {
                 self.empty_skipped(previous, epoch);
             }
@@ -108,10 +114,14 @@ impl Window {
         epoch
     }
 
+    fn pack_current(epoch: u64, buckets: u32) -> u64 {
+        (epoch << INDEX_BITS) | (epoch % u64::from(buckets))
+    }
+
     /// The current epoch, as last moved forward by anybody.
     #[inline]
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.current.load(Ordering::Acquire) >> INDEX_BITS
     }
 
     /// Empties the slots of the epochs after `previous` up to `epoch`, which nobody recorded in
@@ -148,12 +158,14 @@ impl Window {
     /// by a ticker.
     #[inline]
     pub(crate) fn record_success(&self, ticking: bool, now: impl FnOnce() -> Instant) {
-        let epoch = if ticking {
-            self.epoch()
+        if ticking {
+            let current = self.current.load(Ordering::Acquire);
+            let slot = &self.slots[(current & INDEX_MASK) as usize];
+            bump(&slot.calls, current >> INDEX_BITS, &self.retired_calls);
         } else {
-            self.observe(now())
-        };
-        bump(&self.slot(epoch).calls, epoch, &self.retired_calls);
+            let epoch = self.observe(now());
+            bump(&self.slot(epoch).calls, epoch, &self.retired_calls);
+        }
     }
 
     /// Records a call that failed or was slow (or both) at `now`.

@@ -142,7 +142,10 @@ where
             }
 
             let closed = self.shared.closed.load(Ordering::Acquire);
-            if closed && self.held.is_none() && self.shared.queue.is_empty() && self.calls.is_empty()
+            if closed
+                && self.held.is_none()
+                && self.shared.queue.is_empty()
+                && self.calls.is_empty()
             {
                 return Poll::Ready(());
             }
@@ -158,7 +161,10 @@ where
                 continue;
             }
             // A request that arrived between the drain and `sleeping` would otherwise wait a tick.
-            if self.held.is_none() && !self.shared.queue.is_empty() && self.calls.len() < self.concurrency {
+            if self.held.is_none()
+                && !self.shared.queue.is_empty()
+                && self.calls.len() < self.concurrency
+            {
                 continue;
             }
             return Poll::Pending;

@@ -163,7 +163,9 @@ impl KafkaError {
 
     /// The librdkafka error code, if there is one.
     pub fn code(&self) -> Option<RDKafkaErrorCode> {
-        self.source.as_ref().and_then(RdKafkaError::rdkafka_error_code)
+        self.source
+            .as_ref()
+            .and_then(RdKafkaError::rdkafka_error_code)
     }
 }
 

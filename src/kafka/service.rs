@@ -175,10 +175,15 @@ impl Service<Record> for KafkaService {
         match producer.client().fatal_error() {
             None => Poll::Ready(Ok(())),
             Some((code, reason)) => {
-                tracing::error!(producer = self.name(), ?code, reason, "kafka producer is broken");
-                Poll::Ready(Err(KafkaError::from_rdkafka(RdKafkaError::MessageProduction(
-                    code,
-                ))))
+                tracing::error!(
+                    producer = self.name(),
+                    ?code,
+                    reason,
+                    "kafka producer is broken"
+                );
+                Poll::Ready(Err(KafkaError::from_rdkafka(
+                    RdKafkaError::MessageProduction(code),
+                )))
             }
         }
     }
@@ -270,6 +275,8 @@ impl fmt::Debug for ResponseFuture {
             State::Waiting(_) => "waiting for delivery",
             State::Failed(_) => "failed",
         };
-        f.debug_struct("ResponseFuture").field("state", &state).finish()
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
     }
 }

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Summarise `cargo bench --bench overhead` results as Markdown tables.
+
+Reads criterion's on-disk results, one directory per benchmark:
+
+    <criterion dir>/<group>/<variant>/new/estimates.json   (times in ns)
+    <criterion dir>/<group>/<variant>/new/benchmark.json   (group_id, function_id)
+
+and prints
+
+1. a table of median time per call (ns): rows = variants, columns = groups;
+2. a table of comparisons: tanker_bulkhead / tower_limit, tanker_breaker - raw,
+   resilience_stack / tanker_stack, per group where they apply;
+3. the rejection medians, cheapest first.
+
+The criterion directory is, in order of preference: --dir, $CRITERION_HOME,
+$CARGO_TARGET_DIR/criterion, <repository root>/target/criterion (the same
+order criterion itself uses, minus `cargo metadata`).
+
+Standard library only.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+GROUPS = ["ready_call", "oneshot", "two_tasks", "rejection"]
+VARIANTS = [
+    "raw",
+    "tanker_bulkhead",
+    "tanker_breaker",
+    "tanker_breaker_tripped",
+    "tanker_stack",
+    "tower_limit",
+    "resilience_bulkhead",
+    "resilience_breaker",
+    "resilience_breaker_tripped",
+    "resilience_stack",
+]
+GROUP_TITLES = {
+    "ready_call": "ready_call (ns)",
+    "oneshot": "oneshot (ns)",
+    "two_tasks": "two_tasks (ns/call/core)",
+    "rejection": "rejection (ns)",
+}
+
+
+def default_dir():
+    if os.environ.get("CRITERION_HOME"):
+        return os.environ["CRITERION_HOME"]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        return os.path.join(os.environ["CARGO_TARGET_DIR"], "criterion")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(repo, "target", "criterion")
+
+
+def load(criterion_dir, statistic):
+    """Returns {(group, variant): point estimate in ns}."""
+    results = {}
+    for root, _dirs, files in os.walk(criterion_dir):
+        if os.path.basename(root) != "new" or "estimates.json" not in files:
+            continue
+        bench_dir = os.path.dirname(root)
+        rel = os.path.relpath(bench_dir, criterion_dir).split(os.sep)
+        group, variant = rel[0], "/".join(rel[1:])
+        meta_path = os.path.join(root, "benchmark.json")
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                meta = json.load(f)
+            group = meta.get("group_id") or group
+            function = meta.get("function_id")
+            value = meta.get("value_str")
+            if function is not None:
+                variant = function if value is None else f"{function}/{value}"
+            elif value is not None:
+                variant = value
+        if not variant:
+            continue  # a lone bench_function outside any group
+        with open(os.path.join(root, "estimates.json")) as f:
+            estimates = json.load(f)
+        stat = estimates.get(statistic)
+        if stat is None:
+            continue
+        results[(group, variant)] = float(stat["point_estimate"])
+    return results
+
+
+def ordered(found, preferred):
+    return [x for x in preferred if x in found] + sorted(found - set(preferred))
+
+
+def fmt_ns(v):
+    if v is None or math.isnan(v):
+        return "–"
+    if v >= 100_000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.1f}"
+
+
+def fmt_ratio(v):
+    if v is None:
+        return "–"
+    if 0 < v < 0.1:
+        return f"1/{1 / v:,.0f}"  # e.g. 1/23,000 rather than 0.00×
+    return f"{v:.2f}×"
+
+
+def fmt_delta(v):
+    return "–" if v is None else f"{v:+.1f} ns"
+
+
+def ratio(results, group, num, den):
+    a, b = results.get((group, num)), results.get((group, den))
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def delta(results, group, a, b):
+    x, y = results.get((group, a)), results.get((group, b))
+    if x is None or y is None:
+        return None
+    return x - y
+
+
+def table(header, rows):
+    out = ["| " + " | ".join(header) + " |"]
+    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    for row in rows:
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", default=None, help="criterion output directory")
+    parser.add_argument(
+        "--statistic",
+        default="median",
+        choices=["median", "mean", "slope"],
+        help="which criterion estimate to report (default: median)",
+    )
+    args = parser.parse_args()
+
+    criterion_dir = args.dir or default_dir()
+    if not os.path.isdir(criterion_dir):
+        sys.exit(f"no criterion results at {criterion_dir}; run `cargo bench --bench overhead` first")
+    results = load(criterion_dir, args.statistic)
+    if not results:
+        sys.exit(f"no */new/estimates.json under {criterion_dir}")
+
+    groups = ordered({g for g, _ in results}, GROUPS)
+    variants = ordered({v for _, v in results}, VARIANTS)
+    stat = args.statistic
+
+    print(f"Criterion {stat} per call, from `{criterion_dir}`.\n")
+
+    # 1. Medians.
+    header = ["variant"] + [GROUP_TITLES.get(g, f"{g} (ns)") for g in groups]
+    rows = [[f"`{v}`"] + [fmt_ns(results.get((g, v))) for g in groups] for v in variants]
+    print(f"### {stat.capitalize()} time per call\n")
+    print(table(header, rows))
+    print()
+
+    # 2. Comparisons.
+    comparisons = [
+        ("tanker_bulkhead / tower_limit", ["ready_call", "two_tasks", "rejection"],
+         lambda g: fmt_ratio(ratio(results, g, "tanker_bulkhead", "tower_limit"))),
+        ("tanker_bulkhead / resilience_bulkhead", ["ready_call", "oneshot", "two_tasks", "rejection"],
+         lambda g: fmt_ratio(ratio(results, g, "tanker_bulkhead", "resilience_bulkhead"))),
+        ("tanker_bulkhead − raw", ["ready_call", "oneshot", "two_tasks"],
+         lambda g: fmt_delta(delta(results, g, "tanker_bulkhead", "raw"))),
+        ("tanker_breaker − raw", ["ready_call", "oneshot", "two_tasks"],
+         lambda g: fmt_delta(delta(results, g, "tanker_breaker", "raw"))),
+        ("resilience_breaker / tanker_breaker", ["ready_call", "oneshot", "two_tasks", "rejection"],
+         lambda g: fmt_ratio(ratio(results, g, "resilience_breaker", "tanker_breaker"))),
+        ("resilience_stack / tanker_stack", ["ready_call", "oneshot", "two_tasks"],
+         lambda g: fmt_ratio(ratio(results, g, "resilience_stack", "tanker_stack"))),
+    ]
+    cmp_groups = [g for g in GROUPS if g in groups]
+    rows = []
+    for label, applies, cell in comparisons:
+        rows.append([label] + [cell(g) if g in applies else "" for g in cmp_groups])
+    print("### Comparisons\n")
+    print(table(["comparison"] + cmp_groups, rows))
+    print()
+
+    # 3. Rejections, cheapest first.
+    rejection = [(v, results[("rejection", v)]) for v in variants if ("rejection", v) in results]
+    if rejection:
+        rejection.sort(key=lambda item: item[1])
+        print(f"### Rejection ({stat}, ns per rejected ready+call)\n")
+        print(table(["variant", "ns"], [[f"`{v}`", fmt_ns(t)] for v, t in rejection]))
+
+
+if __name__ == "__main__":
+    main()
