@@ -48,15 +48,19 @@ impl<Req> Handoff<Req> {
     #[inline]
     pub fn send(&self, request: Req) -> Sent {
         let shared = &*self.shared;
-        if shared.closed.load(Ordering::Acquire) {
+        if shared.queue.is_full() {
+            // Overloaded: one atomic add, nothing else.
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
-        if shared.queue.push(request).is_err() {
+        // Reserve before looking at `closed`: a worker that saw `closed` and then finds
+        // `accepted` above what it finished waits for this push (or its undoing) before it ends.
+        shared.accepted.fetch_add(1, Ordering::SeqCst);
+        if shared.closed.load(Ordering::SeqCst) || shared.queue.push(request).is_err() {
+            shared.accepted.fetch_sub(1, Ordering::SeqCst);
             shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
-        shared.accepted.fetch_add(1, Ordering::Release);
         // The worker drains on its own clock; ring it early only when a backlog builds, so a
         // send almost never has to wake a thread.
         if shared.sleeping.load(Ordering::Relaxed)
@@ -117,8 +121,20 @@ impl<Req> Handoff<Req> {
 
 impl<Req> Clone for Handoff<Req> {
     fn clone(&self) -> Self {
+        self.shared.handles.fetch_add(1, Ordering::Relaxed);
         Self {
             shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<Req> Drop for Handoff<Req> {
+    /// When the last handle goes, the hand-off closes: the worker drives what was accepted
+    /// through the stack, then ends and drops the service.
+    fn drop(&mut self) {
+        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.closed.store(true, Ordering::SeqCst);
+            self.shared.wake_worker();
         }
     }
 }

@@ -36,6 +36,13 @@
 //! # }
 //! ```
 //!
+//! # Shutdown
+//!
+//! [`Handoff::close`] stops accepting and waits, up to a deadline, for what was accepted to
+//! finish. Dropping the last handle closes the hand-off the same way without waiting: the worker
+//! drives the accepted records through the stack, then ends and drops the service. A panic in
+//! the service is caught and counted as a failed record; the worker goes on.
+//!
 //! # Accounting
 //!
 //! Every record offered is counted once: `offered = accepted + dropped` and

@@ -1,6 +1,6 @@
 //! The queue and counters shared by the senders and the worker of one hand-off.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
@@ -23,6 +23,8 @@ pub(crate) struct Shared<Req> {
     pub(crate) rejected: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
+    /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
+    pub(crate) handles: AtomicUsize,
 }
 
 impl<Req> Shared<Req> {
@@ -42,12 +44,21 @@ impl<Req> Shared<Req> {
             rejected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            handles: AtomicUsize::new(1),
         }
     }
 
     pub(crate) fn wake_worker(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
         self.doorbell.notify_one();
+    }
+
+    /// Records accepted and finished, one way or another.
+    pub(crate) fn finished(&self) -> u64 {
+        self.delivered.load(Ordering::SeqCst)
+            + self.shed.load(Ordering::SeqCst)
+            + self.rejected.load(Ordering::SeqCst)
+            + self.failed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn counts(&self) -> HandoffCounts {

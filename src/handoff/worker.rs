@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use futures_util::future::{CatchUnwind, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{interval, Interval, MissedTickBehavior};
@@ -24,7 +27,7 @@ where
     shared: Arc<Shared<Req>>,
     service: S,
     concurrency: usize,
-    calls: FuturesUnordered<S::Future>,
+    calls: FuturesUnordered<CatchUnwind<AssertUnwindSafe<S::Future>>>,
     /// A request taken from the queue while the service was not ready.
     held: Option<Req>,
     /// Set when the service's `poll_ready` failed: it is broken for good.
@@ -86,21 +89,41 @@ where
         shared.in_flight.fetch_sub(1, Ordering::Release);
     }
 
+    /// A call panicked: the record counts as failed and the worker goes on.
+    fn panicked(&self) {
+        tracing::error!(
+            handoff = &*self.shared.name,
+            "a hand-off call panicked; counted as failed"
+        );
+        self.shared.failed.fetch_add(1, Ordering::Release);
+        self.shared.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
     /// Takes the next request: the one held back, or the queue's next.
     fn next_request(&mut self) -> Option<Req> {
-        self.held.take().or_else(|| {
-            let request = self.shared.queue.pop()?;
-            // Counted as in flight from the moment it leaves the queue.
-            self.shared.in_flight.fetch_add(1, Ordering::Release);
-            Some(request)
-        })
+        if let Some(request) = self.held.take() {
+            return Some(request);
+        }
+        if self.shared.queue.is_empty() {
+            return None;
+        }
+        // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
+        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        let request = self.shared.queue.pop();
+        if request.is_none() {
+            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        request
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             // Finish what is done.
             while let Poll::Ready(Some(outcome)) = self.calls.poll_next_unpin(cx) {
-                self.record(outcome);
+                match outcome {
+                    Ok(outcome) => self.record(outcome),
+                    Err(_) => self.panicked(),
+                }
             }
 
             // Start new calls, up to the concurrency bound.
@@ -116,7 +139,11 @@ where
                 }
                 match self.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        self.calls.push(self.service.call(request));
+                        let service = &mut self.service;
+                        match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
+                            Ok(call) => self.calls.push(AssertUnwindSafe(call).catch_unwind()),
+                            Err(_) => self.panicked(),
+                        }
                         started = true;
                     }
                     Poll::Ready(Err(error)) => {
@@ -141,12 +168,15 @@ where
                 continue;
             }
 
-            let closed = self.shared.closed.load(Ordering::Acquire);
+            let closed = self.shared.closed.load(Ordering::SeqCst);
             if closed
                 && self.held.is_none()
                 && self.shared.queue.is_empty()
                 && self.calls.is_empty()
+                && self.shared.accepted.load(Ordering::SeqCst) <= self.shared.finished()
             {
+                // Nothing queued, nothing in flight, and no sender between its reservation and
+                // its push: every accepted record is finished.
                 return Poll::Ready(());
             }
 

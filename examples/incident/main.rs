@@ -1,0 +1,233 @@
+//! The incident, reproduced: a latency-critical service writes stats to Kafka; Kafka freezes,
+//! then goes down, then heals. The same service runs twice on the same load: **naive** (awaits
+//! each Kafka write in the handler) and **protected** (tanker's hand-off → breaker → bulkhead →
+//! Kafka).
+//!
+//! ```text
+//! cargo run --release --example incident
+//! cargo run --release --example incident -- --help
+//! ```
+//!
+//! By default Kafka is librdkafka's in-process mock cluster and the faults are injected there.
+//! With `--brokers HOST:PORT` it writes to a real cluster and the faults are yours to cause; with
+//! tansu (see `scripts/tansu.sh`):
+//!
+//! ```text
+//! scripts/tansu.sh start request-stats
+//! cargo run --release --example incident -- --brokers 127.0.0.1:19092 &
+//! sleep 12; kill -STOP $(cat target/tansu/tansu.pid)   # frozen: the seed incident
+//! sleep 8;  kill -CONT $(cat target/tansu/tansu.pid)   # healed
+//! scripts/tansu.sh stop
+//! ```
+
+mod chart;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use rdkafka::mocking::MockCluster;
+
+use run::{Fault, MockFaults, NoFaults, Phase, Report, Settings, Variant, TOPIC};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Which {
+    Both,
+    Naive,
+    Protected,
+}
+
+/// Reproduce the Kafka incident with and without tanker, on loopback.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Seconds of each phase: healthy, Kafka frozen, Kafka down, healed.
+    #[arg(long, value_delimiter = ',', default_value = "8,8,6,10")]
+    phases: Vec<u32>,
+    /// Requests per second sent to the service.
+    #[arg(long, default_value_t = 1000)]
+    rate: u32,
+    /// Client connections (at most this many requests in flight).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Client timeout per request, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Which variant(s) to run.
+    #[arg(long, value_enum, default_value_t = Which::Both)]
+    variant: Which,
+    /// Where to write the chart.
+    #[arg(long, default_value = "target/incident.svg")]
+    out: PathBuf,
+    /// Write to this Kafka cluster instead of the embedded mock (no faults are injected).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Do the handler's critical lookup in this Redis (e.g. redis://127.0.0.1/) instead of memory.
+    #[arg(long)]
+    redis: Option<String>,
+    /// No progress line per second.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> Result<(), tower::BoxError> {
+    let args = Args::parse();
+    let [healthy, frozen, down, healed] = args.phases[..] else {
+        return Err("--phases takes four numbers: healthy,frozen,down,healed".into());
+    };
+    let settings = Settings {
+        phases: vec![
+            Phase {
+                name: "healthy".into(),
+                secs: healthy,
+                fault: Fault::None,
+            },
+            Phase {
+                name: "frozen".into(),
+                secs: frozen,
+                fault: Fault::Frozen,
+            },
+            Phase {
+                name: "down".into(),
+                secs: down,
+                fault: Fault::Down,
+            },
+            Phase {
+                name: "healed".into(),
+                secs: healed,
+                fault: Fault::None,
+            },
+        ],
+        rate: args.rate,
+        connections: args.concurrency,
+        client_timeout: Duration::from_millis(args.timeout_ms),
+        progress: !args.quiet,
+        redis: args.redis.clone(),
+    };
+    let variants: &[Variant] = match args.variant {
+        Which::Both => &[Variant::Naive, Variant::Protected],
+        Which::Naive => &[Variant::Naive],
+        Which::Protected => &[Variant::Protected],
+    };
+
+    // The mock cluster is not `Send`: it lives on this thread, and the runtime's main future
+    // (which applies the faults) runs here too.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut reports = Vec::new();
+    for &variant in variants {
+        println!(
+            "== {variant}: {} requests/s for {}s",
+            settings.rate,
+            settings.phases.iter().map(|p| p.secs).sum::<u32>()
+        );
+        let report = match &args.brokers {
+            Some(brokers) => runtime.block_on(run::run(variant, &settings, brokers, &NoFaults))?,
+            None => {
+                let cluster = MockCluster::new(1)?;
+                cluster.create_topic(TOPIC, 8, 1)?;
+                let faults = MockFaults {
+                    cluster: &cluster,
+                    brokers: 1,
+                };
+                let bootstrap = cluster.bootstrap_servers();
+                runtime.block_on(run::run(variant, &settings, &bootstrap, &faults))?
+            }
+        };
+        print_table(&report);
+        reports.push(report);
+    }
+    println!();
+    for report in &reports {
+        print_verdict(report, &settings.phases);
+    }
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    chart::draw(&args.out, &reports)?;
+    println!("\nchart: {}", args.out.display());
+    // librdkafka's threads may still be shutting down; the figures are out.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn print_table(report: &Report) {
+    println!();
+    println!(
+        "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>10}",
+        "s",
+        "phase",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "timeouts",
+        "delivered",
+        "ignored",
+        "errors",
+        "breaker"
+    );
+    for s in &report.seconds {
+        println!(
+            "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>10}",
+            s.at + 1,
+            s.phase,
+            s.answered,
+            ms(s.p50_us),
+            ms(s.p99_us),
+            ms(s.max_us),
+            s.timeouts,
+            s.delivered,
+            s.ignored,
+            s.kafka_errors,
+            s.breaker.map_or("-".to_owned(), |b| b.to_string()),
+        );
+    }
+}
+
+fn print_verdict(report: &Report, phases: &[Phase]) {
+    let healthy = report.p99_where(&phases[..1], |f| f == Fault::None);
+    let failing = report.p99_where(phases, |f| f != Fault::None);
+    let failing_timeouts = report.timeouts_where(phases, |f| f != Fault::None);
+    let ratio = match (healthy, failing) {
+        (Some(h), Some(f)) if h > 0 => format!("{:.1}x", f as f64 / h as f64),
+        (Some(_), None) => "every request timed out".to_owned(),
+        _ => "n/a".to_owned(),
+    };
+    print!(
+        "verdict {:>9}: p99 healthy {} ms, during failure {} ms ({ratio}), {} client timeouts during failure, {}/{} requests answered",
+        report.variant,
+        healthy.map_or("n/a".into(), ms),
+        failing.map_or("-".into(), ms),
+        failing_timeouts,
+        report.answered,
+        report.sent,
+    );
+    if report.variant == Variant::Protected {
+        print!(
+            ", breaker changed state {} times",
+            report.breaker_states.len().saturating_sub(1)
+        );
+        if let Some(d) = report.fault_to_open {
+            print!(", breaker opened {:.2} s into the failure", d.as_secs_f64());
+        }
+        match report.heal_to_closed {
+            Some(d) => print!(", breaker closed {:.2} s after the heal", d.as_secs_f64()),
+            None => print!(", breaker not seen closed after the heal"),
+        }
+        if let Some(c) = report.handoff {
+            print!(
+                "; records: offered {} = delivered {} + dropped {} + shed {} + rejected {} + failed {} + pending {} ({})",
+                c.offered, c.delivered, c.dropped, c.shed, c.rejected, c.failed, c.pending(),
+                if c.is_balanced() { "balanced" } else { "UNBALANCED" }
+            );
+        }
+    }
+    println!();
+}

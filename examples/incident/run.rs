@@ -1,0 +1,636 @@
+//! The incident, as a library: a service, two ways of writing stats to Kafka, a load generator,
+//! fault phases, and per-second figures. Used by `examples/incident/main.rs` and by the
+//! end-to-end test `tests/incident.rs`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::routing::get;
+use axum::Router;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{sleep_until, Instant};
+use tower::ServiceBuilder;
+
+use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
+use tanker::bulkhead::BulkheadLayer;
+use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts};
+use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
+use tanker::ServiceBuilderExt;
+
+/// The topic the service writes its stats to.
+pub(crate) const TOPIC: &str = "request-stats";
+
+/// What Kafka does during a phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Kafka answers.
+    None,
+    /// The broker stops answering while connections stay open (the seed incident).
+    Frozen,
+    /// The broker refuses connections.
+    Down,
+}
+
+/// One phase of the run.
+#[derive(Debug, Clone)]
+pub(crate) struct Phase {
+    pub(crate) name: String,
+    pub(crate) secs: u32,
+    pub(crate) fault: Fault,
+}
+
+/// How the service writes its stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// Awaits each Kafka write inside the handler, as the original code did.
+    Naive,
+    /// Hands each record off to tanker's hand-off → breaker → bulkhead → Kafka.
+    Protected,
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Variant::Naive => "naive",
+            Variant::Protected => "protected",
+        })
+    }
+}
+
+/// Knobs of one run.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) phases: Vec<Phase>,
+    /// Requests per second sent by the load generator.
+    pub(crate) rate: u32,
+    /// Client connections (the most requests in flight at once).
+    pub(crate) connections: usize,
+    /// A request not answered within this is a client timeout.
+    pub(crate) client_timeout: Duration,
+    /// Print a progress line every second.
+    pub(crate) progress: bool,
+    /// A Redis URL for the handler's critical lookup instead of the in-memory map.
+    pub(crate) redis: Option<String>,
+}
+
+/// Injects faults into the Kafka the service writes to.
+pub(crate) trait Faults {
+    /// Makes Kafka behave as `fault` says from now on.
+    fn apply(&self, fault: Fault);
+}
+
+/// No fault injection (a real cluster: the faults are the operator's to cause).
+pub(crate) struct NoFaults;
+
+impl Faults for NoFaults {
+    fn apply(&self, _fault: Fault) {}
+}
+
+/// librdkafka's in-process mock cluster, with faults injected into every broker.
+pub(crate) struct MockFaults<'a> {
+    pub(crate) cluster:
+        &'a rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    pub(crate) brokers: i32,
+}
+
+impl Faults for MockFaults<'_> {
+    fn apply(&self, fault: Fault) {
+        for broker in 1..=self.brokers {
+            let result = match fault {
+                Fault::None => self
+                    .cluster
+                    .broker_up(broker)
+                    .and_then(|()| self.cluster.broker_round_trip_time(broker, Duration::ZERO)),
+                // Responses held back far longer than any timeout: the broker is frozen.
+                Fault::Frozen => self
+                    .cluster
+                    .broker_round_trip_time(broker, Duration::from_secs(30)),
+                Fault::Down => self.cluster.broker_down(broker),
+            };
+            if let Err(error) = result {
+                eprintln!("fault injection on broker {broker} failed: {error}");
+            }
+        }
+    }
+}
+
+/// One second of the run, as the client and the server saw it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Second {
+    pub(crate) at: u32,
+    pub(crate) phase: String,
+    pub(crate) fault: Option<Fault>,
+    /// Requests answered in this second (by intended send time).
+    pub(crate) answered: u64,
+    pub(crate) timeouts: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub(crate) max_us: u64,
+    /// Records delivered to Kafka during this second.
+    pub(crate) delivered: u64,
+    /// Records not written on purpose (dropped, shed, rejected by the open breaker).
+    pub(crate) ignored: u64,
+    /// Records that failed in Kafka.
+    pub(crate) kafka_errors: u64,
+    pub(crate) breaker: Option<BreakerState>,
+}
+
+/// Everything one variant's run produced.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    pub(crate) variant: Variant,
+    pub(crate) seconds: Vec<Second>,
+    /// Latencies (µs) of every request answered, by phase index.
+    pub(crate) latencies_by_phase: Vec<Vec<u64>>,
+    pub(crate) timeouts_by_phase: Vec<u64>,
+    pub(crate) sent: u64,
+    pub(crate) answered: u64,
+    /// When the breaker was first seen closed after the last fault ended, counted from then.
+    pub(crate) heal_to_closed: Option<Duration>,
+    /// When the breaker was first seen open, counted from the start of the first fault.
+    pub(crate) fault_to_open: Option<Duration>,
+    /// The hand-off's final counts (protected only).
+    pub(crate) handoff: Option<HandoffCounts>,
+    /// The breaker's states in the order seen, without repeats (protected only).
+    pub(crate) breaker_states: Vec<BreakerState>,
+}
+
+impl Report {
+    /// The p99 latency (µs) over the phases with this fault.
+    pub(crate) fn p99_where(&self, phases: &[Phase], want: impl Fn(Fault) -> bool) -> Option<u64> {
+        let mut all: Vec<u64> = phases
+            .iter()
+            .zip(&self.latencies_by_phase)
+            .filter(|(phase, _)| want(phase.fault))
+            .flat_map(|(_, lat)| lat.iter().copied())
+            .collect();
+        percentile(&mut all, 0.99)
+    }
+
+    /// Client timeouts over the phases with this fault.
+    pub(crate) fn timeouts_where(&self, phases: &[Phase], want: impl Fn(Fault) -> bool) -> u64 {
+        phases
+            .iter()
+            .zip(&self.timeouts_by_phase)
+            .filter(|(phase, _)| want(phase.fault))
+            .map(|(_, t)| *t)
+            .sum()
+    }
+}
+
+fn percentile(values: &mut [u64], q: f64) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_unstable();
+    let rank = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len());
+    Some(values[rank - 1])
+}
+
+// ===== the service =====
+
+enum Writer {
+    Naive {
+        producer: FutureProducer,
+        delivered: AtomicU64,
+        errors: AtomicU64,
+    },
+    Protected(Handoff<Record>),
+}
+
+enum Lookup {
+    Memory(HashMap<u64, String>),
+    Redis(redis::aio::MultiplexedConnection),
+}
+
+struct App {
+    lookup: Lookup,
+    writer: Writer,
+}
+
+#[derive(Deserialize)]
+struct Params {
+    key: u64,
+}
+
+/// The handler: the critical work (a lookup), then one stats record per request.
+async fn handle(State(app): State<Arc<App>>, Query(params): Query<Params>) -> String {
+    let value = match &app.lookup {
+        Lookup::Memory(map) => map.get(&(params.key % 10_000)).cloned().unwrap_or_default(),
+        Lookup::Redis(conn) => {
+            let mut conn = conn.clone();
+            redis::cmd("GET")
+                .arg(format!("key:{}", params.key % 10_000))
+                .query_async::<Option<String>>(&mut conn)
+                .await
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        }
+    };
+    let stats = format!("{{\"key\":{},\"len\":{}}}", params.key, value.len());
+    match &app.writer {
+        Writer::Naive {
+            producer,
+            delivered,
+            errors,
+        } => {
+            // The original code: wait for Kafka before answering.
+            let record = FutureRecord::<(), str>::to(TOPIC).payload(&stats);
+            match producer.send(record, Timeout::Never).await {
+                Ok(_) => delivered.fetch_add(1, Ordering::Relaxed),
+                Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
+        Writer::Protected(handoff) => {
+            // The fix: hand the record off and answer at once.
+            handoff.send(Record::new(TOPIC, stats.into_bytes()));
+        }
+    }
+    value
+}
+
+/// The protected writer's parts, kept to read their state.
+struct Protection {
+    handoff: Handoff<Record>,
+    breaker: BreakerHandle,
+    kafka: KafkaService,
+}
+
+fn protected_writer(bootstrap: &str) -> Result<Protection, tower::BoxError> {
+    let kafka = KafkaConfig::new(bootstrap)
+        .name("stats")
+        .message_timeout(Duration::from_secs(1))
+        .build()?;
+    let breaker = BreakerLayer::builder()
+        .name("kafka-stats")
+        .classify(FaultClassifier)
+        .consecutive_failures(5)
+        .open_for(Duration::from_secs(1))
+        .backoff(2.0, Duration::from_secs(4))
+        .build()?;
+    let handle = breaker.handle();
+    let stack = ServiceBuilder::new()
+        .breaker(breaker)
+        .bulkhead(BulkheadLayer::new(2048)?)
+        .service(kafka.clone());
+    let handoff = HandoffBuilder::new()
+        .name("stats")
+        .capacity(20_000)
+        .concurrency(2048)
+        .spawn(stack)?;
+    Ok(Protection {
+        handoff,
+        breaker: handle,
+        kafka,
+    })
+}
+
+fn naive_producer(bootstrap: &str) -> Result<FutureProducer, tower::BoxError> {
+    // librdkafka's defaults, as a team would write it first.
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?)
+}
+
+// ===== the load generator =====
+
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<u64>,
+    timeouts: u64,
+}
+
+struct Client {
+    tallies: Vec<Mutex<Tally>>,
+    sent: AtomicU64,
+    answered: AtomicU64,
+}
+
+/// One client connection: sends its share of requests at their intended times and measures each
+/// from its intended time, so a slow server cannot hide its own queueing.
+async fn connection(
+    addr: std::net::SocketAddr,
+    client: Arc<Client>,
+    start: Instant,
+    first: u64,
+    step: u64,
+    total: u64,
+    rate: u32,
+    timeout: Duration,
+) {
+    let mut stream: Option<BufReader<TcpStream>> = None;
+    let mut busy_until = start;
+    let mut i = first;
+    while i < total {
+        let intended = start + Duration::from_nanos(i * 1_000_000_000 / u64::from(rate));
+        let second = (i / u64::from(rate)) as usize;
+        let deadline = intended + timeout;
+        sleep_until(intended).await;
+        // A request waiting for its connection is measured from when it should have been sent
+        // (the server's slowness is to blame); one sent late only because the timer fired late
+        // is measured from when it was sent.
+        let measured_from = if busy_until > intended {
+            intended
+        } else {
+            Instant::now()
+        };
+        client.sent.fetch_add(1, Ordering::Relaxed);
+        let outcome = if Instant::now() >= deadline {
+            // Still busy with an earlier request: this one is already late.
+            None
+        } else {
+            tokio::time::timeout_at(deadline, request(&mut stream, addr, i))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        };
+        let mut tally = client.tallies[second.min(client.tallies.len() - 1)]
+            .lock()
+            .unwrap();
+        busy_until = Instant::now();
+        match outcome {
+            Some(()) => {
+                tally
+                    .latencies
+                    .push(busy_until.duration_since(measured_from).as_micros() as u64);
+                client.answered.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                tally.timeouts += 1;
+                // A timed-out connection may still get an answer later: start afresh.
+                stream = None;
+            }
+        }
+        drop(tally);
+        i += step;
+    }
+}
+
+async fn request(
+    stream: &mut Option<BufReader<TcpStream>>,
+    addr: std::net::SocketAddr,
+    key: u64,
+) -> std::io::Result<()> {
+    if stream.is_none() {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        *stream = Some(BufReader::new(tcp));
+    }
+    let Some(conn) = stream.as_mut() else {
+        return Err(std::io::ErrorKind::NotConnected.into());
+    };
+    let req = format!("GET /lookup?key={key} HTTP/1.1\r\nHost: incident\r\n\r\n");
+    conn.get_mut().write_all(req.as_bytes()).await?;
+    let mut length = 0usize;
+    let mut line = String::new();
+    let mut status_ok = false;
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await? == 0 {
+            *stream = None;
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.starts_with("HTTP/1.1 ") {
+            status_ok = line.starts_with("HTTP/1.1 200");
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(value) = lower.strip_prefix("content-length:") {
+            length = value.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    conn.read_exact(&mut body).await?;
+    if status_ok {
+        Ok(())
+    } else {
+        Err(std::io::ErrorKind::Other.into())
+    }
+}
+
+// ===== one run =====
+
+/// Runs `variant` through every phase and returns its figures. Faults are applied from the
+/// calling task (the mock cluster must stay on its thread).
+pub(crate) async fn run(
+    variant: Variant,
+    settings: &Settings,
+    bootstrap: &str,
+    faults: &dyn Faults,
+) -> Result<Report, tower::BoxError> {
+    faults.apply(Fault::None);
+    let protection = match variant {
+        Variant::Protected => Some(protected_writer(bootstrap)?),
+        Variant::Naive => None,
+    };
+    let writer = match &protection {
+        Some(p) => Writer::Protected(p.handoff.clone()),
+        None => Writer::Naive {
+            producer: naive_producer(bootstrap)?,
+            delivered: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        },
+    };
+    let lookup = match &settings.redis {
+        Some(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            for key in 0..10_000u64 {
+                let _: () = redis::cmd("SET")
+                    .arg(format!("key:{key}"))
+                    .arg(format!("value-{key}"))
+                    .query_async(&mut conn)
+                    .await?;
+            }
+            Lookup::Redis(conn)
+        }
+        None => Lookup::Memory((0..10_000).map(|k| (k, format!("value-{k}"))).collect()),
+    };
+    let app = Arc::new(App { lookup, writer });
+
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let router = Router::new()
+        .route("/lookup", get(handle))
+        .with_state(app.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let total_secs: u32 = settings.phases.iter().map(|p| p.secs).sum();
+    let total = u64::from(total_secs) * u64::from(settings.rate);
+    let client = Arc::new(Client {
+        tallies: (0..total_secs.max(1)).map(|_| Mutex::default()).collect(),
+        sent: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
+    });
+    let start = Instant::now() + Duration::from_millis(50);
+    let step = settings.connections as u64;
+    let workers: Vec<_> = (0..step)
+        .map(|first| {
+            tokio::spawn(connection(
+                addr,
+                client.clone(),
+                start,
+                first,
+                step,
+                total,
+                settings.rate,
+                settings.client_timeout,
+            ))
+        })
+        .collect();
+
+    // The phase controller: applies faults on time and samples the server side.
+    let mut seconds = Vec::new();
+    let mut states: Vec<BreakerState> = Vec::new();
+    let mut previous = ServerCounts::default();
+    let mut fault_started: Option<Instant> = None;
+    let mut healed_at: Option<Instant> = None;
+    let mut fault_to_open = None;
+    let mut heal_to_closed = None;
+    let mut at = 0u32;
+    for phase in &settings.phases {
+        let phase_start = start + Duration::from_secs(u64::from(at));
+        sleep_until(phase_start).await;
+        faults.apply(phase.fault);
+        if phase.fault != Fault::None && fault_started.is_none() {
+            fault_started = Some(Instant::now());
+        }
+        if phase.fault == Fault::None && fault_started.is_some() {
+            healed_at = Some(Instant::now());
+            heal_to_closed = None;
+        }
+        for s in 0..phase.secs {
+            let second_end = phase_start + Duration::from_secs(u64::from(s) + 1);
+            // Watch the breaker closely so transitions are timed to 20 ms.
+            while Instant::now() < second_end {
+                if let Some(p) = &protection {
+                    let state = p.breaker.state();
+                    if states.last() != Some(&state) {
+                        states.push(state);
+                    }
+                    if state == BreakerState::Open && fault_to_open.is_none() {
+                        fault_to_open = fault_started.map(|t| t.elapsed());
+                    }
+                    if state == BreakerState::Closed && heal_to_closed.is_none() {
+                        heal_to_closed = healed_at.map(|t| t.elapsed());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20).min(second_end - Instant::now()))
+                    .await;
+            }
+            let now = server_counts(&app.writer);
+            let second = Second {
+                at,
+                phase: phase.name.clone(),
+                fault: Some(phase.fault),
+                delivered: now.delivered - previous.delivered,
+                ignored: now.ignored - previous.ignored,
+                kafka_errors: now.errors - previous.errors,
+                breaker: protection.as_ref().map(|p| p.breaker.state()),
+                ..Second::default()
+            };
+            previous = now;
+            if settings.progress {
+                let tally = client.tallies[at as usize].lock().unwrap();
+                println!(
+                    "  [{variant:>9}] {:>3}s {:<8} sent {:>6}  answered {:>6}  timeouts {:>4}  delivered {:>5}  ignored {:>5}  kafka errors {:>4}  breaker {}",
+                    at + 1,
+                    phase.name,
+                    client.sent.load(Ordering::Relaxed),
+                    client.answered.load(Ordering::Relaxed),
+                    tally.timeouts,
+                    second.delivered,
+                    second.ignored,
+                    second.kafka_errors,
+                    second.breaker.map_or("-".to_owned(), |s| s.to_string()),
+                );
+            }
+            seconds.push(second);
+            at += 1;
+        }
+    }
+    for worker in workers {
+        let _ = worker.await;
+    }
+    faults.apply(Fault::None);
+
+    // Per-second and per-phase latencies from the client's tallies.
+    let mut latencies_by_phase = vec![Vec::new(); settings.phases.len()];
+    let mut timeouts_by_phase = vec![0; settings.phases.len()];
+    let mut phase_of = Vec::new();
+    for (i, phase) in settings.phases.iter().enumerate() {
+        phase_of.extend(std::iter::repeat(i).take(phase.secs as usize));
+    }
+    for (second, tally) in seconds.iter_mut().zip(&client.tallies) {
+        let mut tally = tally.lock().unwrap();
+        let phase = phase_of[second.at as usize];
+        latencies_by_phase[phase].extend(tally.latencies.iter().copied());
+        timeouts_by_phase[phase] += tally.timeouts;
+        second.answered = tally.latencies.len() as u64;
+        second.timeouts = tally.timeouts;
+        second.p50_us = percentile(&mut tally.latencies, 0.50).unwrap_or(0);
+        second.p99_us = percentile(&mut tally.latencies, 0.99).unwrap_or(0);
+        second.max_us = tally.latencies.last().copied().unwrap_or(0);
+    }
+
+    server.abort();
+    let handoff = match &protection {
+        Some(p) => {
+            let report = p.handoff.close(Duration::from_secs(5)).await;
+            let _ = p.kafka.flush(Duration::from_secs(2)).await;
+            Some(report.counts)
+        }
+        None => None,
+    };
+    Ok(Report {
+        variant,
+        seconds,
+        latencies_by_phase,
+        timeouts_by_phase,
+        sent: client.sent.load(Ordering::Relaxed),
+        answered: client.answered.load(Ordering::Relaxed),
+        heal_to_closed,
+        fault_to_open,
+        handoff,
+        breaker_states: states,
+    })
+}
+
+#[derive(Default, Clone, Copy)]
+struct ServerCounts {
+    delivered: u64,
+    ignored: u64,
+    errors: u64,
+}
+
+fn server_counts(writer: &Writer) -> ServerCounts {
+    match writer {
+        Writer::Naive {
+            delivered, errors, ..
+        } => ServerCounts {
+            delivered: delivered.load(Ordering::Relaxed),
+            ignored: 0,
+            errors: errors.load(Ordering::Relaxed),
+        },
+        Writer::Protected(handoff) => {
+            let c = handoff.counts();
+            ServerCounts {
+                delivered: c.delivered,
+                ignored: c.dropped + c.shed + c.rejected,
+                errors: c.failed,
+            }
+        }
+    }
+}
