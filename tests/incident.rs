@@ -1,0 +1,123 @@
+//! A shortened incident, end to end: the same service with the naive writer and with tanker, on
+//! the embedded Kafka mock cluster, frozen then down then healed.
+//!
+//! The properties are checked by counts and by the order of events, not by wall-clock
+//! thresholds that a noisy machine could break.
+#![cfg(feature = "kafka")]
+
+#[allow(dead_code)]
+#[path = "../examples/incident/run.rs"]
+mod run;
+
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use tanker::breaker::BreakerState;
+
+use run::{Fault, MockFaults, Phase, Report, Settings, Variant, TOPIC};
+
+fn settings() -> Settings {
+    let phase = |name: &str, secs, fault| Phase {
+        name: name.to_owned(),
+        secs,
+        fault,
+    };
+    Settings {
+        phases: vec![
+            phase("healthy", 2, Fault::None),
+            phase("frozen", 3, Fault::Frozen),
+            phase("down", 2, Fault::Down),
+            phase("healed", 5, Fault::None),
+        ],
+        rate: 200,
+        connections: 16,
+        client_timeout: Duration::from_millis(1000),
+        progress: false,
+        redis: None,
+    }
+}
+
+/// Runs one variant on a fresh mock cluster. The cluster is not `Send`, so it stays on this
+/// thread, where the runtime's main future (which injects the faults) runs too.
+fn incident(variant: Variant, settings: &Settings) -> Report {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic(TOPIC, 4, 1).unwrap();
+    let faults = MockFaults {
+        cluster: &cluster,
+        brokers: 1,
+    };
+    let bootstrap = cluster.bootstrap_servers();
+    let report = runtime
+        .block_on(run::run(variant, settings, &bootstrap, &faults))
+        .unwrap();
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    report
+}
+
+#[test]
+fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
+    let settings = settings();
+    let phases = &settings.phases;
+    let failing = |f: Fault| f != Fault::None;
+
+    let protected = incident(Variant::Protected, &settings);
+
+    // It answers every request, in every phase, Kafka or not.
+    assert_eq!(protected.answered, protected.sent, "protected: {protected:#?}");
+    assert_eq!(protected.timeouts_where(phases, |_| true), 0);
+
+    // Every record is accounted for, and nothing is left pending.
+    let counts = protected.handoff.expect("the protected run reports its hand-off");
+    assert!(counts.is_balanced(), "{counts:?}");
+    assert_eq!(counts.pending(), 0, "{counts:?}");
+    assert_eq!(counts.offered, protected.sent, "one record per request");
+
+    // The failure was seen and handled: records were ignored or failed while Kafka was down,
+    // none was delivered while it was frozen or down after the breaker opened.
+    let during = |pick: fn(&run::Second) -> u64| -> u64 {
+        protected
+            .seconds
+            .iter()
+            .filter(|s| s.fault.is_some_and(failing))
+            .map(pick)
+            .sum()
+    };
+    assert!(during(|s| s.ignored) > 0, "records ignored during the failure");
+    assert!(counts.rejected > 0, "the open breaker rejected records");
+
+    // The breaker's story, in order: closed, opened during the failure, closed after the heal.
+    let states = &protected.breaker_states;
+    assert_eq!(states.first(), Some(&BreakerState::Closed), "{states:?}");
+    assert!(states.contains(&BreakerState::Open), "{states:?}");
+    assert_eq!(states.last(), Some(&BreakerState::Closed), "{states:?}");
+    assert!(protected.fault_to_open.is_some(), "opened after the fault began");
+    assert!(protected.heal_to_closed.is_some(), "closed after the heal, by itself");
+
+    // Delivery resumed after the heal, with no action.
+    let healed_start: u32 = phases[..3].iter().map(|p| p.secs).sum();
+    let delivered_after_heal: u64 = protected
+        .seconds
+        .iter()
+        .filter(|s| s.at >= healed_start)
+        .map(|s| s.delivered)
+        .sum();
+    assert!(delivered_after_heal > 0, "{:#?}", protected.seconds);
+    let last = protected.seconds.last().unwrap();
+    assert_eq!(last.breaker, Some(BreakerState::Closed));
+
+    let naive = incident(Variant::Naive, &settings);
+    // The naive service times out while Kafka is frozen, because its handler waits for the
+    // write; while Kafka is healthy it answers (save perhaps its first requests, which wait for
+    // the producer's first metadata).
+    let naive_timeouts = naive.timeouts_where(phases, failing);
+    let naive_healthy_timeouts = naive.timeouts_where(&phases[..1], |_| true);
+    assert!(naive_timeouts > 10 * naive_healthy_timeouts.max(1), "{naive:#?}");
+    assert!(naive.answered < naive.sent);
+    // The protected one never did, on the same load.
+    assert!(protected.timeouts_where(phases, failing) < naive_timeouts);
+}
