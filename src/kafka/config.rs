@@ -23,6 +23,7 @@ use crate::ConfigError;
 /// | `reconnect.backoff.ms` / `reconnect.backoff.max.ms` | 100 / 1000 | with librdkafka's 10 s maximum, a broker that comes back is noticed late and timeouts fire late |
 /// | `socket.connection.setup.timeout.ms` | 5000 | a broker that black-holes connections is given up on in 5 s, not 30 |
 /// | `request.timeout.ms` | 5000 | a frozen broker's requests time out with the records |
+/// | `topic.metadata.propagation.max.ms` | 1000 | a record for a topic that does not exist fails as [`UnknownTopic`](super::KafkaErrorKind::UnknownTopic) (the caller's fault) within a second (half the message timeout if that is shorter), instead of waiting 30 s and failing as a timeout that would trip the breaker |
 ///
 /// Any other librdkafka property can be set with [`set`](Self::set). The values of properties
 /// that hold secrets (passwords, keys, OAuth secrets) are never shown by `Debug` nor copied into
@@ -55,7 +56,11 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("reconnect.backoff.max.ms", "1000"),
     ("socket.connection.setup.timeout.ms", "5000"),
     ("request.timeout.ms", "5000"),
+    (PROPAGATION, "1000"),
 ];
+
+const PROPAGATION: &str = "topic.metadata.propagation.max.ms";
+const DEFAULT_PROPAGATION_MS: u64 = 1000;
 
 /// Whether a property's value is a secret that must not be shown.
 pub(crate) fn is_secret(key: &str) -> bool {
@@ -151,6 +156,16 @@ impl KafkaConfig {
         let mut config = ClientConfig::new();
         for (key, value) in &self.properties {
             config.set(key, value);
+        }
+        // An unknown topic must fail as such before the record times out; keep the default
+        // propagation wait below a short message timeout unless it was set by hand.
+        let millis = |key: &str| self.properties.get(key).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(timeout), Some(propagation)) =
+            (millis("message.timeout.ms"), millis(PROPAGATION))
+        {
+            if propagation == DEFAULT_PROPAGATION_MS && propagation * 2 > timeout {
+                config.set(PROPAGATION, (timeout / 2).max(1).to_string());
+            }
         }
         if !self.properties.contains_key("client.id") {
             config.set("client.id", &*self.name);

@@ -5,11 +5,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use rdkafka::message::{Header, Message as _, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
+};
+use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::config::KafkaConfig;
@@ -39,16 +44,39 @@ pub struct KafkaService {
 
 struct Shared {
     /// `None` only while being dropped.
-    producer: Option<FutureProducer<LogContext>>,
+    producer: Option<ThreadedProducer<ProducerState>>,
     name: Arc<str>,
 }
 
-/// Routes librdkafka's logs and errors to `tracing`, naming the producer.
-struct LogContext {
+/// Where a record's delivery report goes.
+type Reply = oneshot::Sender<Result<Delivery, KafkaError>>;
+
+/// The producer's context: routes librdkafka's logs and errors to `tracing`, counts the records
+/// in flight, and hands each delivery report to the call that is waiting for it.
+struct ProducerState {
     name: Arc<str>,
+    /// Records handed to librdkafka whose delivery report has not come back.
+    in_flight: AtomicUsize,
 }
 
-impl ClientContext for LogContext {
+impl ProducerContext for ProducerState {
+    type DeliveryOpaque = Box<Reply>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let outcome = match result {
+            Ok(message) => Ok(Delivery {
+                partition: message.partition(),
+                offset: message.offset(),
+            }),
+            Err((error, _message)) => Err(KafkaError::from_rdkafka(error.clone())),
+        };
+        // The caller may have stopped waiting; the record is counted either way.
+        let _ = reply.send(outcome);
+    }
+}
+
+impl ClientContext for ProducerState {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let producer = &*self.name;
         match level {
@@ -82,10 +110,11 @@ pub struct FlushReport {
 
 impl KafkaService {
     pub(crate) fn from_config(config: KafkaConfig) -> Result<Self, ConfigError> {
-        let context = LogContext {
+        let context = ProducerState {
             name: config.name.clone(),
+            in_flight: AtomicUsize::new(0),
         };
-        let producer: FutureProducer<LogContext> = config
+        let producer: ThreadedProducer<ProducerState> = config
             .client_config()
             .create_with_context(context)
             .map_err(|error| config.refusal(&error))?;
@@ -97,7 +126,7 @@ impl KafkaService {
         })
     }
 
-    fn producer(&self) -> Result<&FutureProducer<LogContext>, KafkaError> {
+    fn producer(&self) -> Result<&ThreadedProducer<ProducerState>, KafkaError> {
         self.shared
             .producer
             .as_ref()
@@ -109,10 +138,10 @@ impl KafkaService {
         &self.shared.name
     }
 
-    /// Records handed to the producer and not yet delivered or failed.
+    /// Records handed to the producer whose delivery report has not come back yet.
     pub fn in_flight(&self) -> usize {
         self.producer()
-            .map_or(0, |p| usize::try_from(p.in_flight_count()).unwrap_or(0))
+            .map_or(0, |p| p.context().in_flight.load(Ordering::Acquire))
     }
 
     /// Waits up to `timeout` for every record in flight to be delivered (or to fail), without
@@ -137,17 +166,23 @@ impl KafkaService {
         }
     }
 
-    fn send(&self, record: &Record) -> Result<DeliveryFuture, KafkaError> {
+    fn send(
+        &self,
+        record: &Record,
+    ) -> Result<oneshot::Receiver<Result<Delivery, KafkaError>>, KafkaError> {
         let producer = self.producer()?;
-        let mut future = FutureRecord::<[u8], [u8]>::to(&record.topic).payload(&record.payload[..]);
+        let (reply, delivery) = oneshot::channel();
+        let mut base =
+            BaseRecord::<[u8], [u8], Box<Reply>>::with_opaque_to(&record.topic, Box::new(reply))
+                .payload(&record.payload[..]);
         if let Some(key) = &record.key {
-            future = future.key(&key[..]);
+            base = base.key(&key[..]);
         }
         if let Some(partition) = record.partition {
-            future = future.partition(partition);
+            base = base.partition(partition);
         }
         if let Some(timestamp) = record.timestamp {
-            future = future.timestamp(timestamp);
+            base = base.timestamp(timestamp);
         }
         if !record.headers.is_empty() {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
@@ -157,11 +192,18 @@ impl KafkaService {
                     value: Some(&value[..]),
                 });
             }
-            future = future.headers(headers);
+            base = base.headers(headers);
         }
-        producer
-            .send_result(future)
-            .map_err(|(error, _record)| KafkaError::from_rdkafka(error))
+        let in_flight = &producer.context().in_flight;
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        match producer.send(base) {
+            Ok(()) => Ok(delivery),
+            Err((error, _record)) => {
+                // Refused at once (queue full, record too large...): no report will come.
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                Err(KafkaError::from_rdkafka(error))
+            }
+        }
     }
 }
 
@@ -213,7 +255,7 @@ impl Drop for Shared {
         let Some(producer) = self.producer.take() else {
             return;
         };
-        let undelivered = producer.in_flight_count();
+        let undelivered = producer.context().in_flight.load(Ordering::Acquire);
         if undelivered > 0 {
             tracing::warn!(
                 producer = &*self.name,
@@ -239,7 +281,7 @@ pub struct ResponseFuture {
 }
 
 enum State {
-    Waiting(DeliveryFuture),
+    Waiting(oneshot::Receiver<Result<Delivery, KafkaError>>),
     Failed(Option<KafkaError>),
 }
 
@@ -250,15 +292,9 @@ impl Future for ResponseFuture {
         match &mut self.state {
             State::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(Ok(delivered))) => Poll::Ready(Ok(Delivery {
-                    partition: delivered.partition,
-                    offset: delivered.offset,
-                })),
-                Poll::Ready(Ok(Err((error, _message)))) => {
-                    Poll::Ready(Err(KafkaError::from_rdkafka(error)))
-                }
+                Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
                 // The producer went away without reporting: it was dropped.
-                Poll::Ready(Err(_canceled)) => {
+                Poll::Ready(Err(_closed)) => {
                     Poll::Ready(Err(KafkaError::new(KafkaErrorKind::Closed, None)))
                 }
             },
