@@ -9,12 +9,14 @@ use tokio::sync::Notify;
 
 /// One compartment: its capacity and its counters.
 ///
-/// The number of calls in flight is `admitted - released`. Keeping two monotonic counters instead
+/// The number of slots taken is `taken - released`. Keeping two monotonic counters instead
 /// of one up-down counter gives the `admitted` statistic for free: admission is one
 /// compare-and-swap, release is one fetch-add, and neither takes a lock or allocates.
 pub(crate) struct Compartment {
-    admitted: AtomicU64,
+    taken: AtomicU64,
     released: AtomicU64,
+    /// Slots taken by a waiting caller and given back without a call.
+    unused: AtomicU64,
     shed: AtomicU64,
     waiting: AtomicUsize,
     max_in_flight: u64,
@@ -30,8 +32,9 @@ pub(crate) struct WaitingRoom {
 impl Compartment {
     pub(crate) fn new(max_in_flight: usize, room: Option<(usize, Duration)>) -> Self {
         Self {
-            admitted: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            unused: AtomicU64::new(0),
             shed: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             max_in_flight: max_in_flight as u64,
@@ -47,16 +50,16 @@ impl Compartment {
     #[inline]
     pub(crate) fn try_admit(&self) -> bool {
         loop {
-            // Read `released` before `admitted`: every release follows its admission, so this
-            // order can only overestimate the calls in flight, never admit one too many.
+            // Read `released` before `taken`: every release follows its taking, so this order
+            // can only overestimate the slots in use, never admit one too many.
             let released = self.released.load(Ordering::SeqCst);
-            let admitted = self.admitted.load(Ordering::Relaxed);
-            if admitted.wrapping_sub(released) >= self.max_in_flight {
+            let taken = self.taken.load(Ordering::Relaxed);
+            if taken.wrapping_sub(released) >= self.max_in_flight {
                 return false;
             }
             if self
-                .admitted
-                .compare_exchange_weak(admitted, admitted + 1, Ordering::AcqRel, Ordering::Relaxed)
+                .taken
+                .compare_exchange_weak(taken, taken + 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
                 return true;
@@ -73,11 +76,19 @@ impl Compartment {
         self.wake_one();
     }
 
-    /// Gives back a slot that was reserved but never used for a call (the inner service was not
-    /// ready, or the service holding the reservation was dropped). It is not counted as admitted.
-    pub(crate) fn cancel_admission(&self) {
-        self.admitted.fetch_sub(1, Ordering::SeqCst);
-        self.wake_one();
+    /// Whether every slot looks taken (a snapshot, for shedding early).
+    #[inline]
+    pub(crate) fn looks_full(&self) -> bool {
+        let released = self.released.load(Ordering::SeqCst);
+        let taken = self.taken.load(Ordering::Relaxed);
+        taken.wrapping_sub(released) >= self.max_in_flight
+    }
+
+    /// Gives back a slot a waiting caller took but never used for a call (the inner service was
+    /// not ready, or the service holding it was dropped). It is not counted as admitted.
+    pub(crate) fn give_back_unused(&self) {
+        self.unused.fetch_add(1, Ordering::Relaxed);
+        self.release();
     }
 
     #[inline]
@@ -125,8 +136,8 @@ impl Compartment {
 
     fn in_flight(&self) -> u64 {
         let released = self.released.load(Ordering::SeqCst);
-        let admitted = self.admitted.load(Ordering::SeqCst);
-        admitted.saturating_sub(released)
+        let taken = self.taken.load(Ordering::SeqCst);
+        taken.saturating_sub(released)
     }
 }
 
@@ -141,7 +152,8 @@ pub struct BulkheadHandle {
 }
 
 impl BulkheadHandle {
-    /// Calls admitted and not yet finished (including slots reserved by `poll_ready`).
+    /// Calls admitted and not yet finished (and slots held by callers that waited in the waiting
+    /// room, between their `poll_ready` and their `call`).
     pub fn in_flight(&self) -> usize {
         self.compartment.in_flight() as usize
     }
@@ -152,8 +164,13 @@ impl BulkheadHandle {
     }
 
     /// Calls admitted to the inner service since the compartment was built.
+    ///
+    /// Without a waiting room this counts exactly the calls made. With one, a caller that waited
+    /// holds its slot from `poll_ready` to `call` and is counted from `poll_ready`; if it drops
+    /// the slot unused, the count goes back down by one.
     pub fn admitted(&self) -> u64 {
-        self.compartment.admitted.load(Ordering::Relaxed)
+        let unused = self.compartment.unused.load(Ordering::Relaxed);
+        self.compartment.taken.load(Ordering::Relaxed) - unused
     }
 
     /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was

@@ -14,18 +14,28 @@ use super::error::BulkheadFull;
 
 /// A slot of the compartment.
 ///
-/// Reserved by `poll_ready`, then used by `call`. Dropping a slot gives it back: a reserved slot
-/// that was never used is not counted as admitted; a used one counts as a finished call.
+/// Taken by `call` (or by `poll_ready`, for a caller that waited for it). Dropping a slot gives it
+/// back: a slot that was never used for a call is not counted as admitted.
 pub(crate) struct Slot {
     compartment: Arc<Compartment>,
     used: bool,
 }
 
 impl Slot {
-    pub(crate) fn new(compartment: Arc<Compartment>) -> Self {
+    /// A slot taken ahead of its call, by a caller that waited for it.
+    pub(crate) fn reserved(compartment: Arc<Compartment>) -> Self {
         Self {
             compartment,
             used: false,
+        }
+    }
+
+    /// A slot taken for a call being made now.
+    #[inline]
+    pub(crate) fn for_call(compartment: Arc<Compartment>) -> Self {
+        Self {
+            compartment,
+            used: true,
         }
     }
 
@@ -40,7 +50,7 @@ impl Drop for Slot {
         if self.used {
             self.compartment.release();
         } else {
-            self.compartment.cancel_admission();
+            self.compartment.give_back_unused();
         }
     }
 }

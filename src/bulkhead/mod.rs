@@ -40,24 +40,34 @@
 //! # What is shared
 //!
 //! The capacity and the counters live in one allocation made when the layer is built. Cloning the
-//! layer or a service clones a pointer to it. A reservation made by `poll_ready` belongs to the
-//! service handle that made it: clones start without one, and dropping a handle (or a response
-//! future) gives its slot back.
+//! layer or a service clones a pointer to it.
 //!
 //! # Readiness
 //!
-//! `poll_ready` takes a slot and then polls the inner service. When no slot is free, or when the
-//! inner service is not ready, it still returns `Ready(Ok(()))`, and `call` returns an immediately
-//! ready `BulkheadFull` error, as tower's `LoadShed` does: `poll_ready` never returns an error for
-//! a temporary condition, and never makes the caller wait because the compartment is full (unless
-//! you configured a [waiting room](BulkheadBuilder::waiting_room)). Errors of the inner
-//! `poll_ready` are passed through.
+//! `poll_ready` looks at the compartment and polls the inner service; `call` takes the slot, as
+//! tower's `LoadShed` decides at `call`. When the compartment is full, or the inner service is not
+//! ready, `poll_ready` still returns `Ready(Ok(()))` and `call` returns an immediately ready
+//! `BulkheadFull` error: `poll_ready` never returns an error for a temporary condition, and never
+//! makes the caller wait because the compartment is full. So a handle that was polled ready but
+//! never called holds no slot. Errors of the inner `poll_ready` are passed through.
+//!
+//! With a [waiting room](BulkheadBuilder::waiting_room), a caller that finds the compartment full
+//! waits in `poll_ready`, at most the room's maximum wait, and the slot it gets is held for it
+//! until its `call`, or given back if the handle is dropped first.
+//!
+//! A slot is given back the moment the inner future completes, or when the response future is
+//! dropped before that (cancellation).
 //!
 //! # Cost
 //!
 //! Admission is one compare-and-swap and release one atomic add on the shared compartment, plus
 //! one reference count for the response future: no lock, no allocation, no timer. A shed call
 //! allocates nothing either ([`BulkheadFull`] is zero-sized).
+//!
+//! # Counters
+//!
+//! [`BulkheadHandle`] reports the calls in flight, the callers waiting, and, since the layer was
+//! built, the calls admitted and the calls shed.
 
 mod compartment;
 mod error;

@@ -20,10 +20,11 @@ use super::future::{ResponseFuture, Slot};
 /// behaviour and an example. Every `Bulkhead` built from one layer value, and every clone of it,
 /// shares one compartment.
 ///
-/// `poll_ready` reserves a slot and then polls the inner service. If no slot is free (and the
-/// waiting room, if any, is full or its maximum wait has passed), or if the inner service is not
-/// ready, `poll_ready` still returns `Ready(Ok(()))` and the following `call` fails at once with
-/// [`BulkheadFull`](super::BulkheadFull). A clone starts without a reservation.
+/// `poll_ready` looks at the compartment and polls the inner service; `call` takes the slot. If
+/// no slot is free (and the waiting room, if any, is full or its maximum wait has passed), or if
+/// the inner service is not ready, `poll_ready` still returns `Ready(Ok(()))` and the following
+/// `call` fails at once with [`BulkheadFull`](super::BulkheadFull). A slot waited for in the
+/// waiting room is held by this handle until `call`; a clone starts without one.
 pub struct Bulkhead<S> {
     inner: S,
     compartment: Arc<Compartment>,
@@ -33,7 +34,9 @@ pub struct Bulkhead<S> {
 enum State {
     /// `poll_ready` has not run since the last `call`.
     Idle,
-    /// A slot is reserved; dropping the state gives it back.
+    /// The compartment had room and the inner service is ready; `call` takes the slot.
+    Ready,
+    /// A slot was waited for and is held until `call`; dropping the state gives it back.
     Reserved(Slot),
     /// The next call is shed.
     Shed,
@@ -132,11 +135,13 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.state {
-            State::Reserved(_) => {}
+            State::Ready | State::Reserved(_) => {}
             State::Shed => return Poll::Ready(Ok(())),
             State::Idle => {
-                if self.compartment.try_admit() {
-                    self.state = State::Reserved(Slot::new(self.compartment.clone()));
+                if !self.compartment.looks_full() {
+                    // The slot itself is taken by `call`, so a caller that polls and never
+                    // calls holds nothing.
+                    self.state = State::Ready;
                 } else if let Some(wait) = self.enter_waiting_room() {
                     self.state = State::Waiting(wait);
                 } else {
@@ -149,9 +154,10 @@ where
 
         if let State::Waiting(_) = self.state {
             let admitted = ready!(self.poll_wait(cx));
-            // Leaving the waiting state drops the place in the room.
+            // Leaving the waiting state drops the place in the room. A slot that was waited for
+            // is held until `call`, so that nobody takes it in between.
             self.state = if admitted {
-                State::Reserved(Slot::new(self.compartment.clone()))
+                State::Reserved(Slot::reserved(self.compartment.clone()))
             } else {
                 State::Shed
             };
@@ -160,7 +166,6 @@ where
             }
         }
 
-        // A slot is reserved: the inner service decides the rest.
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(err)) => {
@@ -181,6 +186,15 @@ where
     /// tower contract allows.
     fn call(&mut self, request: Request) -> Self::Future {
         match mem::replace(&mut self.state, State::Idle) {
+            State::Ready if self.compartment.try_admit() => ResponseFuture::called(
+                self.inner.call(request),
+                Slot::for_call(self.compartment.clone()),
+            ),
+            State::Ready => {
+                // The last slot went to another caller since `poll_ready`.
+                self.compartment.record_shed();
+                ResponseFuture::shed()
+            }
             State::Reserved(slot) => {
                 ResponseFuture::called(self.inner.call(request), slot.use_for_call())
             }
@@ -227,6 +241,7 @@ impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
             State::Idle => "idle",
+            State::Ready => "ready",
             State::Reserved(_) => "reserved",
             State::Shed => "shed",
             State::Waiting(_) => "waiting",
