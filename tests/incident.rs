@@ -68,11 +68,16 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
     let protected = incident(Variant::Protected, &settings);
 
     // It answers every request, in every phase, Kafka or not.
-    assert_eq!(protected.answered, protected.sent, "protected: {protected:#?}");
+    assert_eq!(
+        protected.answered, protected.sent,
+        "protected: {protected:#?}"
+    );
     assert_eq!(protected.timeouts_where(phases, |_| true), 0);
 
     // Every record is accounted for, and nothing is left pending.
-    let counts = protected.handoff.expect("the protected run reports its hand-off");
+    let counts = protected
+        .handoff
+        .expect("the protected run reports its hand-off");
     assert!(counts.is_balanced(), "{counts:?}");
     assert_eq!(counts.pending(), 0, "{counts:?}");
     assert_eq!(counts.offered, protected.sent, "one record per request");
@@ -87,7 +92,10 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
             .map(pick)
             .sum()
     };
-    assert!(during(|s| s.ignored) > 0, "records ignored during the failure");
+    assert!(
+        during(|s| s.ignored) > 0,
+        "records ignored during the failure"
+    );
     assert!(counts.rejected > 0, "the open breaker rejected records");
 
     // The breaker's story, in order: closed, opened during the failure, closed after the heal.
@@ -95,8 +103,14 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
     assert_eq!(states.first(), Some(&BreakerState::Closed), "{states:?}");
     assert!(states.contains(&BreakerState::Open), "{states:?}");
     assert_eq!(states.last(), Some(&BreakerState::Closed), "{states:?}");
-    assert!(protected.fault_to_open.is_some(), "opened after the fault began");
-    assert!(protected.heal_to_closed.is_some(), "closed after the heal, by itself");
+    assert!(
+        protected.fault_to_open.is_some(),
+        "opened after the fault began"
+    );
+    assert!(
+        protected.heal_to_closed.is_some(),
+        "closed after the heal, by itself"
+    );
 
     // Delivery resumed after the heal, with no action.
     let healed_start: u32 = phases[..3].iter().map(|p| p.secs).sum();
@@ -116,7 +130,10 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
     // the producer's first metadata).
     let naive_timeouts = naive.timeouts_where(phases, failing);
     let naive_healthy_timeouts = naive.timeouts_where(&phases[..1], |_| true);
-    assert!(naive_timeouts > 10 * naive_healthy_timeouts.max(1), "{naive:#?}");
+    assert!(
+        naive_timeouts > 10 * naive_healthy_timeouts.max(1),
+        "{naive:#?}"
+    );
     assert!(naive.answered < naive.sent);
     // The protected one never did, on the same load.
     assert!(protected.timeouts_where(phases, failing) < naive_timeouts);

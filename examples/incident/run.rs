@@ -318,16 +318,27 @@ struct Client {
 
 /// One client connection: sends its share of requests at their intended times and measures each
 /// from its intended time, so a slow server cannot hide its own queueing.
-async fn connection(
-    addr: std::net::SocketAddr,
-    client: Arc<Client>,
+/// When a connection sends: requests `first`, `first + step`, ... below `total`, request `i` at
+/// `start + i / rate`.
+#[derive(Clone, Copy)]
+struct Schedule {
     start: Instant,
     first: u64,
     step: u64,
     total: u64,
     rate: u32,
     timeout: Duration,
-) {
+}
+
+async fn connection(addr: std::net::SocketAddr, client: Arc<Client>, schedule: Schedule) {
+    let Schedule {
+        start,
+        first,
+        step,
+        total,
+        rate,
+        timeout,
+    } = schedule;
     let mut stream: Option<BufReader<TcpStream>> = None;
     let mut busy_until = start;
     let mut i = first;
@@ -478,16 +489,15 @@ pub(crate) async fn run(
     let step = settings.connections as u64;
     let workers: Vec<_> = (0..step)
         .map(|first| {
-            tokio::spawn(connection(
-                addr,
-                client.clone(),
+            let schedule = Schedule {
                 start,
                 first,
                 step,
                 total,
-                settings.rate,
-                settings.client_timeout,
-            ))
+                rate: settings.rate,
+                timeout: settings.client_timeout,
+            };
+            tokio::spawn(connection(addr, client.clone(), schedule))
         })
         .collect();
 
