@@ -16,14 +16,17 @@ pub(crate) fn draw(path: &Path, reports: &[Report]) -> Result<(), tower::BoxErro
 
     let max_us = reports
         .iter()
-        .flat_map(|r| r.seconds.iter().map(|s| s.p99_us))
+        .flat_map(|r| r.seconds.iter().map(|s| s.p99_felt_us))
         .max()
         .unwrap_or(1000)
         .max(1000) as f64;
     let failure: Vec<(u32, u32)> = failure_windows(reports.first());
 
     let mut latency = ChartBuilder::on(&top)
-        .caption("p99 latency of the service, per second", ("sans-serif", 20))
+        .caption(
+            "p99 latency of the service per second (a client timeout counts as the timeout)",
+            ("sans-serif", 20),
+        )
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -43,7 +46,7 @@ pub(crate) fn draw(path: &Path, reports: &[Report]) -> Result<(), tower::BoxErro
         let points = report
             .seconds
             .iter()
-            .map(|s| (s.at, (s.p99_us.max(51)) as f64));
+            .map(|s| (s.at, (s.p99_felt_us.max(51)) as f64));
         latency
             .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(format!("{} p99", report.variant))

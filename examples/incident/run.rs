@@ -132,8 +132,10 @@ pub(crate) struct Second {
     /// Requests answered in this second (by intended send time).
     pub(crate) answered: u64,
     pub(crate) timeouts: u64,
-    pub p50_us: u64,
-    pub p99_us: u64,
+    pub(crate) p50_us: u64,
+    pub(crate) p99_us: u64,
+    /// The p99 counting each client timeout as the timeout itself: what callers felt.
+    pub(crate) p99_felt_us: u64,
     pub(crate) max_us: u64,
     /// Records delivered to Kafka during this second.
     pub(crate) delivered: u64,
@@ -592,6 +594,10 @@ pub(crate) async fn run(
         second.timeouts = tally.timeouts;
         second.p50_us = percentile(&mut tally.latencies, 0.50).unwrap_or(0);
         second.p99_us = percentile(&mut tally.latencies, 0.99).unwrap_or(0);
+        let timeout_us = settings.client_timeout.as_micros() as u64;
+        let mut felt = tally.latencies.clone();
+        felt.extend(std::iter::repeat(timeout_us).take(tally.timeouts as usize));
+        second.p99_felt_us = percentile(&mut felt, 0.99).unwrap_or(0);
         second.max_us = tally.latencies.last().copied().unwrap_or(0);
     }
 
