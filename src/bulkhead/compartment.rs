@@ -76,6 +76,12 @@ impl Compartment {
         self.wake_one();
     }
 
+    /// Whether callers wait in the waiting room: a freed slot is theirs, not a newcomer's.
+    #[inline]
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.room.is_some() && self.waiting.load(Ordering::SeqCst) > 0
+    }
+
     /// Whether every slot looks taken (a snapshot, for shedding early).
     #[inline]
     pub(crate) fn looks_full(&self) -> bool {

@@ -138,9 +138,10 @@ where
             State::Ready | State::Reserved(_) => {}
             State::Shed => return Poll::Ready(Ok(())),
             State::Idle => {
-                if !self.compartment.looks_full() {
+                if !self.compartment.looks_full() && !self.compartment.has_waiters() {
                     // The slot itself is taken by `call`, so a caller that polls and never
-                    // calls holds nothing.
+                    // calls holds nothing. While others wait, a freed slot is theirs: a
+                    // newcomer queues behind them (or is shed if the room is full).
                     self.state = State::Ready;
                 } else if let Some(wait) = self.enter_waiting_room() {
                     self.state = State::Waiting(wait);
