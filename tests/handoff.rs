@@ -185,18 +185,23 @@ struct Router {
     shedding: Bulkhead<Dependency>,
     rejecting: Breaker<Dependency>,
     /// Holds the shedding bulkhead's only slot for as long as the router lives.
-    _slot_holder: Bulkhead<Dependency>,
+    _slot_holder: BoxFuture<'static, Result<Fate, BoxError>>,
 }
 
 impl Router {
     /// Must run inside a runtime (the breaker starts its ticker there).
     async fn new(dependency: &Dependency) -> Self {
         let bulkhead = BulkheadLayer::new(1).expect("a valid bulkhead");
-        let mut holder = bulkhead.layer(dependency.clone());
-        holder
+        // A call that never ends holds the only slot; it goes to a service of its own so that
+        // the dependency's counters see only the hand-off's calls.
+        let never = tower::service_fn(|_: Fate| pending::<Result<Fate, BoxError>>());
+        let mut holder = bulkhead.layer(never);
+        let held = holder
             .ready()
             .await
-            .expect("the holder takes the only slot");
+            .expect("the holder is ready")
+            .call(Fate::Hang)
+            .boxed();
         assert_eq!(bulkhead.handle().in_flight(), 1, "the only slot is held");
 
         let breaker = BreakerLayer::new();
@@ -207,7 +212,7 @@ impl Router {
             direct: Timeout::new(dependency.clone(), HANG_TIMEOUT),
             shedding: bulkhead.layer(dependency.clone()),
             rejecting: breaker.layer(dependency.clone()),
-            _slot_holder: holder,
+            _slot_holder: held,
         }
     }
 }

@@ -50,22 +50,22 @@ impl<Req> Handoff<Req> {
         let shared = &*self.shared;
         if shared.queue.is_full() {
             // Overloaded: one atomic add, nothing else.
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+            shared.front.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
         // Reserve before looking at `closed`: a worker that saw `closed` and then finds
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
-        shared.accepted.fetch_add(1, Ordering::SeqCst);
-        if shared.closed.load(Ordering::SeqCst) || shared.queue.push(request).is_err() {
-            shared.accepted.fetch_sub(1, Ordering::SeqCst);
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
+        shared.front.accepted.fetch_add(1, Ordering::SeqCst);
+        if shared.front.closed.load(Ordering::SeqCst) || shared.queue.push(request).is_err() {
+            shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
+            shared.front.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
         // The worker drains on its own clock; ring it early only when a backlog builds, so a
         // send almost never has to wake a thread.
-        if shared.sleeping.load(Ordering::Relaxed)
+        if shared.front.sleeping.load(Ordering::Relaxed)
             && shared.queue.len() * 2 >= shared.queue.capacity()
-            && shared.sleeping.swap(false, Ordering::AcqRel)
+            && shared.front.sleeping.swap(false, Ordering::AcqRel)
         {
             shared.doorbell.notify_one();
         }
@@ -84,14 +84,14 @@ impl<Req> Handoff<Req> {
 
     /// Whether [`close`](Self::close) was called.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.front.closed.load(Ordering::Acquire)
     }
 
     /// Stops accepting (later sends are dropped and counted), then waits up to `deadline` for
     /// the queue and the calls in flight to finish, and reports what was left.
     pub async fn close(&self, deadline: Duration) -> CloseReport {
         let shared = &*self.shared;
-        shared.closed.store(true, Ordering::Release);
+        shared.front.closed.store(true, Ordering::Release);
         shared.wake_worker();
         let finished = async {
             loop {
@@ -133,7 +133,7 @@ impl<Req> Drop for Handoff<Req> {
     /// through the stack, then ends and drops the service.
     fn drop(&mut self) {
         if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.closed.store(true, Ordering::SeqCst);
+            self.shared.front.closed.store(true, Ordering::SeqCst);
             self.shared.wake_worker();
         }
     }

@@ -179,7 +179,10 @@ impl HandoffBuilder {
         })?;
         let shared = Arc::new(Shared::new(self.capacity, self.name));
         let worker = Worker::new(shared.clone(), service, self.concurrency, self.idle_poll);
-        runtime.spawn(worker.run());
+        // Each call ends on a channel that counts against tokio's cooperative budget; with
+        // thousands of calls in flight that budget, not the work, would pace the worker. It keeps
+        // its own budget instead (`worker::BUDGET`), and yields after that many records.
+        runtime.spawn(tokio::task::unconstrained(worker.run()));
         Ok(Handoff { shared })
     }
 }

@@ -4,27 +4,39 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crossbeam_queue::ArrayQueue;
+use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
 
 pub(crate) struct Shared<Req> {
     pub(crate) queue: ArrayQueue<Req>,
     pub(crate) name: Arc<str>,
-    pub(crate) closed: AtomicBool,
-    /// Set by the worker before it sleeps; a sender that finds the queue half full rings it.
-    pub(crate) sleeping: AtomicBool,
+    /// What every `send` touches, on cache lines of its own so that the worker's counting does
+    /// not take them away from senders.
+    pub(crate) front: CachePadded<Front>,
+    /// What the worker writes for every record.
+    pub(crate) back: CachePadded<Back>,
     pub(crate) doorbell: Arc<Notify>,
     /// Rung by the worker when it has nothing left to do after `close`.
     pub(crate) drained: Notify,
     pub(crate) finished: AtomicBool,
+    /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
+    pub(crate) handles: AtomicUsize,
+}
+
+pub(crate) struct Front {
+    pub(crate) closed: AtomicBool,
+    /// Set by the worker before it sleeps; a sender that finds the queue half full rings it.
+    pub(crate) sleeping: AtomicBool,
     pub(crate) accepted: AtomicU64,
     pub(crate) dropped: AtomicU64,
+}
+
+pub(crate) struct Back {
     pub(crate) delivered: AtomicU64,
     pub(crate) shed: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) in_flight: AtomicU64,
-    /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
-    pub(crate) handles: AtomicUsize,
 }
 
 impl<Req> Shared<Req> {
@@ -32,46 +44,50 @@ impl<Req> Shared<Req> {
         Self {
             queue: ArrayQueue::new(capacity),
             name,
-            closed: AtomicBool::new(false),
-            sleeping: AtomicBool::new(false),
+            front: CachePadded::new(Front {
+                closed: AtomicBool::new(false),
+                sleeping: AtomicBool::new(false),
+                accepted: AtomicU64::new(0),
+                dropped: AtomicU64::new(0),
+            }),
+            back: CachePadded::new(Back {
+                delivered: AtomicU64::new(0),
+                shed: AtomicU64::new(0),
+                rejected: AtomicU64::new(0),
+                failed: AtomicU64::new(0),
+                in_flight: AtomicU64::new(0),
+            }),
             doorbell: Arc::new(Notify::new()),
             drained: Notify::new(),
             finished: AtomicBool::new(false),
-            accepted: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-            shed: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
             handles: AtomicUsize::new(1),
         }
     }
 
     pub(crate) fn wake_worker(&self) {
-        self.sleeping.store(false, Ordering::Relaxed);
+        self.front.sleeping.store(false, Ordering::Relaxed);
         self.doorbell.notify_one();
     }
 
     /// Records accepted and finished, one way or another.
     pub(crate) fn finished(&self) -> u64 {
-        self.delivered.load(Ordering::SeqCst)
-            + self.shed.load(Ordering::SeqCst)
-            + self.rejected.load(Ordering::SeqCst)
-            + self.failed.load(Ordering::SeqCst)
+        self.back.delivered.load(Ordering::SeqCst)
+            + self.back.shed.load(Ordering::SeqCst)
+            + self.back.rejected.load(Ordering::SeqCst)
+            + self.back.failed.load(Ordering::SeqCst)
     }
 
     pub(crate) fn counts(&self) -> HandoffCounts {
         // Outcomes are read before `accepted`, and `in_flight` and the queue in between, so a
         // snapshot taken while records move never shows more finished records than accepted.
-        let delivered = self.delivered.load(Ordering::Acquire);
-        let shed = self.shed.load(Ordering::Acquire);
-        let rejected = self.rejected.load(Ordering::Acquire);
-        let failed = self.failed.load(Ordering::Acquire);
-        let in_flight = self.in_flight.load(Ordering::Acquire);
+        let delivered = self.back.delivered.load(Ordering::Acquire);
+        let shed = self.back.shed.load(Ordering::Acquire);
+        let rejected = self.back.rejected.load(Ordering::Acquire);
+        let failed = self.back.failed.load(Ordering::Acquire);
+        let in_flight = self.back.in_flight.load(Ordering::Acquire);
         let queued = self.queue.len() as u64;
-        let accepted = self.accepted.load(Ordering::Acquire);
-        let dropped = self.dropped.load(Ordering::Acquire);
+        let accepted = self.front.accepted.load(Ordering::Acquire);
+        let dropped = self.front.dropped.load(Ordering::Acquire);
         HandoffCounts {
             offered: accepted + dropped,
             accepted,

@@ -20,6 +20,9 @@ use super::shared::Shared;
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
 
+/// Records the worker finishes or starts in one poll before it yields its thread.
+const BUDGET: u32 = 1024;
+
 pub(crate) struct Worker<S, Req>
 where
     S: Service<Req>,
@@ -71,22 +74,22 @@ where
     fn record(&self, outcome: Result<S::Response, S::Error>) {
         let shared = &*self.shared;
         let counter = match outcome {
-            Ok(_) => &shared.delivered,
+            Ok(_) => &shared.back.delivered,
             Err(error) => {
                 let error: BoxError = error.into();
                 if error.is::<BulkheadFull>() {
-                    &shared.shed
+                    &shared.back.shed
                 } else if error.is::<BreakerOpen>() {
-                    &shared.rejected
+                    &shared.back.rejected
                 } else {
                     tracing::trace!(handoff = &*shared.name, %error, "hand-off call failed");
-                    &shared.failed
+                    &shared.back.failed
                 }
             }
         };
         // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
         counter.fetch_add(1, Ordering::Release);
-        shared.in_flight.fetch_sub(1, Ordering::Release);
+        shared.back.in_flight.fetch_sub(1, Ordering::Release);
     }
 
     /// A call panicked: the record counts as failed and the worker goes on.
@@ -95,8 +98,8 @@ where
             handoff = &*self.shared.name,
             "a hand-off call panicked; counted as failed"
         );
-        self.shared.failed.fetch_add(1, Ordering::Release);
-        self.shared.in_flight.fetch_sub(1, Ordering::Release);
+        self.shared.back.failed.fetch_add(1, Ordering::Release);
+        self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
     }
 
     /// Takes the next request: the one held back, or the queue's next.
@@ -108,18 +111,29 @@ where
             return None;
         }
         // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
-        self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.shared.back.in_flight.fetch_add(1, Ordering::AcqRel);
         let request = self.shared.queue.pop();
         if request.is_none() {
-            self.shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shared.back.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
         request
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // The task runs outside tokio's cooperative budget (see `HandoffBuilder::spawn`), so it
+        // keeps its own: after this many records it yields, and other tasks get the thread.
+        let mut budget = BUDGET;
         loop {
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             // Finish what is done.
-            while let Poll::Ready(Some(outcome)) = self.calls.poll_next_unpin(cx) {
+            while budget > 0 {
+                let Poll::Ready(Some(outcome)) = self.calls.poll_next_unpin(cx) else {
+                    break;
+                };
+                budget -= 1;
                 match outcome {
                     Ok(outcome) => self.record(outcome),
                     Err(_) => self.panicked(),
@@ -128,13 +142,14 @@ where
 
             // Start new calls, up to the concurrency bound.
             let mut started = false;
-            while self.calls.len() < self.concurrency {
+            while self.calls.len() < self.concurrency && budget > 0 {
+                budget -= 1;
                 let Some(request) = self.next_request() else {
                     break;
                 };
                 if self.broken {
-                    self.shared.failed.fetch_add(1, Ordering::Release);
-                    self.shared.in_flight.fetch_sub(1, Ordering::Release);
+                    self.shared.back.failed.fetch_add(1, Ordering::Release);
+                    self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
                     continue;
                 }
                 match self.service.poll_ready(cx) {
@@ -154,8 +169,8 @@ where
                             "the hand-off's service failed for good; every record will fail"
                         );
                         self.broken = true;
-                        self.shared.failed.fetch_add(1, Ordering::Release);
-                        self.shared.in_flight.fetch_sub(1, Ordering::Release);
+                        self.shared.back.failed.fetch_add(1, Ordering::Release);
+                        self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
                     }
                     Poll::Pending => {
                         self.held = Some(request);
@@ -168,20 +183,23 @@ where
                 continue;
             }
 
-            let closed = self.shared.closed.load(Ordering::SeqCst);
+            let closed = self.shared.front.closed.load(Ordering::SeqCst);
             if closed
                 && self.held.is_none()
                 && self.shared.queue.is_empty()
                 && self.calls.is_empty()
-                && self.shared.accepted.load(Ordering::SeqCst) <= self.shared.finished()
+                && self.shared.front.accepted.load(Ordering::SeqCst) <= self.shared.finished()
             {
                 // Nothing queued, nothing in flight, and no sender between its reservation and
                 // its push: every accepted record is finished.
                 return Poll::Ready(());
             }
 
-            // Sleep until the doorbell rings, the next tick, or a call finishes (its waker).
-            self.shared.sleeping.store(true, Ordering::Release);
+            // Sleep until the doorbell rings, the next tick, or a call finishes (its waker). At
+            // the concurrency bound only a finishing call can help, so senders need not ring.
+            if self.calls.len() < self.concurrency {
+                self.shared.front.sleeping.store(true, Ordering::Release);
+            }
             if self.doorbell.as_mut().poll(cx).is_ready() {
                 self.doorbell
                     .set(self.shared.doorbell.clone().notified_owned());
