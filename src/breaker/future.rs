@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
@@ -10,7 +11,7 @@ use tower::BoxError;
 
 use super::classify::Classify;
 use super::error::BreakerOpen;
-use super::shared::Ticket;
+use super::shared::{Shared, Ticket};
 
 pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
@@ -27,6 +28,15 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, C> {
+        // An ordinary call while closed, without slow-call timing: the lightest state, as the
+        // closed path is the hot one.
+        Closed {
+            #[pin]
+            future: F,
+            shared: Option<Arc<Shared>>,
+            generation: u64,
+            classifier: C,
+        },
         Called {
             #[pin]
             future: F,
@@ -44,6 +54,18 @@ pin_project! {
 }
 
 impl<F, C> ResponseFuture<F, C> {
+    #[inline]
+    pub(crate) fn closed(future: F, shared: Arc<Shared>, generation: u64, classifier: C) -> Self {
+        Self {
+            kind: Kind::Closed {
+                future,
+                shared: Some(shared),
+                generation,
+                classifier,
+            },
+        }
+    }
+
     pub(crate) fn called(future: F, ticket: Ticket, classifier: C) -> Self {
         Self {
             kind: Kind::Called {
@@ -77,6 +99,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
+            KindProj::Closed {
+                future,
+                shared,
+                generation,
+                classifier,
+            } => {
+                let result = ready!(future.poll(cx));
+                if let Some(shared) = shared.take() {
+                    shared.record(*generation, None, classifier.classify(result.as_ref()));
+                }
+                Poll::Ready(result.map_err(Into::into))
+            }
             KindProj::Called {
                 future,
                 ticket,
@@ -97,7 +131,7 @@ where
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Called { .. } => "called",
+            Kind::Closed { .. } | Kind::Called { .. } => "called",
             Kind::Bypass { .. } => "bypass",
             Kind::Rejected { .. } => "rejected",
         };

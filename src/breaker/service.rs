@@ -1,8 +1,10 @@
 use std::fmt;
 use std::future::Future;
+use std::mem;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
 
@@ -12,7 +14,7 @@ use tower_service::Service;
 use super::classify::{Classify, ErrorsAsFailures};
 use super::error::BreakerOpen;
 use super::future::ResponseFuture;
-use super::shared::{BreakerHandle, Kind, Shared, Ticket};
+use super::shared::{BreakerHandle, Shared, Ticket};
 use super::state::Admission;
 
 /// Counts the outcomes of calls to the inner service, and stops calling it while it fails.
@@ -29,15 +31,31 @@ pub struct Breaker<S, C = ErrorsAsFailures> {
     inner: S,
     shared: Arc<Shared>,
     classifier: C,
-    ready: Option<Ready>,
+    /// What `poll_ready` decided, for `call`: one byte plus the generation of an ordinary call,
+    /// so the closed path copies nothing else between the two.
+    ready: Ready,
+    generation: u64,
+    /// The time to the next probe, for a rejection.
+    retry_after: Option<Duration>,
+    /// A probe's place, held from `poll_ready` to `call` and given back if this handle is
+    /// dropped first.
+    probe: Option<Ticket>,
     /// Registered while the inner service is not ready, to be woken if the breaker opens.
     parked: Option<Pin<Box<OwnedNotified>>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ready {
-    Ticket(Ticket),
+    /// Nothing decided since the last `call`.
+    None,
+    /// An ordinary call of `generation`.
+    Call,
+    /// A probe, whose place is in `probe`.
+    Probe,
+    /// The breaker is forced closed.
     Bypass,
-    Reject(BreakerOpen),
+    /// Rejected, with `retry_after`.
+    Reject,
 }
 
 impl<S, C> Breaker<S, C> {
@@ -46,7 +64,10 @@ impl<S, C> Breaker<S, C> {
             inner,
             shared,
             classifier,
-            ready: None,
+            ready: Ready::None,
+            generation: 0,
+            retry_after: None,
+            probe: None,
             parked: None,
         }
     }
@@ -78,23 +99,31 @@ impl<S, C> Breaker<S, C> {
     /// decided again, so a caller never acts on a stale decision.
     #[inline]
     fn holds_admission(&self) -> bool {
-        match &self.ready {
-            Some(Ready::Ticket(ticket)) => ticket.is_valid(),
-            _ => false,
+        match self.ready {
+            Ready::Call => self.shared.is_current(self.generation),
+            Ready::Probe => self.probe.as_ref().is_some_and(Ticket::is_valid),
+            Ready::None | Ready::Bypass | Ready::Reject => false,
         }
     }
 
+    #[inline]
     fn admit(&mut self) {
-        self.ready = Some(match self.shared.admit() {
+        self.probe = None;
+        self.ready = match self.shared.admit() {
             Admission::Call { generation } => {
-                Ready::Ticket(Ticket::call(self.shared.clone(), generation))
+                self.generation = generation;
+                Ready::Call
             }
             Admission::Probe { generation, id } => {
-                Ready::Ticket(Ticket::probe(self.shared.clone(), generation, id))
+                self.probe = Some(Ticket::probe(self.shared.clone(), generation, id));
+                Ready::Probe
             }
             Admission::Bypass => Ready::Bypass,
-            Admission::Reject { retry_after } => Ready::Reject(BreakerOpen::new(retry_after)),
-        });
+            Admission::Reject { retry_after } => {
+                self.retry_after = retry_after;
+                Ready::Reject
+            }
+        };
     }
 
     /// Registers to be woken when the breaker opens. Returns `true` if it already happened.
@@ -129,7 +158,7 @@ where
             if !self.holds_admission() {
                 self.admit();
             }
-            if let Some(Ready::Reject(_)) = self.ready {
+            if self.ready == Ready::Reject {
                 return Poll::Ready(Ok(()));
             }
             match self.inner.poll_ready(cx) {
@@ -137,7 +166,8 @@ where
                 Poll::Ready(Err(err)) => {
                     // The inner service is broken for good; a probe place held here is given
                     // back without an outcome.
-                    self.ready = None;
+                    self.ready = Ready::None;
+                    self.probe = None;
                     return Poll::Ready(Err(err.into()));
                 }
                 Poll::Pending => {
@@ -156,20 +186,43 @@ where
     /// Panics if called without a preceding `poll_ready` that returned `Ready(Ok(()))`, as the
     /// tower contract allows.
     fn call(&mut self, request: Request) -> Self::Future {
-        match self.ready.take() {
-            Some(Ready::Ticket(mut ticket)) => {
+        match mem::replace(&mut self.ready, Ready::None) {
+            Ready::Call if !self.shared.times_calls() => ResponseFuture::closed(
+                self.inner.call(request),
+                self.shared.clone(),
+                self.generation,
+                self.classifier.clone(),
+            ),
+            Ready::Call => {
+                let mut ticket = Ticket::call(self.shared.clone(), self.generation);
                 ticket.start();
                 ResponseFuture::called(self.inner.call(request), ticket, self.classifier.clone())
             }
-            Some(Ready::Bypass) => ResponseFuture::bypass(self.inner.call(request)),
-            Some(Ready::Reject(error)) => {
-                self.shared.count_rejection();
-                ResponseFuture::rejected(error)
-            }
-            None => panic!(
+            Ready::Probe => match self.probe.take() {
+                Some(mut ticket) => {
+                    ticket.start();
+                    ResponseFuture::called(
+                        self.inner.call(request),
+                        ticket,
+                        self.classifier.clone(),
+                    )
+                }
+                None => self.reject(),
+            },
+            Ready::Bypass => ResponseFuture::bypass(self.inner.call(request)),
+            Ready::Reject => self.reject(),
+            Ready::None => panic!(
                 "Breaker::call without a successful poll_ready: poll_ready must be called first"
             ),
         }
+    }
+}
+
+impl<S, C> Breaker<S, C> {
+    #[cold]
+    fn reject<F>(&self) -> ResponseFuture<F, C> {
+        self.shared.count_rejection();
+        ResponseFuture::rejected(BreakerOpen::new(self.retry_after))
     }
 }
 
@@ -180,7 +233,10 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
             classifier: self.classifier.clone(),
-            ready: None,
+            ready: Ready::None,
+            generation: 0,
+            retry_after: None,
+            probe: None,
             parked: None,
         }
     }
@@ -188,16 +244,9 @@ impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
 
 impl<S: fmt::Debug, C> fmt::Debug for Breaker<S, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let ready = match &self.ready {
-            None => "none",
-            Some(Ready::Ticket(t)) if t.kind() == Kind::Probe => "probe",
-            Some(Ready::Ticket(_)) => "call",
-            Some(Ready::Bypass) => "bypass",
-            Some(Ready::Reject(_)) => "reject",
-        };
         f.debug_struct("Breaker")
             .field("inner", &self.inner)
-            .field("ready", &ready)
+            .field("ready", &self.ready)
             .field("breaker", &self.handle())
             .finish()
     }

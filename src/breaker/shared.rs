@@ -527,10 +527,6 @@ impl Ticket {
         }
     }
 
-    pub(crate) fn kind(&self) -> Kind {
-        self.kind
-    }
-
     /// Marks the start of the call, when slow calls are detected.
     #[inline]
     pub(crate) fn start(&mut self) {

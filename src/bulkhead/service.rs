@@ -28,20 +28,27 @@ use super::future::{ResponseFuture, Slot};
 pub struct Bulkhead<S> {
     inner: S,
     compartment: Arc<Compartment>,
+    /// One byte, written by `poll_ready` and read by `call`: the hot path touches nothing else
+    /// of this handle's state.
     state: State,
+    /// The slot a waiting caller got, held until `call` (state `Reserved`).
+    reserved: Option<Slot>,
+    /// The place in the waiting room (state `Waiting`).
+    wait: Option<Pin<Box<Wait>>>,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// `poll_ready` has not run since the last `call`.
     Idle,
     /// The compartment had room and the inner service is ready; `call` takes the slot.
     Ready,
-    /// A slot was waited for and is held until `call`; dropping the state gives it back.
-    Reserved(Slot),
+    /// A slot was waited for and is held in `reserved` until `call`.
+    Reserved,
     /// The next call is shed.
     Shed,
     /// Waiting in the waiting room for a slot.
-    Waiting(Pin<Box<Wait>>),
+    Waiting,
 }
 
 pin_project! {
@@ -71,6 +78,8 @@ impl<S> Bulkhead<S> {
             inner,
             compartment,
             state: State::Idle,
+            reserved: None,
+            wait: None,
         }
     }
 
@@ -104,7 +113,7 @@ impl<S> Bulkhead<S> {
             if self.compartment.try_admit() {
                 return Poll::Ready(true);
             }
-            let State::Waiting(wait) = &mut self.state else {
+            let Some(wait) = &mut self.wait else {
                 return Poll::Ready(false);
             };
             let mut wait = wait.as_mut().project();
@@ -135,7 +144,7 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.state {
-            State::Ready | State::Reserved(_) => {}
+            State::Ready | State::Reserved => {}
             State::Shed => return Poll::Ready(Ok(())),
             State::Idle => {
                 if !self.compartment.looks_full() && !self.compartment.has_waiters() {
@@ -144,25 +153,26 @@ where
                     // newcomer queues behind them (or is shed if the room is full).
                     self.state = State::Ready;
                 } else if let Some(wait) = self.enter_waiting_room() {
-                    self.state = State::Waiting(wait);
+                    self.wait = Some(wait);
+                    self.state = State::Waiting;
                 } else {
                     self.state = State::Shed;
                     return Poll::Ready(Ok(()));
                 }
             }
-            State::Waiting(_) => {}
+            State::Waiting => {}
         }
 
-        if let State::Waiting(_) = self.state {
+        if self.state == State::Waiting {
             let admitted = ready!(self.poll_wait(cx));
-            // Leaving the waiting state drops the place in the room. A slot that was waited for
-            // is held until `call`, so that nobody takes it in between.
-            self.state = if admitted {
-                State::Reserved(Slot::reserved(self.compartment.clone()))
+            // Leaving the room gives the place back. A slot that was waited for is held until
+            // `call`, so that nobody takes it in between.
+            self.wait = None;
+            if admitted {
+                self.reserved = Some(Slot::reserved(self.compartment.clone()));
+                self.state = State::Reserved;
             } else {
-                State::Shed
-            };
-            if !admitted {
+                self.state = State::Shed;
                 return Poll::Ready(Ok(()));
             }
         }
@@ -170,11 +180,13 @@ where
         match self.inner.poll_ready(cx) {
             Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
             Poll::Ready(Err(err)) => {
+                self.reserved = None;
                 self.state = State::Idle;
                 Poll::Ready(Err(err.into()))
             }
             Poll::Pending => {
                 // Shed rather than queue behind a dependency that cannot take the call.
+                self.reserved = None;
                 self.state = State::Shed;
                 Poll::Ready(Ok(()))
             }
@@ -191,22 +203,24 @@ where
                 self.inner.call(request),
                 Slot::for_call(self.compartment.clone()),
             ),
-            State::Ready => {
-                // The last slot went to another caller since `poll_ready`.
-                self.compartment.record_shed();
-                ResponseFuture::shed()
-            }
-            State::Reserved(slot) => {
-                ResponseFuture::called(self.inner.call(request), slot.use_for_call())
-            }
-            State::Shed => {
-                self.compartment.record_shed();
-                ResponseFuture::shed()
-            }
-            State::Idle | State::Waiting(_) => {
+            State::Reserved => match self.reserved.take() {
+                Some(slot) => ResponseFuture::called(self.inner.call(request), slot.use_for_call()),
+                None => self.shed(),
+            },
+            // `Ready`: the last slot went to another caller since `poll_ready`.
+            State::Ready | State::Shed => self.shed(),
+            State::Idle | State::Waiting => {
                 panic!("Bulkhead::call without a successful poll_ready: poll_ready must be called first")
             }
         }
+    }
+}
+
+impl<S> Bulkhead<S> {
+    #[cold]
+    fn shed<F>(&self) -> ResponseFuture<F> {
+        self.compartment.record_shed();
+        ResponseFuture::shed()
     }
 }
 
@@ -234,22 +248,17 @@ impl<S: Clone> Clone for Bulkhead<S> {
             inner: self.inner.clone(),
             compartment: self.compartment.clone(),
             state: State::Idle,
+            reserved: None,
+            wait: None,
         }
     }
 }
 
 impl<S: fmt::Debug> fmt::Debug for Bulkhead<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Idle => "idle",
-            State::Ready => "ready",
-            State::Reserved(_) => "reserved",
-            State::Shed => "shed",
-            State::Waiting(_) => "waiting",
-        };
         f.debug_struct("Bulkhead")
             .field("inner", &self.inner)
-            .field("state", &state)
+            .field("state", &self.state)
             .field("compartment", &self.handle())
             .finish()
     }
