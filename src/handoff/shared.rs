@@ -124,7 +124,8 @@ pub struct HandoffCounts {
     pub shed: u64,
     /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen)).
     pub rejected: u64,
-    /// Records that failed with any other error.
+    /// Records that failed with any other error. A failed write may still have reached the
+    /// dependency (for Kafka, a timed-out record a resumed broker writes after all).
     pub failed: u64,
     /// Records waiting in the queue.
     pub queued: u64,

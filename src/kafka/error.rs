@@ -21,7 +21,8 @@ pub enum KafkaErrorKind {
     /// The producer's local queue is full (Kafka is not taking records as fast as they come).
     /// Returned at once, never waited for.
     QueueFull,
-    /// The record was not delivered within `message.timeout.ms`.
+    /// The record was not confirmed within `message.timeout.ms`. It may still have been written
+    /// (a broker that resumes writes what it had already read).
     MessageTimedOut,
     /// The brokers cannot be reached (connection refused or lost, all brokers down).
     BrokerDown,

@@ -38,10 +38,13 @@
 //!
 //! # Delivery guarantee
 //!
-//! At least once for the records that are delivered: librdkafka retries a produce request
+//! At least once for the records reported delivered: librdkafka retries a produce request
 //! whose answer was lost, so a record may be written twice (set `enable.idempotence=true` to
-//! have the broker remove such duplicates). Records that are dropped, shed, rejected or fail are
-//! not written, and are counted, never lost silently.
+//! have the broker remove such duplicates). Records that are dropped, shed or rejected never
+//! reach Kafka. A record that failed may or may not have been written: a broker that froze and
+//! then resumed writes the requests it had already read, after the producer gave up on them
+//! ([`MessageTimedOut`](KafkaErrorKind::MessageTimedOut)). Every record is counted under exactly
+//! one outcome; none is lost silently.
 
 mod classify;
 mod config;
