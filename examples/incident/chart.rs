@@ -35,6 +35,7 @@ pub(crate) fn draw(path: &Path, reports: &[Report]) -> Result<(), tower::BoxErro
         .configure_mesh()
         .x_desc("seconds")
         .y_desc("p99 (µs, log)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     for &(from, to) in &failure {
         latency.draw_series(std::iter::once(Rectangle::new(
@@ -66,7 +67,7 @@ pub(crate) fn draw(path: &Path, reports: &[Report]) -> Result<(), tower::BoxErro
         .max(1);
     let mut counts = ChartBuilder::on(&bottom)
         .caption(
-            "records ignored and Kafka errors, per second",
+            "records ignored and Kafka errors per second (shaded: Kafka frozen, then down)",
             ("sans-serif", 20),
         )
         .margin(12)
