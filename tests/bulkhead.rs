@@ -54,6 +54,16 @@ macro_rules! request {
     };
 }
 
+/// `ServiceExt::ready`, except that readiness must come at once: without a waiting room, a full
+/// compartment never makes a caller wait (and a test fails instead of hanging if it does).
+fn ready_now<S: Service<R>, R>(svc: &mut S) -> &mut S
+where
+    S::Error: std::fmt::Debug,
+{
+    assert_ready_ok!(task::spawn(()).enter(|cx, _| svc.poll_ready(cx)));
+    svc
+}
+
 /// Asserts that the inner service has not received any request (yet).
 fn assert_no_request(handle: &mut Handle) {
     match handle.poll_request() {
@@ -130,19 +140,13 @@ async fn clones_made_per_request_share_the_capacity_like_axum_routes() {
     let mut responses = Vec::new();
     for req in ["r1", "r2"] {
         let mut per_request = route.clone();
-        let fut = per_request.ready().await.expect("ready").call(req);
+        let fut = ready_now(&mut per_request).call(req);
         let send = request!(handle, req);
         responses.push((task::spawn(fut), send));
     }
 
     let mut third = route.clone();
-    let err = third
-        .ready()
-        .await
-        .expect("ready")
-        .call("r3")
-        .await
-        .unwrap_err();
+    let err = ready_now(&mut third).call("r3").await.unwrap_err();
     assert_full(err);
     assert_no_request(&mut handle);
 
@@ -151,7 +155,7 @@ async fn clones_made_per_request_share_the_capacity_like_axum_routes() {
     send.send_response("done");
     assert_eq!(assert_ready_ok!(fut.poll()), "done");
     let mut fourth = route.clone();
-    let fut = fourth.ready().await.expect("ready").call("r4");
+    let fut = ready_now(&mut fourth).call("r4");
     request!(handle, "r4").send_response("ok");
     assert_eq!(fut.await.expect("admitted"), "ok");
 
@@ -933,6 +937,66 @@ async fn a_freed_slot_goes_to_the_waiter_not_to_a_newcomer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_newcomer_with_room_to_wait_queues_behind_a_woken_waiter() {
+    // As above, but the room has a free place: the newcomer enters the room behind the waiter,
+    // so the freed slot must still go to the waiter that was there first.
+    let bulkhead = layer_with_room(1, 2, MAX_WAIT);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (mut first, send) = admit(&mut svc, &mut handle, "first").await;
+    let mut waiter = svc.clone();
+    assert_pending!(waiter.poll_ready());
+
+    send.send_response("ok");
+    assert_ready_ok!(first.poll());
+    assert!(waiter.is_woken());
+
+    // A newcomer arrives before the woken waiter has run.
+    let mut newcomer = svc.clone();
+    let newcomer_ready = newcomer.poll_ready();
+
+    assert_ready_ok!(
+        waiter.poll_ready(),
+        "the slot freed for the waiter went to a newcomer that entered the room after it"
+    );
+    let mut waiter_call = task::spawn(waiter.call("waiter"));
+    assert_pending!(waiter_call.poll());
+    let _send = request!(handle, "waiter");
+    assert!(
+        newcomer_ready.is_pending(),
+        "the newcomer should wait its turn in the room"
+    );
+    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().in_flight(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_left_unpolled_past_max_wait_does_not_shed_calls_to_an_empty_compartment() {
+    // A caller that gives up on readiness (say `timeout(d, svc.ready())`) but keeps its handle
+    // leaves that handle in the waiting room until it is polled again or dropped. Once its
+    // maximum wait is over it has no claim on a slot: it must not make an empty compartment shed.
+    let bulkhead = layer_with_room(1, 1, MAX_WAIT);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (mut first, send) = admit(&mut svc, &mut handle, "first").await;
+    let mut gave_up = svc.clone();
+    assert_pending!(gave_up.poll_ready());
+
+    send.send_response("ok");
+    assert_ready_ok!(first.poll());
+    time::advance(MAX_WAIT * 2).await;
+    assert_eq!(bulkhead.handle().in_flight(), 0);
+
+    let mut newcomer = svc.clone();
+    assert_ready_ok!(newcomer.poll_ready());
+    let mut fut = task::spawn(newcomer.call("newcomer"));
+    assert_pending!(
+        fut.poll(),
+        "an empty compartment shed a call because of a caller that stopped waiting long ago"
+    );
+    let _send = request!(handle, "newcomer");
+    drop(gave_up);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_waited_for_slot_is_given_back_when_the_inner_poll_ready_fails() {
     let bulkhead = layer_with_room(1, 1, MAX_WAIT);
     let (mut svc, mut handle) = spawn(&bulkhead);
@@ -1197,12 +1261,17 @@ async fn hammer(bulkhead: BulkheadLayer, tasks: usize, calls: usize) -> (Gauge, 
             (ok, shed)
         }));
     }
-    let (mut ok, mut shed) = (0, 0);
-    for join in joins {
-        let (o, s) = join.await.expect("task panicked");
-        ok += o;
-        shed += s;
-    }
+    // A guard, not a sleep: it only fires if a caller hangs (the run takes well under a second).
+    let all = time::timeout(Duration::from_secs(120), async {
+        let (mut ok, mut shed) = (0, 0);
+        for join in joins {
+            let (o, s) = join.await.expect("task panicked");
+            ok += o;
+            shed += s;
+        }
+        (ok, shed)
+    });
+    let (ok, shed) = all.await.expect("a caller never got an answer");
     (gauge, ok, shed)
 }
 

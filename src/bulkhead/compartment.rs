@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// One compartment: its capacity and its counters.
 ///
@@ -17,6 +18,10 @@ pub(crate) struct Compartment {
     released: AtomicU64,
     /// Slots taken by a waiting caller and given back without a call.
     unused: AtomicU64,
+    /// Until when (nanoseconds after `origin`) the callers in the waiting room may still claim a
+    /// freed slot: the latest end of their maximum waits.
+    claim_until: AtomicU64,
+    origin: Instant,
     shed: AtomicU64,
     waiting: AtomicUsize,
     max_in_flight: u64,
@@ -35,6 +40,8 @@ impl Compartment {
             taken: AtomicU64::new(0),
             released: AtomicU64::new(0),
             unused: AtomicU64::new(0),
+            claim_until: AtomicU64::new(0),
+            origin: Instant::now(),
             shed: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             max_in_flight: max_in_flight as u64,
@@ -76,10 +83,13 @@ impl Compartment {
         self.wake_one();
     }
 
-    /// Whether callers wait in the waiting room: a freed slot is theirs, not a newcomer's.
+    /// Whether callers wait in the waiting room: a freed slot is theirs, not a newcomer's. The
+    /// clock is read only when somebody waits.
     #[inline]
     pub(crate) fn has_waiters(&self) -> bool {
-        self.room.is_some() && self.waiting.load(Ordering::SeqCst) > 0
+        self.room.is_some()
+            && self.waiting.load(Ordering::SeqCst) > 0
+            && self.nanos(Instant::now()) < self.claim_until.load(Ordering::SeqCst)
     }
 
     /// Whether every slot looks taken (a snapshot, for shedding early).
@@ -114,15 +124,14 @@ impl Compartment {
         self.room.as_ref()
     }
 
-    /// Takes a place in the waiting room if there is one free.
-    pub(crate) fn try_enter_room(&self) -> bool {
-        let Some(room) = &self.room else {
-            return false;
-        };
+    /// Takes a place in the waiting room if there is one free, and says whether others were
+    /// already waiting (then the newcomer waits for its turn rather than grabbing a slot).
+    pub(crate) fn try_enter_room(&self) -> Option<bool> {
+        let room = self.room.as_ref()?;
         let mut waiting = self.waiting.load(Ordering::Relaxed);
         loop {
             if waiting >= room.capacity {
-                return false;
+                return None;
             }
             match self.waiting.compare_exchange_weak(
                 waiting,
@@ -130,8 +139,27 @@ impl Compartment {
                 Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return true,
+                Ok(_) => break,
                 Err(now) => waiting = now,
+            }
+        }
+        // Waiters have a claim on freed slots only until their maximum wait is over, so that a
+        // caller that gave up without dropping its handle cannot keep newcomers out.
+        let until = self.nanos(Instant::now() + room.max_wait);
+        self.claim_until.fetch_max(until, Ordering::SeqCst);
+        Some(waiting > 0)
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A waiter got a slot: if slots are still free and others wait, wake the next one, since
+    /// no release will.
+    pub(crate) fn pass_on(&self) {
+        if let Some(room) = &self.room {
+            if self.has_waiters() && !self.looks_full() {
+                room.notify.notify_one();
             }
         }
     }

@@ -94,7 +94,13 @@ impl BulkheadBuilder {
     /// The wait happens in `poll_ready`, so a caller with a waiting room may wait up to `max_wait`
     /// for readiness; without one (the default) `poll_ready` never waits because the compartment
     /// is full. Waiting costs one allocation and one timer; admission without waiting costs
-    /// neither.
+    /// neither. Callers in the room are served in the order they came; a caller arriving while
+    /// others wait queues behind them.
+    ///
+    /// # Panics
+    ///
+    /// With a waiting room, a caller that has to wait needs a tokio runtime with its time driver
+    /// (`enable_time`), as `tokio::time::sleep` does; `poll_ready` panics without one.
     pub fn waiting_room(mut self, capacity: usize, max_wait: Duration) -> Self {
         self.waiting_room = Some((capacity, max_wait));
         self

@@ -58,6 +58,9 @@ pin_project! {
         #[pin]
         deadline: Sleep,
         place: RoomPlace,
+        // Others were waiting when this caller came in: it takes a slot only once woken, so that
+        // callers are served in the order they came.
+        queued: bool,
     }
 }
 
@@ -109,18 +112,22 @@ impl<S> Bulkhead<S> {
     ///
     /// Returns `Ready(true)` with a slot taken, `Ready(false)` when the wait is over without one.
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let compartment = &self.compartment;
+        let Some(wait) = &mut self.wait else {
+            return Poll::Ready(false);
+        };
         loop {
-            if self.compartment.try_admit() {
+            let mut wait = wait.as_mut().project();
+            // Registered before trying, so that a slot freed in between still wakes us.
+            wait.notified.as_mut().enable();
+            if !*wait.queued && compartment.try_admit() {
+                compartment.pass_on();
                 return Poll::Ready(true);
             }
-            let Some(wait) = &mut self.wait else {
-                return Poll::Ready(false);
-            };
-            let mut wait = wait.as_mut().project();
             if wait.notified.as_mut().poll(cx).is_ready() {
-                // A slot was freed; try again with a fresh registration so that a slot freed
-                // between the attempt and the next poll still wakes us.
-                if let Some(room) = self.compartment.room() {
+                // Our turn: try again, with a fresh registration for the next release.
+                *wait.queued = false;
+                if let Some(room) = compartment.room() {
                     wait.notified.set(room.notify.clone().notified_owned());
                 }
                 continue;
@@ -227,9 +234,10 @@ impl<S> Bulkhead<S> {
 impl<S> Bulkhead<S> {
     fn enter_waiting_room(&self) -> Option<Pin<Box<Wait>>> {
         let room = self.compartment.room()?;
-        if room.max_wait.is_zero() || !self.compartment.try_enter_room() {
+        if room.max_wait.is_zero() {
             return None;
         }
+        let queued = self.compartment.try_enter_room()?;
         let place = RoomPlace {
             compartment: self.compartment.clone(),
         };
@@ -237,6 +245,7 @@ impl<S> Bulkhead<S> {
             notified: room.notify.clone().notified_owned(),
             deadline: tokio::time::sleep(room.max_wait),
             place,
+            queued,
         }))
     }
 }
