@@ -73,9 +73,9 @@
 //! When a task spawned per call awaits a stack of generic tower middleware (tanker's or tower's
 //! own `LoadShed`), rustc sometimes fails to prove the future `Send` and reports "implementation
 //! of `From` is not general enough". Erasing the stack's type with
-//! [`ServiceBuilder::boxed_clone`](tower::ServiceBuilder::boxed_clone) (or
-//! `BoxCloneService::new`) works around it, at the cost of one allocation per call.
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+//! tower's `ServiceBuilder::boxed_clone` (or `BoxCloneService::new`, both with tower's `util`
+//! feature) works around it, at the cost of one allocation per call.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
 pub mod breaker;
