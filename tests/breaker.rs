@@ -1667,3 +1667,12 @@ const _: () = {
     assert_send_sync::<BreakerState>();
     assert_send_sync::<ConfigError>();
 };
+
+#[tokio::test(start_paused = true)]
+async fn a_long_cool_down_raises_the_default_cap_instead_of_being_refused() {
+    let layer = consecutive(1).open_for(secs(3600)).build().unwrap();
+    let (mut svc, mut mock, handle) = spawn(layer);
+    fail(&mut svc, &mut mock).await;
+    assert_eq!(handle.state(), BreakerState::Open);
+    assert_eq!(reject(&mut svc, &mut mock).retry_after(), Some(secs(3600)));
+}

@@ -108,6 +108,8 @@ pub struct BreakerBuilder<C = ErrorsAsFailures> {
     classifier: C,
     name: Arc<str>,
     seed: Option<u64>,
+    /// Whether [`backoff`](Self::backoff) was called; if not, the cap follows a long `open_for`.
+    backoff_set: bool,
 }
 
 impl Default for BreakerBuilder {
@@ -117,6 +119,7 @@ impl Default for BreakerBuilder {
             classifier: ErrorsAsFailures,
             name: Arc::from("breaker"),
             seed: None,
+            backoff_set: false,
         }
     }
 }
@@ -183,7 +186,9 @@ impl<C> BreakerBuilder<C> {
         self
     }
 
-    /// The cool-down after the first trip: how long the breaker stays open before a probe.
+    /// The cool-down after the first trip: how long the breaker stays open before a probe. If it
+    /// is longer than the default cap (60 s) and [`backoff`](Self::backoff) is not set, the cap
+    /// is raised to it.
     pub fn open_for(mut self, base: Duration) -> Self {
         self.policy.open_for = base;
         self
@@ -195,6 +200,7 @@ impl<C> BreakerBuilder<C> {
     pub fn backoff(mut self, multiplier: f64, max: Duration) -> Self {
         self.policy.backoff = multiplier;
         self.policy.max_open_for = max;
+        self.backoff_set = true;
         self
     }
 
@@ -234,6 +240,7 @@ impl<C> BreakerBuilder<C> {
             classifier,
             name: self.name,
             seed: self.seed,
+            backoff_set: self.backoff_set,
         }
     }
 
@@ -245,7 +252,11 @@ impl<C> BreakerBuilder<C> {
     /// count or duration is zero, the window has too many or too narrow buckets, the back-off
     /// multiplier is below 1 or its cap below the base cool-down, the jitter is outside `[0, 1)`,
     /// or every trip condition is turned off.
-    pub fn build(self) -> Result<BreakerLayer<C>, ConfigError> {
+    pub fn build(mut self) -> Result<BreakerLayer<C>, ConfigError> {
+        if !self.backoff_set && self.policy.open_for > self.policy.max_open_for {
+            // A long cool-down with the default back-off: the cap follows it rather than refuse.
+            self.policy.max_open_for = self.policy.open_for;
+        }
         self.policy.check()?;
         let seed = self.seed.unwrap_or_else(random_seed);
         let shared = Arc::new(Shared::new(self.policy, self.name, seed));
