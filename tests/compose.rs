@@ -1,8 +1,9 @@
 //! tanker's layers composed with tower's own, as users write them.
 
+mod support;
+
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::fmt;
 use std::future::{pending, ready, Future};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,16 +29,7 @@ const HANG: u64 = u64::MAX;
 /// A request the dependency fails.
 const FAIL: u64 = u64::MAX - 1;
 
-#[derive(Debug)]
-struct DependencyDown;
-
-impl fmt::Display for DependencyDown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("dependency down")
-    }
-}
-
-impl StdError for DependencyDown {}
+use support::DependencyDown;
 
 /// A dependency that echoes its request, hangs on [`HANG`], fails on [`FAIL`], and counts the
 /// calls that reach it.

@@ -2,10 +2,10 @@
 //! whatever the stack does, bounded concurrency, the `Service` impl, `close`, broken services,
 //! the early wake-up, configuration, and a multi-threaded stress test.
 
+mod support;
+
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::error::Error as StdError;
-use std::fmt;
 use std::future::{pending, ready, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -108,16 +108,7 @@ enum Fate {
     Reject,
 }
 
-#[derive(Debug)]
-struct DependencyDown;
-
-impl fmt::Display for DependencyDown {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("dependency down")
-    }
-}
-
-impl StdError for DependencyDown {}
+use support::DependencyDown;
 
 /// A dependency that acts out each request's [`Fate`] and records how many calls it has at once.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,16 @@
+//! Helpers shared by the integration tests.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// The error a fake dependency returns when it fails.
+#[derive(Debug)]
+pub(crate) struct DependencyDown;
+
+impl fmt::Display for DependencyDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dependency down")
+    }
+}
+
+impl StdError for DependencyDown {}
