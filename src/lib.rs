@@ -85,6 +85,8 @@ mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod rejection;
 
 pub use crate::builder::ServiceBuilderExt;
 pub use crate::error::ConfigError;
+pub use crate::rejection::Rejection;

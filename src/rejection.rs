@@ -1,0 +1,158 @@
+//! One view of "tanker refused this call", for code that turns errors into responses.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::breaker::BreakerOpen;
+use crate::bulkhead::BulkheadFull;
+
+/// A call that one of tanker's layers refused before it reached the dependency.
+///
+/// The layers return their refusals boxed, as [`BulkheadFull`] and [`BreakerOpen`]; code that
+/// answers a client (an HTTP handler, a gRPC service, a framework's error hook) usually wants to
+/// treat both the same way: the dependency was not called, so the request can be answered with
+/// "unavailable, come back later". [`Rejection::find`] recognises either refusal, also when
+/// another layer wrapped it as the [`source`](std::error::Error::source) of its own error.
+///
+/// ```
+/// use tower::BoxError;
+/// use tanker::Rejection;
+///
+/// fn status_line(err: &BoxError) -> String {
+///     match Rejection::find(err.as_ref()) {
+///         Some(rejection) => match rejection.retry_after() {
+///             Some(after) => format!("503, retry in {}s", after.as_secs()),
+///             None => "503".to_owned(),
+///         },
+///         None => "500".to_owned(),
+///     }
+/// }
+///
+/// let other: BoxError = "disk on fire".into();
+/// assert_eq!(status_line(&other), "500");
+/// ```
+///
+/// The features `axum` and `tonic` build their responses on it: see `tanker::axum` and
+/// `tanker::tonic`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A bulkhead shed the call: its compartment was full.
+    BulkheadFull,
+    /// A circuit breaker rejected the call: it was open, or half-open with every probe place
+    /// taken.
+    BreakerOpen {
+        /// When a probe may go through, as [`BreakerOpen::retry_after`] says.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Rejection {
+    /// Recognises a refusal by tanker in `err` or in any error of its
+    /// [`source`](std::error::Error::source) chain, nearest first.
+    pub fn find(err: &(dyn StdError + 'static)) -> Option<Self> {
+        let mut next = Some(err);
+        while let Some(err) = next {
+            if let Some(open) = err.downcast_ref::<BreakerOpen>() {
+                return Some(Self::BreakerOpen {
+                    retry_after: open.retry_after(),
+                });
+            }
+            if err.is::<BulkheadFull>() {
+                return Some(Self::BulkheadFull);
+            }
+            next = err.source();
+        }
+        None
+    }
+
+    /// When the caller may try again: the breaker's next probe, or `None` when that is not
+    /// known (a shed call, or a breaker an operator forced open).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::BulkheadFull => None,
+            Self::BreakerOpen { retry_after } => *retry_after,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BulkheadFull => fmt::Display::fmt(&BulkheadFull::new(), f),
+            Self::BreakerOpen { retry_after } => {
+                fmt::Display::fmt(&BreakerOpen::new(*retry_after), f)
+            }
+        }
+    }
+}
+
+impl From<BulkheadFull> for Rejection {
+    fn from(_: BulkheadFull) -> Self {
+        Self::BulkheadFull
+    }
+}
+
+impl From<BreakerOpen> for Rejection {
+    fn from(open: BreakerOpen) -> Self {
+        Self::BreakerOpen {
+            retry_after: open.retry_after(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(Box<dyn StdError + Send + Sync>);
+
+    impl fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl StdError for Wrapped {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(self.0.as_ref())
+        }
+    }
+
+    #[test]
+    fn finds_each_refusal_directly_and_through_sources() {
+        let open = BreakerOpen::new(Some(Duration::from_secs(3)));
+        assert_eq!(
+            Rejection::find(&open),
+            Some(Rejection::BreakerOpen {
+                retry_after: Some(Duration::from_secs(3))
+            })
+        );
+        let wrapped = Wrapped(Box::new(BulkheadFull::new()));
+        assert_eq!(Rejection::find(&wrapped), Some(Rejection::BulkheadFull));
+        assert_eq!(Rejection::find(&wrapped).unwrap().retry_after(), None);
+        let twice = Wrapped(Box::new(Wrapped(Box::new(open))));
+        assert_eq!(
+            Rejection::find(&twice).and_then(|r| r.retry_after()),
+            Some(Duration::from_secs(3))
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_rejections() {
+        let other: Box<dyn StdError + Send + Sync> = "refused by the peer".into();
+        assert_eq!(Rejection::find(other.as_ref()), None);
+        assert_eq!(Rejection::find(&Wrapped(other)), None);
+    }
+
+    #[test]
+    fn displays_like_the_error_it_stands_for() {
+        assert_eq!(Rejection::BulkheadFull.to_string(), "bulkhead is full");
+        assert_eq!(
+            Rejection::BreakerOpen { retry_after: None }.to_string(),
+            "circuit breaker is forced open"
+        );
+    }
+}
