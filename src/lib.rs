@@ -78,6 +78,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "axum")]
+pub mod axum;
 pub mod breaker;
 mod builder;
 pub mod bulkhead;
@@ -86,6 +88,8 @@ pub mod handoff;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 mod rejection;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
 pub use crate::builder::ServiceBuilderExt;
 pub use crate::error::ConfigError;

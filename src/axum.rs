@@ -1,0 +1,1 @@
+//! tanker's refusals as axum responses (being written).

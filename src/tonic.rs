@@ -1,0 +1,1 @@
+//! tanker's refusals as tonic statuses (being written).
