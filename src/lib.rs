@@ -87,7 +87,9 @@ mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod metrics;
 mod rejection;
+mod telemetry;
 #[cfg(feature = "tonic")]
 pub mod tonic;
 

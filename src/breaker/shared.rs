@@ -14,6 +14,8 @@ use super::policy::Policy;
 use super::state::{Admission, BreakerState, Machine, ProbeEnd, Transition};
 use super::ticker;
 use super::window::{Sample, Window};
+use crate::metrics as names;
+use crate::telemetry::{Counter, Gauge, Labels};
 
 const STATE_BITS: u32 = 3;
 
@@ -51,6 +53,71 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     origin: Instant,
     name: Arc<str>,
+    metrics: Metrics,
+    /// `rejected` at the last transition, so that each transition's log event says how many
+    /// calls were rejected since the one before.
+    rejected_mark: AtomicU64,
+}
+
+/// The breaker's metric handles (empty without the `metrics` feature).
+struct Metrics {
+    /// One per state, in the order of their bits: 1 for the current state.
+    state: [Gauge; 5],
+    /// One per state entered, in the order of their bits.
+    transitions: [Counter; 5],
+    successes: Counter,
+    failures: Counter,
+    ignored: Counter,
+    slow: Counter,
+    rejected: Counter,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let labels = Labels::new("breaker", name);
+        let state = BreakerState::ALL.map(|state| {
+            labels.gauge_with(
+                names::BREAKER_STATE,
+                "1 for a breaker's current state, 0 for the others",
+                Some(("state", state.label())),
+            )
+        });
+        state[0].set(1);
+        let calls = |outcome| {
+            labels.counter_with(
+                names::BREAKER_CALLS,
+                "calls through a breaker, by outcome",
+                Some(("outcome", outcome)),
+            )
+        };
+        Self {
+            state,
+            transitions: BreakerState::ALL.map(|state| {
+                labels.counter_with(
+                    names::BREAKER_TRANSITIONS,
+                    "a breaker's state changes, by the state entered",
+                    Some(("to", state.label())),
+                )
+            }),
+            successes: calls("success"),
+            failures: calls("failure"),
+            ignored: calls("ignored"),
+            slow: labels.counter(
+                names::BREAKER_SLOW_CALLS,
+                "calls through a breaker slower than its threshold",
+            ),
+            rejected: labels.counter(names::BREAKER_REJECTED, "calls a breaker rejected"),
+        }
+    }
+
+    #[inline]
+    fn outcome(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Success => self.successes.increment(),
+            Outcome::Failure => self.failures.increment(),
+            Outcome::Ignore => self.ignored.increment(),
+        }
+    }
 }
 
 impl Shared {
@@ -70,7 +137,9 @@ impl Shared {
             machine: Mutex::new(Machine::new(origin, seed)),
             policy,
             origin,
+            metrics: Metrics::new(&name),
             name,
+            rejected_mark: AtomicU64::new(0),
         }
     }
 
@@ -127,6 +196,7 @@ impl Shared {
     /// Counts a call rejected by `call`.
     pub(crate) fn count_rejection(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
+        self.metrics.rejected.increment();
     }
 
     /// Whether a probe admitted in `generation` is still a probe of the current half-open period.
@@ -158,6 +228,7 @@ impl Shared {
         started: Option<Instant>,
         outcome: Outcome,
     ) {
+        self.metrics.outcome(outcome);
         if outcome == Outcome::Ignore {
             self.ignored.fetch_add(1, Ordering::Relaxed);
             return;
@@ -188,6 +259,9 @@ impl Shared {
             (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
             _ => false,
         };
+        if slow {
+            self.metrics.slow.increment();
+        }
         self.window.record(now, Sample { failure, slow });
         let consecutive = if failure {
             self.consecutive
@@ -247,6 +321,10 @@ impl Shared {
             (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
             _ => false,
         };
+        self.metrics.outcome(outcome);
+        if slow {
+            self.metrics.slow.increment();
+        }
         let end = match outcome {
             Outcome::Ignore => {
                 self.ignored.fetch_add(1, Ordering::Relaxed);
@@ -295,6 +373,16 @@ impl Shared {
             self.opened.notify_waiters();
         }
 
+        let metrics = &self.metrics;
+        metrics.transitions[transition.to.bits() as usize].increment();
+        metrics.state[transition.from.bits() as usize].set(0);
+        metrics.state[transition.to.bits() as usize].set(1);
+
+        // Rejections are not logged one by one: each transition says how many there were since
+        // the one before.
+        let rejected_total = self.rejected.load(Ordering::Relaxed);
+        let rejected = rejected_total
+            .saturating_sub(self.rejected_mark.swap(rejected_total, Ordering::Relaxed));
         let name = &*self.name;
         let (from, to, reason) = (
             transition.from.as_str(),
@@ -307,6 +395,7 @@ impl Shared {
                 from,
                 to,
                 reason,
+                rejected,
                 open_for_ms = transition.open_for.map_or(0, |d| d.as_millis() as u64),
                 "circuit breaker opened"
             ),
@@ -316,11 +405,19 @@ impl Shared {
                     from,
                     to,
                     reason,
+                    rejected,
                     "circuit breaker forced open"
                 )
             }
             BreakerState::Closed => {
-                tracing::info!(breaker = name, from, to, reason, "circuit breaker closed")
+                tracing::info!(
+                    breaker = name,
+                    from,
+                    to,
+                    reason,
+                    rejected,
+                    "circuit breaker closed"
+                )
             }
             BreakerState::HalfOpen => {
                 tracing::info!(
@@ -328,6 +425,7 @@ impl Shared {
                     from,
                     to,
                     reason,
+                    rejected,
                     "circuit breaker half-open"
                 )
             }
@@ -337,6 +435,7 @@ impl Shared {
                     from,
                     to,
                     reason,
+                    rejected,
                     "circuit breaker forced closed"
                 )
             }
@@ -375,7 +474,7 @@ impl BreakerHandle {
         BreakerState::from_bits(self.shared.word.load(Ordering::Acquire))
     }
 
-    /// The breaker's name, as given to the builder (it labels log events).
+    /// The breaker's name, as given to the builder (it labels log events and metrics).
     pub fn name(&self) -> &str {
         &self.shared.name
     }

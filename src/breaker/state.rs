@@ -38,6 +38,26 @@ impl BreakerState {
         }
     }
 
+    /// The state as a metric label value.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+            Self::ForcedOpen => "forced_open",
+            Self::ForcedClosed => "forced_closed",
+        }
+    }
+
+    /// Every state, in the order of their bits.
+    pub(crate) const ALL: [Self; 5] = [
+        Self::Closed,
+        Self::Open,
+        Self::HalfOpen,
+        Self::ForcedOpen,
+        Self::ForcedClosed,
+    ];
+
     pub(crate) const fn bits(self) -> u64 {
         match self {
             Self::Closed => 0,

@@ -8,6 +8,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::metrics as names;
+use crate::telemetry::{Counter, Gauge, Labels, Throttle};
+
 /// One compartment: its capacity and its counters.
 ///
 /// The number of slots taken is `taken - released`. Keeping two monotonic counters instead
@@ -26,6 +29,39 @@ pub(crate) struct Compartment {
     waiting: AtomicUsize,
     max_in_flight: u64,
     room: Option<WaitingRoom>,
+    pub(crate) name: Arc<str>,
+    metrics: Metrics,
+    /// Spaces out the warnings about shedding.
+    shed_reports: Throttle,
+}
+
+/// The compartment's metric handles (empty without the `metrics` feature).
+struct Metrics {
+    admitted: Counter,
+    shed: Counter,
+    in_flight: Gauge,
+    waiting: Gauge,
+}
+
+impl Metrics {
+    fn new(name: &str, max_in_flight: usize) -> Self {
+        let labels = Labels::new("bulkhead", name);
+        labels
+            .gauge(
+                names::BULKHEAD_MAX_IN_FLIGHT,
+                "the most calls a bulkhead lets in flight",
+            )
+            .set(max_in_flight as u64);
+        Self {
+            admitted: labels.counter(names::BULKHEAD_ADMITTED, "calls a bulkhead let through"),
+            shed: labels.counter(names::BULKHEAD_SHED, "calls a bulkhead shed"),
+            in_flight: labels.gauge(names::BULKHEAD_IN_FLIGHT, "a bulkhead's slots taken"),
+            waiting: labels.gauge(
+                names::BULKHEAD_WAITING,
+                "callers in a bulkhead's waiting room",
+            ),
+        }
+    }
 }
 
 pub(crate) struct WaitingRoom {
@@ -35,8 +71,15 @@ pub(crate) struct WaitingRoom {
 }
 
 impl Compartment {
-    pub(crate) fn new(max_in_flight: usize, room: Option<(usize, Duration)>) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        max_in_flight: usize,
+        room: Option<(usize, Duration)>,
+    ) -> Self {
         Self {
+            metrics: Metrics::new(&name, max_in_flight),
+            name,
+            shed_reports: Throttle::new(),
             taken: AtomicU64::new(0),
             released: AtomicU64::new(0),
             unused: AtomicU64::new(0),
@@ -69,6 +112,7 @@ impl Compartment {
                 .compare_exchange_weak(taken, taken + 1, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
+                self.metrics.in_flight.increment();
                 return true;
             }
         }
@@ -80,6 +124,7 @@ impl Compartment {
         // SeqCst pairs with the waiter's SeqCst increment of `waiting` followed by its
         // `try_admit`: either the waiter sees this release, or this release sees the waiter.
         self.released.fetch_add(1, Ordering::SeqCst);
+        self.metrics.in_flight.decrement();
         self.wake_one();
     }
 
@@ -116,8 +161,29 @@ impl Compartment {
         }
     }
 
+    /// Counts a call made with the slot it took.
+    #[inline]
+    pub(crate) fn record_admitted(&self) {
+        self.metrics.admitted.increment();
+    }
+
     pub(crate) fn record_shed(&self) {
-        self.shed.fetch_add(1, Ordering::Relaxed);
+        let shed = self.shed.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics.shed.increment();
+        // One warning a second at most, with the count since the last one. The clock is read
+        // only if the warning would be logged.
+        if tracing::enabled!(tracing::Level::WARN) {
+            if let Some(since) = self.shed_reports.due(shed) {
+                tracing::warn!(
+                    bulkhead = &*self.name,
+                    shed = since,
+                    shed_total = shed,
+                    in_flight = self.in_flight(),
+                    max_in_flight = self.max_in_flight,
+                    "bulkhead is full, shedding calls"
+                );
+            }
+        }
     }
 
     pub(crate) fn room(&self) -> Option<&WaitingRoom> {
@@ -143,6 +209,7 @@ impl Compartment {
                 Err(now) => waiting = now,
             }
         }
+        self.metrics.waiting.increment();
         // Waiters have a claim on freed slots only until their maximum wait is over, so that a
         // caller that gave up without dropping its handle cannot keep newcomers out.
         let until = self.nanos(Instant::now() + room.max_wait);
@@ -166,6 +233,7 @@ impl Compartment {
 
     pub(crate) fn leave_room(&self) {
         self.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.metrics.waiting.decrement();
     }
 
     fn in_flight(&self) -> u64 {
@@ -186,6 +254,11 @@ pub struct BulkheadHandle {
 }
 
 impl BulkheadHandle {
+    /// The compartment's name, as given to the builder (it labels log events and metrics).
+    pub fn name(&self) -> &str {
+        &self.compartment.name
+    }
+
     /// Calls admitted and not yet finished (and slots held by callers that waited in the waiting
     /// room, between their `poll_ready` and their `call`).
     pub fn in_flight(&self) -> usize {
@@ -222,6 +295,7 @@ impl BulkheadHandle {
 impl fmt::Debug for BulkheadHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkheadHandle")
+            .field("name", &self.name())
             .field("in_flight", &self.in_flight())
             .field("max_in_flight", &self.max_in_flight())
             .field("waiting", &self.waiting())

@@ -65,10 +65,12 @@ impl fmt::Debug for BulkheadLayer {
 /// |---|---|---|
 /// | [`max_in_flight`](Self::max_in_flight) | 64 | enough for a fast dependency at high rate; a slow one fills it quickly and sheds instead of piling up |
 /// | [`waiting_room`](Self::waiting_room) | none | a caller that must not wait should never queue behind a full compartment |
+/// | [`name`](Self::name) | `"bulkhead"` | name each compartment after its dependency, so that logs and metrics tell them apart |
 #[derive(Debug, Clone)]
 pub struct BulkheadBuilder {
     max_in_flight: usize,
     waiting_room: Option<(usize, Duration)>,
+    name: Arc<str>,
 }
 
 impl Default for BulkheadBuilder {
@@ -76,11 +78,19 @@ impl Default for BulkheadBuilder {
         Self {
             max_in_flight: 64,
             waiting_room: None,
+            name: Arc::from("bulkhead"),
         }
     }
 }
 
 impl BulkheadBuilder {
+    /// Names the compartment: the `bulkhead` field of its log events and the `bulkhead` label of
+    /// its metrics (see [`crate::metrics`]).
+    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// The most calls in flight to the inner service at once. Must be at least 1.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max;
@@ -140,7 +150,11 @@ impl BulkheadBuilder {
             }
         }
         Ok(BulkheadLayer {
-            compartment: Arc::new(Compartment::new(self.max_in_flight, self.waiting_room)),
+            compartment: Arc::new(Compartment::new(
+                self.name,
+                self.max_in_flight,
+                self.waiting_room,
+            )),
         })
     }
 }

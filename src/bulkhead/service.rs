@@ -206,12 +206,18 @@ where
     /// tower contract allows.
     fn call(&mut self, request: Request) -> Self::Future {
         match mem::replace(&mut self.state, State::Idle) {
-            State::Ready if self.compartment.try_admit() => ResponseFuture::called(
-                self.inner.call(request),
-                Slot::for_call(self.compartment.clone()),
-            ),
+            State::Ready if self.compartment.try_admit() => {
+                self.compartment.record_admitted();
+                ResponseFuture::called(
+                    self.inner.call(request),
+                    Slot::for_call(self.compartment.clone()),
+                )
+            }
             State::Reserved => match self.reserved.take() {
-                Some(slot) => ResponseFuture::called(self.inner.call(request), slot.use_for_call()),
+                Some(slot) => {
+                    self.compartment.record_admitted();
+                    ResponseFuture::called(self.inner.call(request), slot.use_for_call())
+                }
                 None => self.shed(),
             },
             // `Ready`: the last slot went to another caller since `poll_ready`.

@@ -17,7 +17,7 @@ pub enum Sent {
     /// outcome.
     Accepted,
     /// The queue was full (or the hand-off closed): the record was counted as dropped and
-    /// discarded.
+    /// discarded. [`HandoffCounts::dropped_closed`] tells the two apart.
     Dropped,
 }
 
@@ -49,15 +49,22 @@ impl<Req> Handoff<Req> {
     pub fn send(&self, request: Req) -> Sent {
         let shared = &*self.shared;
         if shared.queue.is_full() {
-            // Overloaded: one atomic add, nothing else.
+            // Overloaded (or closed with a full queue): one atomic add, nothing else.
+            if shared.front.closed.load(Ordering::Relaxed) {
+                shared.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
+            }
             shared.front.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
         // Reserve before looking at `closed`: a worker that saw `closed` and then finds
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         shared.front.accepted.fetch_add(1, Ordering::SeqCst);
-        if shared.front.closed.load(Ordering::SeqCst) || shared.queue.push(request).is_err() {
+        let closed = shared.front.closed.load(Ordering::SeqCst);
+        if closed || shared.queue.push(request).is_err() {
             shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
+            if closed {
+                shared.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
+            }
             shared.front.dropped.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }

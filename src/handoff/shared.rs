@@ -29,6 +29,8 @@ pub(crate) struct Front {
     pub(crate) sleeping: AtomicBool,
     pub(crate) accepted: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    /// Of `dropped`, the records sent after the hand-off closed.
+    pub(crate) dropped_closed: AtomicU64,
 }
 
 pub(crate) struct Back {
@@ -49,6 +51,7 @@ impl<Req> Shared<Req> {
                 sleeping: AtomicBool::new(false),
                 accepted: AtomicU64::new(0),
                 dropped: AtomicU64::new(0),
+                dropped_closed: AtomicU64::new(0),
             }),
             back: CachePadded::new(Back {
                 delivered: AtomicU64::new(0),
@@ -88,10 +91,12 @@ impl<Req> Shared<Req> {
         let queued = self.queue.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
         let dropped = self.front.dropped.load(Ordering::Acquire);
+        let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
         HandoffCounts {
             offered: accepted + dropped,
             accepted,
             dropped,
+            dropped_closed,
             delivered,
             shed,
             rejected,
@@ -118,6 +123,9 @@ pub struct HandoffCounts {
     pub accepted: u64,
     /// Records refused because the queue was full or the hand-off closed.
     pub dropped: u64,
+    /// Of `dropped`, the records refused because the hand-off had closed; the others found the
+    /// queue full.
+    pub dropped_closed: u64,
     /// Records the stack handled successfully.
     pub delivered: u64,
     /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull)).

@@ -19,6 +19,8 @@ use tower_service::Service;
 use super::shared::Shared;
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
+use crate::metrics as names;
+use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 
 /// Records the worker finishes or starts in one poll before it yields its thread.
 const BUDGET: u32 = 1024;
@@ -37,6 +39,57 @@ where
     broken: bool,
     doorbell: Pin<Box<OwnedNotified>>,
     tick: Interval,
+    metrics: Metrics,
+    /// Spaces out the warnings about dropped records.
+    drop_reports: Throttle,
+}
+
+/// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes
+/// the shared counters into them in batches, so that `send` does no more work with metrics on.
+struct Metrics {
+    accepted: Counter,
+    dropped_full: Counter,
+    dropped_closed: Counter,
+    delivered: Counter,
+    shed: Counter,
+    rejected: Counter,
+    failed: Counter,
+    queued: Gauge,
+    in_flight: Gauge,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let labels = Labels::new("handoff", name);
+        let dropped = |reason| {
+            labels.counter_with(
+                names::HANDOFF_DROPPED,
+                "records a hand-off refused",
+                Some(("reason", reason)),
+            )
+        };
+        let failed = |reason| {
+            labels.counter_with(
+                names::HANDOFF_FAILED,
+                "accepted records a hand-off's stack did not deliver",
+                Some(("reason", reason)),
+            )
+        };
+        Self {
+            accepted: labels.counter(names::HANDOFF_ACCEPTED, "records a hand-off queued"),
+            dropped_full: dropped("full"),
+            dropped_closed: dropped("closed"),
+            delivered: labels.counter(
+                names::HANDOFF_DELIVERED,
+                "records a hand-off's stack delivered",
+            ),
+            shed: failed("shed"),
+            rejected: failed("rejected"),
+            failed: failed("error"),
+            queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
+            in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
+        }
+    }
 }
 
 impl<S, Req> Worker<S, Req>
@@ -51,6 +104,7 @@ where
         idle_poll: Duration,
     ) -> Self {
         let doorbell = Box::pin(shared.doorbell.clone().notified_owned());
+        let metrics = Metrics::new(&shared.name);
         let mut tick = interval(idle_poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
@@ -62,11 +116,20 @@ where
             broken: false,
             doorbell,
             tick,
+            metrics,
+            drop_reports: Throttle::new(),
         }
     }
 
     pub(crate) async fn run(mut self) {
-        poll_fn(|cx| self.poll_run(cx)).await;
+        poll_fn(|cx| {
+            let poll = self.poll_run(cx);
+            // Each time the worker runs out of work, yields, or ends (and so at least every
+            // `idle_poll`), its counters go out in one batch.
+            self.publish();
+            poll
+        })
+        .await;
         self.shared.finished.store(true, Ordering::Release);
         self.shared.drained.notify_waiters();
     }
@@ -90,6 +153,37 @@ where
         // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
         counter.fetch_add(1, Ordering::Release);
         shared.back.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Publishes the counters to the metrics recorder, and warns (at most once a second) when
+    /// records were dropped since the last warning.
+    fn publish(&self) {
+        let counts = self.shared.counts();
+        let metrics = &self.metrics;
+        metrics.accepted.absolute(counts.accepted);
+        metrics
+            .dropped_full
+            .absolute(counts.dropped - counts.dropped_closed);
+        metrics.dropped_closed.absolute(counts.dropped_closed);
+        metrics.delivered.absolute(counts.delivered);
+        metrics.shed.absolute(counts.shed);
+        metrics.rejected.absolute(counts.rejected);
+        metrics.failed.absolute(counts.failed);
+        metrics.queued.set(counts.queued);
+        metrics.in_flight.set(counts.in_flight);
+
+        if counts.dropped > 0 && tracing::enabled!(tracing::Level::WARN) {
+            if let Some(dropped) = self.drop_reports.due(counts.dropped) {
+                tracing::warn!(
+                    handoff = &*self.shared.name,
+                    dropped,
+                    dropped_total = counts.dropped,
+                    dropped_closed_total = counts.dropped_closed,
+                    queued = counts.queued,
+                    "hand-off dropped records: its queue was full or it was closed"
+                );
+            }
+        }
     }
 
     /// A call panicked: the record counts as failed and the worker goes on.

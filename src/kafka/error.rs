@@ -65,6 +65,46 @@ impl KafkaErrorKind {
         }
     }
 
+    /// Every kind, for metrics that keep one counter per kind.
+    pub(crate) const ALL: [Self; 12] = [
+        Self::QueueFull,
+        Self::MessageTimedOut,
+        Self::BrokerDown,
+        Self::BrokerError,
+        Self::Fatal,
+        Self::Closed,
+        Self::MessageTooLarge,
+        Self::InvalidRecord,
+        Self::UnknownTopic,
+        Self::UnknownPartition,
+        Self::Config,
+        Self::Other,
+    ];
+
+    /// The kind in snake case, as the `kind` label of [`crate::metrics::KAFKA_ERRORS`].
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::MessageTimedOut => "message_timed_out",
+            Self::BrokerDown => "broker_down",
+            Self::BrokerError => "broker_error",
+            Self::Fatal => "fatal",
+            Self::Closed => "closed",
+            Self::MessageTooLarge => "message_too_large",
+            Self::InvalidRecord => "invalid_record",
+            Self::UnknownTopic => "unknown_topic",
+            Self::UnknownPartition => "unknown_partition",
+            Self::Config => "config",
+            Self::Other => "other",
+        }
+    }
+
+    /// The index of this kind in [`ALL`](Self::ALL), which lists the kinds in the order they
+    /// are declared.
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::QueueFull => "producer queue is full",
@@ -183,5 +223,26 @@ impl fmt::Display for KafkaError {
 impl std::error::Error for KafkaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_ref().map(|e| e as _)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_place_and_label() {
+        for (index, kind) in KafkaErrorKind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), index, "{kind:?}");
+            let label = kind.label();
+            assert!(
+                label.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{label}"
+            );
+        }
+        let mut labels: Vec<_> = KafkaErrorKind::ALL.iter().map(|k| k.label()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), KafkaErrorKind::ALL.len());
     }
 }

@@ -20,6 +20,8 @@ use tower_service::Service;
 use super::config::KafkaConfig;
 use super::error::{KafkaError, KafkaErrorKind};
 use super::record::{Delivery, Record};
+use crate::metrics as names;
+use crate::telemetry::{Counter, Gauge, Labels};
 use crate::ConfigError;
 
 /// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
@@ -57,6 +59,39 @@ struct ProducerState {
     name: Arc<str>,
     /// Records handed to librdkafka whose delivery report has not come back.
     in_flight: AtomicUsize,
+    metrics: Metrics,
+}
+
+/// The producer's metric handles (empty without the `metrics` feature).
+struct Metrics {
+    delivered: Counter,
+    /// One per [`KafkaErrorKind`], in the order of [`KafkaErrorKind::ALL`].
+    errors: [Counter; KafkaErrorKind::ALL.len()],
+    in_flight: Gauge,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let labels = Labels::new("producer", name);
+        Self {
+            delivered: labels.counter(names::KAFKA_DELIVERED, "records Kafka confirmed"),
+            errors: KafkaErrorKind::ALL.map(|kind| {
+                labels.counter_with(
+                    names::KAFKA_ERRORS,
+                    "records a Kafka producer failed to deliver, by kind",
+                    Some(("kind", kind.label())),
+                )
+            }),
+            in_flight: labels.gauge(
+                names::KAFKA_IN_FLIGHT,
+                "records handed to librdkafka and not yet reported",
+            ),
+        }
+    }
+
+    fn error(&self, error: &KafkaError) {
+        self.errors[error.kind().index()].increment();
+    }
 }
 
 impl ProducerContext for ProducerState {
@@ -64,12 +99,20 @@ impl ProducerContext for ProducerState {
 
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.in_flight.decrement();
         let outcome = match result {
-            Ok(message) => Ok(Delivery {
-                partition: message.partition(),
-                offset: message.offset(),
-            }),
-            Err((error, _message)) => Err(KafkaError::from_rdkafka(error.clone())),
+            Ok(message) => {
+                self.metrics.delivered.increment();
+                Ok(Delivery {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                })
+            }
+            Err((error, _message)) => {
+                let error = KafkaError::from_rdkafka(error.clone());
+                self.metrics.error(&error);
+                Err(error)
+            }
         };
         // The caller may have stopped waiting; the record is counted either way.
         let _ = reply.send(outcome);
@@ -113,6 +156,7 @@ impl KafkaService {
         let context = ProducerState {
             name: config.name.clone(),
             in_flight: AtomicUsize::new(0),
+            metrics: Metrics::new(&config.name),
         };
         let producer: ThreadedProducer<ProducerState> = config
             .client_config()
@@ -194,14 +238,18 @@ impl KafkaService {
             }
             base = base.headers(headers);
         }
-        let in_flight = &producer.context().in_flight;
-        in_flight.fetch_add(1, Ordering::AcqRel);
+        let state = producer.context();
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.metrics.in_flight.increment();
         match producer.send(base) {
             Ok(()) => Ok(delivery),
             Err((error, _record)) => {
                 // Refused at once (queue full, record too large...): no report will come.
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-                Err(KafkaError::from_rdkafka(error))
+                state.in_flight.fetch_sub(1, Ordering::AcqRel);
+                state.metrics.in_flight.decrement();
+                let error = KafkaError::from_rdkafka(error);
+                state.metrics.error(&error);
+                Err(error)
             }
         }
     }

@@ -1,0 +1,294 @@
+//! What tanker logs: every event names its component, state changes are logged at warn or info,
+//! nothing at info or above is logged per call, and shedding and dropping are reported at most
+//! once a second with a count instead of once per call. On paused time.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tanker::breaker::{BreakerLayer, BreakerOpen};
+use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
+use tanker::handoff::{HandoffBuilder, Sent};
+use tanker::ServiceBuilderExt;
+use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+use tower_test::mock;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+mod support;
+use support::DependencyDown;
+
+/// One event as it was logged: level, message and fields, all as text.
+#[derive(Debug, Clone)]
+struct Logged {
+    level: Level,
+    message: String,
+    fields: BTreeMap<String, String>,
+}
+
+impl Logged {
+    fn field(&self, name: &str) -> &str {
+        self.fields
+            .get(name)
+            .unwrap_or_else(|| panic!("no field `{name}` in {self:?}"))
+    }
+}
+
+/// Keeps every event logged while it is the thread's default subscriber.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<Logged>>>);
+
+impl Capture {
+    /// Starts capturing on this thread (a current-thread runtime runs every task here).
+    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
+        let capture = Self::default();
+        let subscriber = tracing_subscriber::registry().with(capture.clone());
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    fn events(&self) -> Vec<Logged> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Events from tanker with this message.
+    fn with_message(&self, message: &str) -> Vec<Logged> {
+        self.events()
+            .into_iter()
+            .filter(|event| event.message == message)
+            .collect()
+    }
+}
+
+struct Fields<'a>(&'a mut Logged);
+
+impl Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let value = format!("{value:?}");
+        if field.name() == "message" {
+            self.0.message = value;
+        } else {
+            self.0.fields.insert(field.name().to_owned(), value);
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0
+            .fields
+            .insert(field.name().to_owned(), value.to_owned());
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        if !event.metadata().target().starts_with("tanker") {
+            return;
+        }
+        let mut logged = Logged {
+            level: *event.metadata().level(),
+            message: String::new(),
+            fields: BTreeMap::new(),
+        };
+        event.record(&mut Fields(&mut logged));
+        self.0.lock().unwrap().push(logged);
+    }
+}
+
+/// A bulkhead of one slot, held by a call that never finishes (kept alive by the caller).
+async fn full_bulkhead(name: &str) -> (BulkheadLayer, impl Sized) {
+    let layer = BulkheadLayer::builder()
+        .name(name)
+        .max_in_flight(1)
+        .build()
+        .unwrap();
+    let (inner, handle) = mock::pair::<(), ()>();
+    let mut holder = layer.layer(inner);
+    let held = holder.ready().await.unwrap().call(());
+    (layer, (handle, held))
+}
+
+async fn shed(layer: &BulkheadLayer, calls: usize) {
+    let (inner, _unused) = mock::pair::<(), ()>();
+    let mut svc = layer.layer(inner);
+    for _ in 0..calls {
+        let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<BulkheadFull>());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn shedding_is_reported_at_most_once_a_second_with_a_count() {
+    let (capture, _guard) = Capture::start();
+    let (layer, _held) = full_bulkhead("redis").await;
+
+    shed(&layer, 100).await;
+    let reports = capture.with_message("bulkhead is full, shedding calls");
+    assert_eq!(
+        reports.len(),
+        1,
+        "one report for 100 shed calls: {reports:?}"
+    );
+    assert_eq!(reports[0].level, Level::WARN);
+    assert_eq!(reports[0].field("bulkhead"), "redis");
+    assert_eq!(reports[0].field("shed"), "1");
+
+    tokio::time::advance(Duration::from_millis(999)).await;
+    shed(&layer, 10).await;
+    assert_eq!(
+        capture
+            .with_message("bulkhead is full, shedding calls")
+            .len(),
+        1
+    );
+
+    tokio::time::advance(Duration::from_millis(1)).await;
+    shed(&layer, 50).await;
+    let reports = capture.with_message("bulkhead is full, shedding calls");
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(
+        reports[1].field("shed"),
+        "110",
+        "the calls shed since the first report"
+    );
+    assert_eq!(reports[1].field("shed_total"), "111");
+    assert_eq!(layer.handle().shed(), 160);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_that_go_through_log_nothing_at_info_or_above() {
+    let (capture, _guard) = Capture::start();
+    let breaker = BreakerLayer::builder().name("quiet").build().unwrap();
+    let bulkhead = BulkheadLayer::builder().name("quiet").build().unwrap();
+    let mut svc = ServiceBuilder::new()
+        .breaker(breaker)
+        .bulkhead(bulkhead)
+        .service(service_fn(|n: u32| async move {
+            if n % 10 == 0 {
+                Err(BoxError::from(DependencyDown))
+            } else {
+                Ok(n)
+            }
+        }));
+    for n in 1..=1000 {
+        let _ = svc.ready().await.unwrap().call(n).await;
+    }
+    let loud: Vec<_> = capture
+        .events()
+        .into_iter()
+        .filter(|event| event.level <= Level::INFO)
+        .collect();
+    assert!(loud.is_empty(), "{loud:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_transitions_name_the_breaker_and_count_rejections() {
+    let (capture, _guard) = Capture::start();
+    let breaker = BreakerLayer::builder()
+        .name("kafka-writer")
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(1))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let up = Arc::new(Mutex::new(false));
+    let flag = up.clone();
+    let mut svc = breaker.layer(service_fn(move |()| {
+        let up = *flag.lock().unwrap();
+        async move {
+            if up {
+                Ok(())
+            } else {
+                Err(BoxError::from(DependencyDown))
+            }
+        }
+    }));
+    for _ in 0..2 {
+        let _ = svc.ready().await.unwrap().call(()).await;
+    }
+    for _ in 0..7 {
+        let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+        assert!(err.is::<BreakerOpen>());
+    }
+    *up.lock().unwrap() = true;
+    tokio::time::advance(Duration::from_secs(1)).await;
+    svc.ready().await.unwrap().call(()).await.unwrap();
+
+    let transitions: Vec<_> = capture
+        .events()
+        .into_iter()
+        .filter(|event| event.message.starts_with("circuit breaker"))
+        .collect();
+    let summary: Vec<_> = transitions
+        .iter()
+        .map(|event| (event.level, event.message.as_str(), event.field("breaker")))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Level::WARN, "circuit breaker opened", "kafka-writer"),
+            (Level::INFO, "circuit breaker half-open", "kafka-writer"),
+            (Level::INFO, "circuit breaker closed", "kafka-writer"),
+        ]
+    );
+    assert_eq!(transitions[0].field("reason"), "consecutive failures");
+    assert_eq!(
+        transitions[1].field("rejected"),
+        "7",
+        "the calls rejected while open are counted, not logged one by one"
+    );
+    assert_eq!(transitions[2].field("rejected"), "0");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropped_records_are_reported_at_most_once_a_second() {
+    let (capture, _guard) = Capture::start();
+    let (service, mut handle) = mock::pair::<u32, ()>();
+    handle.allow(0);
+    let handoff = HandoffBuilder::new()
+        .name("audit")
+        .capacity(4)
+        .spawn(service)
+        .unwrap();
+    let mut dropped = 0;
+    for n in 0..1000 {
+        if handoff.send(n) == Sent::Dropped {
+            dropped += 1;
+        }
+    }
+    assert!(dropped >= 990, "{dropped}");
+    // The worker reports when it next runs: at the latest after `idle_poll`.
+    tokio::time::advance(Duration::from_millis(2)).await;
+    tokio::task::yield_now().await;
+    let reports =
+        capture.with_message("hand-off dropped records: its queue was full or it was closed");
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].level, Level::WARN);
+    assert_eq!(reports[0].field("handoff"), "audit");
+    assert_eq!(reports[0].field("dropped"), dropped.to_string());
+
+    // More drops within the second: no new report until it is over.
+    let mut more = 0;
+    for n in 0..100 {
+        if handoff.send(n) == Sent::Dropped {
+            more += 1;
+        }
+    }
+    // The worker has taken one record off the queue meanwhile (and holds it): one more fits.
+    assert_eq!(more, 99);
+    tokio::time::advance(Duration::from_millis(500)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(
+        capture
+            .with_message("hand-off dropped records: its queue was full or it was closed")
+            .len(),
+        1
+    );
+    tokio::time::advance(Duration::from_millis(600)).await;
+    tokio::task::yield_now().await;
+    let reports =
+        capture.with_message("hand-off dropped records: its queue was full or it was closed");
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert_eq!(reports[1].field("dropped"), more.to_string());
+}
