@@ -62,11 +62,192 @@
 //! pass through unchanged. Invalid settings are refused when a layer is built, with a
 //! [`ConfigError`] that names the setting and says what to change.
 //!
-//! # Testing your own stack
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `kafka` | yes | `tanker::kafka`: the Kafka leaf, on rdkafka with its bundled librdkafka (needs a C toolchain) |
+//! | `metrics` | no | counters and gauges through the `metrics` facade; [`metrics`] lists them |
+//! | `axum` | no | `tanker::axum`: refusals as `503` with `Retry-After`, for axum's `HandleErrorLayer` |
+//! | `tonic` | no | `tanker::tonic`: refusals as `Status::unavailable` with gRPC retry pushback |
+//!
+//! The layers and the hand-off need none of them. Without `metrics`, nothing is recorded and
+//! nothing is compiled in for it.
+//!
+//! # Observability
+//!
+//! Every component takes a name (`.name("redis")` on its builder) that labels its log events
+//! (fields `bulkhead`, `breaker`, `handoff`, `producer`) and its metrics. Logging goes through
+//! `tracing`:
+//!
+//! - a breaker's state changes at `warn` (opened) and `info` (half-open, closed), with the
+//!   reason and the number of calls rejected since the previous change;
+//! - shedding (bulkhead) and dropping (hand-off) at `warn`, at most once a second per component,
+//!   with the count since the last report;
+//! - nothing at `info` or above for a call that goes through.
+//!
+//! # Recipes
+//!
+//! ## The incident stack: Kafka behind a hand-off
+//!
+//! A request handler hands records to a [`handoff::Handoff`], whose worker drives them through
+//! breaker → bulkhead → `KafkaService`. `send` never blocks and never fails; a frozen Kafka costs
+//! the handler nothing. The `kafka` module docs show the stack, and
+//! `cargo run --release --example incident` shows it through an incident.
+//!
+//! ## One compartment per dependency
+//!
+//! Build each layer value once per dependency and clone it wherever the dependency is called:
+//! every clone, and every service built from it, shares one compartment and one breaker.
+//! Separate dependencies get separate layer values, so that a slow Redis cannot take the slots of
+//! Kafka calls.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{service_fn, BoxError, ServiceBuilder};
+//! use tanker::{breaker::BreakerLayer, bulkhead::BulkheadLayer, ServiceBuilderExt};
+//!
+//! # fn main() -> Result<(), tanker::ConfigError> {
+//! struct Guard {
+//!     breaker: BreakerLayer,
+//!     bulkhead: BulkheadLayer,
+//! }
+//!
+//! fn guard(name: &str, max_in_flight: usize) -> Result<Guard, tanker::ConfigError> {
+//!     Ok(Guard {
+//!         breaker: BreakerLayer::builder().name(name).build()?,
+//!         bulkhead: BulkheadLayer::builder().name(name).max_in_flight(max_in_flight).build()?,
+//!     })
+//! }
+//!
+//! let redis = guard("redis", 64)?;
+//! let pricing = guard("pricing-api", 16)?;
+//! let lookup = ServiceBuilder::new()
+//!     .breaker(redis.breaker.clone())
+//!     .bulkhead(redis.bulkhead.clone())
+//!     .timeout(Duration::from_millis(20))
+//!     .service(service_fn(|key: String| async move { Ok::<_, BoxError>(key) }));
+//! let quote = ServiceBuilder::new()
+//!     .breaker(pricing.breaker.clone())
+//!     .bulkhead(pricing.bulkhead.clone())
+//!     .timeout(Duration::from_millis(200))
+//!     .service(service_fn(|sku: u64| async move { Ok::<_, BoxError>(sku * 100) }));
+//! # drop((lookup, quote));
+//! assert_eq!(redis.bulkhead.handle().name(), "redis");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Wrapping Redis
+//!
+//! A `service_fn` over a multiplexed connection (a clone is a handle to the same connection)
+//! makes Redis a tower service; the recipe's layers go around it:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use redis::AsyncCommands;
+//! use tower::{service_fn, BoxError, ServiceBuilder, ServiceExt};
+//! use tanker::breaker::{BreakerLayer, BreakerOpen, Outcome};
+//! use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
+//! use tanker::ServiceBuilderExt;
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), BoxError> {
+//! let conn = redis::Client::open("redis://127.0.0.1:6379")?
+//!     .get_multiplexed_async_connection()
+//!     .await?;
+//! let breaker = BreakerLayer::builder()
+//!     .name("redis")
+//!     .classify(|result: Result<&Option<String>, &BoxError>| match result {
+//!         Ok(_) => Outcome::Success,
+//!         Err(e) if e.is::<BulkheadFull>() => Outcome::Ignore,
+//!         Err(_) => Outcome::Failure,
+//!     })
+//!     .build()?;
+//! let get = ServiceBuilder::new()
+//!     .breaker(breaker)
+//!     .bulkhead(BulkheadLayer::builder().name("redis").max_in_flight(64).build()?)
+//!     .timeout(Duration::from_millis(20))
+//!     .service(service_fn(move |key: String| {
+//!         let mut conn = conn.clone();
+//!         async move { conn.get::<_, Option<String>>(key).await }
+//!     }));
+//!
+//! match get.clone().oneshot("user:42".to_owned()).await {
+//!     Ok(value) => println!("cached: {value:?}"),
+//!     // Redis is frozen or overloaded: answer without the cache, at once.
+//!     Err(e) if e.is::<BreakerOpen>() || e.is::<BulkheadFull>() => println!("no cache"),
+//!     Err(e) => println!("cache miss: {e}"),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! `examples/redis.rs` runs it through a `CLIENT PAUSE`, and `tests/redis.rs` checks it against
+//! a real `redis-server`.
+//!
+//! ## axum
+//!
+//! Put `HandleErrorLayer::new(tanker::axum::handle_error)` (feature `axum`) above the layers of
+//! a route: a refusal becomes `503 Service Unavailable` with `Retry-After` from the breaker, a
+//! timeout `504`, anything else `500`. Build the layer values outside the router: axum clones
+//! the route's service per request, and the clones share them. See the `tanker::axum` docs and
+//! `examples/axum.rs`.
+//!
+//! ## tonic
+//!
+//! On a client, wrap the `Channel` with the recipe and `.map_err(tanker::tonic::status)` (feature
+//! `tonic`), and hand the stack to the generated client: a refusal reaches the caller as
+//! `Status::unavailable` with gRPC's retry pushback. On a server, the same `map_err` outermost
+//! lets tonic answer refusals as statuses. See the `tanker::tonic` docs and `examples/tonic.rs`.
+//!
+//! ## Testing your own stack
 //!
 //! Both layers take time from `tokio::time`, so a test drives them with paused time
 //! (`#[tokio::test(start_paused = true)]`, `tokio::time::advance`) and tower-test's mock service,
-//! without sleeping.
+//! without sleeping:
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower::{BoxError, Layer, ServiceExt};
+//! use tower_test::mock;
+//! use tanker::breaker::{BreakerLayer, BreakerOpen, BreakerState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> Result<(), BoxError> {
+//! let breaker = BreakerLayer::builder()
+//!     .consecutive_failures(2)
+//!     .open_for(Duration::from_secs(5))
+//!     .jitter(0.0)
+//!     .build()?;
+//! let (inner, mut dependency) = mock::pair::<&str, &str>();
+//! let svc = breaker.layer(inner);
+//!
+//! // The dependency fails twice: the breaker opens.
+//! dependency.allow(2);
+//! for _ in 0..2 {
+//!     let call = tokio::spawn(svc.clone().oneshot("ping"));
+//!     let (_, reply) = dependency.next_request().await.unwrap();
+//!     reply.send_error("down");
+//!     assert!(call.await?.is_err());
+//! }
+//! assert_eq!(breaker.handle().state(), BreakerState::Open);
+//!
+//! // Open: rejected at once, without reaching the dependency.
+//! let err = svc.clone().oneshot("ping").await.unwrap_err();
+//! assert!(err.is::<BreakerOpen>());
+//!
+//! // Five seconds later, on the paused clock, a probe goes through and closes it.
+//! tokio::time::advance(Duration::from_secs(5)).await;
+//! dependency.allow(1);
+//! let call = tokio::spawn(svc.clone().oneshot("ping"));
+//! let (_, reply) = dependency.next_request().await.unwrap();
+//! reply.send_response("pong");
+//! assert_eq!(call.await?.unwrap(), "pong");
+//! assert_eq!(breaker.handle().state(), BreakerState::Closed);
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Spawning calls
 //!
