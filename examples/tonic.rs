@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tanker::breaker::{BreakerHandle, BreakerLayer};
 use tanker::bulkhead::BulkheadLayer;
+use tanker::tonic::GrpcClassifier;
 use tanker::{Rejection, ServiceBuilderExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -48,6 +49,9 @@ async fn main() -> Result<(), BoxError> {
         .consecutive_failures(3)
         .open_for(Duration::from_secs(1))
         .jitter(0.0)
+        // Timeouts, transport errors and the server's UNAVAILABLE & co. are failures; the
+        // bulkhead shedding a call is not.
+        .classify(GrpcClassifier::new())
         .build()?;
     let handle = breaker.handle();
     let channel = Endpoint::from_shared(format!("http://{addr}"))?

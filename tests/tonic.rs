@@ -15,8 +15,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tanker::breaker::{Breaker, BreakerLayer, BreakerState, Classify, Outcome};
+use tanker::breaker::{Breaker, BreakerLayer, BreakerState, Classify};
 use tanker::bulkhead::{Bulkhead, BulkheadLayer};
+use tanker::tonic::GrpcClassifier;
 use tanker::{Rejection, ServiceBuilderExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -181,15 +182,6 @@ fn assert_serving(result: Result<ServingStatus, Status>) {
     }
 }
 
-/// The breaker's classifier for a channel: tanker's own refusals say nothing about the server.
-fn ignore_refusals<T>(result: Result<&T, &BoxError>) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Success,
-        Err(e) if Rejection::find(e.as_ref()).is_some() => Outcome::Ignore,
-        Err(_) => Outcome::Failure,
-    }
-}
-
 #[tokio::test]
 async fn hung_server_opens_the_breaker_which_fails_fast_then_recovers() {
     let gate = Gate::new();
@@ -199,7 +191,7 @@ async fn hung_server_opens_the_breaker_which_fails_fast_then_recovers() {
         .open_for(TIMEOUT)
         .jitter(0.0)
         .probes(1)
-        .classify(ignore_refusals)
+        .classify(GrpcClassifier::new())
         .build()
         .unwrap();
     let bulkhead = BulkheadLayer::new(2).unwrap();
@@ -250,7 +242,7 @@ async fn client_bulkhead_sheds_the_call_beyond_its_bound() {
     let channel = connect(serve!(gate.clone())).await;
     let breaker = BreakerLayer::builder()
         .consecutive_failures(1)
-        .classify(ignore_refusals)
+        .classify(GrpcClassifier::new())
         .build()
         .unwrap();
     let bulkhead = BulkheadLayer::new(2).unwrap();
@@ -363,26 +355,6 @@ async fn server_breaker_sends_its_retry_pushback_to_the_client() {
     );
 }
 
-/// A classifier for a channel that also reads the status of a trailers-only response: the one a
-/// server sends when it refuses a call before running it. Statuses sent in trailers, after the
-/// response, are out of its sight.
-fn grpc_failures<B>(result: Result<&Response<B>, &BoxError>) -> Outcome {
-    match result {
-        Err(e) if Rejection::find(e.as_ref()).is_some() => Outcome::Ignore,
-        Err(_) => Outcome::Failure,
-        Ok(response) => match Status::from_header_map(response.headers()).map(|s| s.code()) {
-            Some(
-                Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::ResourceExhausted
-                | Code::Internal
-                | Code::Unknown,
-            ) => Outcome::Failure,
-            _ => Outcome::Success,
-        },
-    }
-}
-
 #[tokio::test]
 async fn client_breaker_can_count_statuses_of_trailers_only_responses() {
     // A server whose own breaker refuses everything once forced open.
@@ -398,7 +370,9 @@ async fn client_breaker_can_count_statuses_of_trailers_only_responses() {
 
     let breaker = BreakerLayer::builder()
         .consecutive_failures(1)
-        .classify(grpc_failures)
+        // Reads the status of a trailers-only response: the one a server sends when it refuses
+        // a call before running it.
+        .classify(GrpcClassifier::new())
         .build()
         .unwrap();
     let handle = breaker.handle();
