@@ -69,7 +69,7 @@
 //! | `kafka` | yes | `tanker::kafka`: the Kafka leaf, on rdkafka with its bundled librdkafka (needs a C toolchain) |
 //! | `metrics` | no | counters and gauges through the `metrics` facade; [`metrics`] lists them |
 //! | `axum` | no | `tanker::axum`: refusals as `503` with `Retry-After`, for axum's `HandleErrorLayer` |
-//! | `tonic` | no | `tanker::tonic`: refusals as `Status::unavailable` with gRPC retry pushback |
+//! | `tonic` | no | `tanker::tonic`: refusals as `Status::unavailable` with gRPC retry pushback, and a breaker classifier for gRPC statuses |
 //!
 //! The layers and the hand-off need none of them. Without `metrics`, nothing is recorded and
 //! nothing is compiled in for it.
@@ -198,7 +198,8 @@
 //!
 //! On a client, wrap the `Channel` with the recipe and `.map_err(tanker::tonic::status)` (feature
 //! `tonic`), and hand the stack to the generated client: a refusal reaches the caller as
-//! `Status::unavailable` with gRPC's retry pushback. On a server, the same `map_err` outermost
+//! `Status::unavailable` with gRPC's retry pushback; `tanker::tonic::GrpcClassifier` makes the
+//! breaker count the server's failure statuses too. On a server, the same `map_err` outermost
 //! lets tonic answer refusals as statuses. See the `tanker::tonic` docs and `examples/tonic.rs`.
 //!
 //! ## Testing your own stack
