@@ -8,6 +8,9 @@
 //! recorded and nothing is compiled in; the constants below stay, so dashboards and alerts can
 //! be written against them either way.
 //!
+//! Give each component its own name: two components of one kind with the same name share their
+//! metrics (counters and in-flight gauges add up, a breaker's state gauges mix).
+//!
 //! Install the recorder **before** building the layers: a component resolves its metric handles
 //! once, when it is built, so that a call only bumps them (an atomic add in most recorders) and
 //! never looks a metric up by name.
