@@ -5,7 +5,11 @@
 //!
 //! ```text
 //! cargo run --example axum --features axum
+//! cargo run --example axum --features axum,metrics   # also serves and prints GET /metrics
 //! ```
+//!
+//! With the `metrics` feature, the example installs a Prometheus recorder before it builds the
+//! layers, serves the scrape on `GET /metrics`, and prints tanker's lines of it at the end.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -57,6 +61,15 @@ async fn stats(State(store): State<Arc<StatsStore>>) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    // The recorder comes first: each layer takes its metric handles when it is built.
+    #[cfg(feature = "metrics")]
+    let prometheus = {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::set_global_recorder(recorder)?;
+        handle
+    };
+
     // One breaker and one compartment for the stats store, built once: axum clones the route's
     // service for every request, and all the clones share these.
     let breaker = BreakerLayer::builder()
@@ -72,7 +85,10 @@ async fn main() -> Result<(), BoxError> {
             Err(_) => Outcome::Failure,
         })
         .build()?;
-    let bulkhead = BulkheadLayer::new(2)?;
+    let bulkhead = BulkheadLayer::builder()
+        .name("stats-store")
+        .max_in_flight(2)
+        .build()?;
     let slots = bulkhead.handle();
 
     let store = Arc::new(StatsStore::default());
@@ -88,6 +104,14 @@ async fn main() -> Result<(), BoxError> {
             ),
         )
         .with_state(Arc::clone(&store));
+    #[cfg(feature = "metrics")]
+    let app = app.route(
+        "/metrics",
+        get({
+            let prometheus = prometheus.clone();
+            move || async move { prometheus.render() }
+        }),
+    );
 
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
@@ -123,6 +147,19 @@ async fn main() -> Result<(), BoxError> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     show(get_stats(&addr).await?);
     println!("breaker: {:?}", breaker.handle().state());
+
+    #[cfg(feature = "metrics")]
+    {
+        println!("\nGET /metrics, tanker's lines:");
+        let scrape = fetch(&addr, "/metrics").await?;
+        for line in scrape
+            .body
+            .lines()
+            .filter(|line| line.starts_with("tanker_"))
+        {
+            println!("  {line}");
+        }
+    }
     Ok(())
 }
 
@@ -145,8 +182,13 @@ fn show(answer: Answer) {
 
 /// `GET /stats` over a fresh connection, read to its end.
 async fn get_stats(addr: &str) -> Result<Answer, BoxError> {
+    fetch(addr, "/stats").await
+}
+
+/// `GET path` over a fresh connection, read to its end.
+async fn fetch(addr: &str, path: &str) -> Result<Answer, BoxError> {
     let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET /stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await?;
