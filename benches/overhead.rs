@@ -18,6 +18,13 @@
 //!   inner future never completes), breakers forced open through their handle
 //!   (`*_breaker`), and breakers tripped by inner failures
 //!   (`*_breaker_tripped`).
+//! * `metrics_ready_call`, `metrics_two_tasks` – only with `--features
+//!   metrics`: the cost of tanker's metrics, as `ready_call` and `two_tasks`
+//!   measure it. Each tanker variant runs twice, side by side: built with no
+//!   recorder (`<variant>/no_recorder`: its handles are no-ops) and built
+//!   inside `metrics::with_local_recorder` with a Prometheus recorder
+//!   (`<variant>/prometheus`: its handles are atomics in that recorder's
+//!   registry). Filter with `-- metrics`.
 //!
 //! Variants: `raw`, `tanker_bulkhead`, `tanker_breaker`, `tanker_stack`,
 //! `tower_limit`, `resilience_bulkhead`, `resilience_breaker`,
@@ -513,6 +520,133 @@ fn group_rejection(c: &mut Criterion) {
     g.finish();
 }
 
+// ---------------------------------------------------------------------------
+// Metrics (feature `metrics`)
+// ---------------------------------------------------------------------------
+
+/// Builds with `recorder` as the current one, so that the components built by
+/// `build` resolve their metric handles in it; with `None`, with no recorder
+/// (none is installed globally), so that their handles are no-ops.
+#[cfg(feature = "metrics")]
+fn built_with<T>(
+    recorder: Option<&metrics_exporter_prometheus::PrometheusRecorder>,
+    build: impl FnOnce() -> T,
+) -> T {
+    match recorder {
+        Some(recorder) => metrics::with_local_recorder(recorder, build),
+        None => build(),
+    }
+}
+
+/// Runs `bench` on `<name>/no_recorder` then `<name>/prometheus`, each on a
+/// service from `build` (called once per variant: fresh layer state).
+#[cfg(feature = "metrics")]
+fn with_and_without_recorder<S>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    recorder: &metrics_exporter_prometheus::PrometheusRecorder,
+    name: &str,
+    build: impl Fn() -> S,
+    bench: fn(&mut BenchmarkGroup<'_, WallTime>, &Runtime, &str, S),
+) {
+    bench(
+        g,
+        rt,
+        &format!("{name}/no_recorder"),
+        built_with(None, &build),
+    );
+    bench(
+        g,
+        rt,
+        &format!("{name}/prometheus"),
+        built_with(Some(recorder), &build),
+    );
+}
+
+/// Calls `$f(group, runtime, name, service)` for each tanker variant, without
+/// and with `$recorder`.
+#[cfg(feature = "metrics")]
+macro_rules! for_each_metrics_variant {
+    ($g:expr, $rt:expr, $recorder:expr, $f:ident) => {{
+        let (g, rt, recorder) = ($g, $rt, $recorder);
+        with_and_without_recorder(
+            g,
+            rt,
+            recorder,
+            "tanker_bulkhead",
+            || {
+                ServiceBuilder::new()
+                    .layer(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+                    .service(inner())
+            },
+            $f,
+        );
+        with_and_without_recorder(
+            g,
+            rt,
+            recorder,
+            "tanker_breaker",
+            || {
+                ServiceBuilder::new()
+                    .layer(tanker_breaker_layer())
+                    .service(inner())
+            },
+            $f,
+        );
+        with_and_without_recorder(
+            g,
+            rt,
+            recorder,
+            "tanker_stack",
+            || {
+                ServiceBuilder::new()
+                    .breaker(tanker_breaker_layer())
+                    .bulkhead(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+                    .service(inner())
+            },
+            $f,
+        );
+    }};
+}
+
+/// Fails loudly (rather than report a recorder that was never used) unless
+/// the Prometheus variants did bump the recorder's counters.
+#[cfg(feature = "metrics")]
+fn assert_recorded(recorder: &metrics_exporter_prometheus::PrometheusRecorder) {
+    let rendered = recorder.handle().render();
+    for name in [
+        tanker::metrics::BULKHEAD_ADMITTED,
+        tanker::metrics::BREAKER_CALLS,
+    ] {
+        let total: f64 = rendered
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(total > 0.0, "{name} not recorded:\n{rendered}");
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn group_metrics_ready_call(c: &mut Criterion) {
+    let rt = current_thread();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut g = c.benchmark_group("metrics_ready_call");
+    for_each_metrics_variant!(&mut g, &rt, &recorder, bench_ready_call);
+    g.finish();
+    assert_recorded(&recorder);
+}
+
+#[cfg(feature = "metrics")]
+fn group_metrics_two_tasks(c: &mut Criterion) {
+    let rt = two_workers();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut g = c.benchmark_group("metrics_two_tasks");
+    for_each_metrics_variant!(&mut g, &rt, &recorder, bench_two_tasks);
+    g.finish();
+    assert_recorded(&recorder);
+}
+
 // Keep the `BoxError` import meaningful: every tanker/tower service here
 // reports it, and this pins that expectation at compile time.
 #[allow(dead_code)]
@@ -548,4 +682,13 @@ criterion_group! {
     config = config();
     targets = group_ready_call, group_oneshot, group_two_tasks, group_rejection
 }
+#[cfg(feature = "metrics")]
+criterion_group! {
+    name = metrics_benches;
+    config = config();
+    targets = group_metrics_ready_call, group_metrics_two_tasks
+}
+#[cfg(not(feature = "metrics"))]
 criterion_main!(benches);
+#[cfg(feature = "metrics")]
+criterion_main!(benches, metrics_benches);

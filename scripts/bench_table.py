@@ -11,7 +11,10 @@ and prints
 1. a table of median time per call (ns): rows = variants, columns = groups;
 2. a table of comparisons: tanker_bulkhead / tower_limit, tanker_breaker - raw,
    resilience_stack / tanker_stack, per group where they apply;
-3. the rejection medians, cheapest first.
+3. the rejection medians, cheapest first;
+4. with `--features metrics`, the cost of tanker's metrics: each variant of the
+   `metrics_*` groups without a recorder (`<variant>/no_recorder`) and with a
+   Prometheus one (`<variant>/prometheus`), their ratio and the ns added.
 
 The criterion directory is, in order of preference: --dir, $CRITERION_HOME,
 $CARGO_TARGET_DIR/criterion, <repository root>/target/criterion (the same
@@ -39,6 +42,9 @@ VARIANTS = [
     "resilience_breaker_tripped",
     "resilience_stack",
 ]
+METRICS_GROUPS = ["metrics_ready_call", "metrics_two_tasks"]
+METRICS_VARIANTS = ["tanker_bulkhead", "tanker_breaker", "tanker_stack"]
+WITHOUT, WITH = "no_recorder", "prometheus"
 GROUP_TITLES = {
     "ready_call": "ready_call (ns)",
     "oneshot": "oneshot (ns)",
@@ -127,9 +133,10 @@ def delta(results, group, a, b):
     return x - y
 
 
-def table(header, rows):
+def table(header, rows, left=1):
+    """A Markdown table; the first `left` columns are left-aligned, the rest right-aligned."""
     out = ["| " + " | ".join(header) + " |"]
-    out.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+    out.append("|" + "|".join(["---"] * left + ["---:"] * (len(header) - left)) + "|")
     for row in rows:
         out.append("| " + " | ".join(row) + " |")
     return "\n".join(out)
@@ -153,11 +160,19 @@ def main():
     if not results:
         sys.exit(f"no */new/estimates.json under {criterion_dir}")
 
+    stat = args.statistic
+    print(f"Criterion {stat} per call, from `{criterion_dir}`.\n")
+    metrics = {k: v for k, v in results.items() if k[0].startswith("metrics_")}
+    results = {k: v for k, v in results.items() if k not in metrics}
+    if results:
+        print_overhead(results, stat)
+    if metrics:
+        print_metrics(metrics, stat)
+
+
+def print_overhead(results, stat):
     groups = ordered({g for g, _ in results}, GROUPS)
     variants = ordered({v for _, v in results}, VARIANTS)
-    stat = args.statistic
-
-    print(f"Criterion {stat} per call, from `{criterion_dir}`.\n")
 
     # 1. Medians.
     header = ["variant"] + [GROUP_TITLES.get(g, f"{g} (ns)") for g in groups]
@@ -195,6 +210,29 @@ def main():
         rejection.sort(key=lambda item: item[1])
         print(f"### Rejection ({stat}, ns per rejected ready+call)\n")
         print(table(["variant", "ns"], [[f"`{v}`", fmt_ns(t)] for v, t in rejection]))
+        print()
+
+
+def print_metrics(results, stat):
+    """The metrics groups: each variant without and with a recorder, side by side."""
+    groups = ordered({g for g, _ in results}, METRICS_GROUPS)
+    variants = ordered({v.rsplit("/", 1)[0] for _, v in results}, METRICS_VARIANTS)
+    rows = []
+    for g in groups:
+        for v in variants:
+            without, with_ = f"{v}/{WITHOUT}", f"{v}/{WITH}"
+            if (g, without) not in results and (g, with_) not in results:
+                continue
+            rows.append([
+                g.removeprefix("metrics_"),
+                f"`{v}`",
+                fmt_ns(results.get((g, without))),
+                fmt_ns(results.get((g, with_))),
+                fmt_ratio(ratio(results, g, with_, without)),
+                fmt_delta(delta(results, g, with_, without)),
+            ])
+    print(f"### Metrics: {stat} ns per call, no recorder vs Prometheus recorder\n")
+    print(table(["group", "variant", WITHOUT, WITH, "ratio", "added"], rows, left=2))
 
 
 if __name__ == "__main__":
