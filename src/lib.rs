@@ -83,7 +83,8 @@
 //! - a breaker's state changes at `warn` (opened) and `info` (half-open, closed), with the
 //!   reason and the number of calls rejected since the previous change;
 //! - shedding (bulkhead) and dropping (hand-off) at `warn`, at most once a second per component,
-//!   with the count since the last report;
+//!   with the count since the last report (a shedding bulkhead reads the clock for this only at
+//!   check points, at most every 64 shed calls, so a report may come that many calls late);
 //! - nothing at `info` or above for a call that goes through.
 //!
 //! # Recipes

@@ -9,7 +9,7 @@
 //! be written against them either way.
 //!
 //! Give each component its own name: two components of one kind with the same name share their
-//! metrics (counters and in-flight gauges add up, a breaker's state gauges mix).
+//! metrics (counters add up, and so do the bulkhead's gauges; other gauges mix).
 //!
 //! Install the recorder **before** building the layers: a component resolves its metric handles
 //! once, when it is built, so that a call only bumps them (an atomic add in most recorders) and
@@ -17,14 +17,14 @@
 //!
 //! | metric | kind | extra label | meaning |
 //! |---|---|---|---|
-//! | `tanker_bulkhead_admitted_total` | counter | | calls the bulkhead let through to the inner service |
+//! | `tanker_bulkhead_admitted_total` | counter | | calls the bulkhead let through to the inner service, counted when they are made (the handle's `admitted` counts a waiter's slot from `poll_ready`) |
 //! | `tanker_bulkhead_shed_total` | counter | | calls shed with `BulkheadFull` |
 //! | `tanker_bulkhead_in_flight` | gauge | | slots taken: calls in flight, and slots held by callers that waited |
 //! | `tanker_bulkhead_waiting` | gauge | | callers in the waiting room |
 //! | `tanker_bulkhead_max_in_flight` | gauge | | the compartment's capacity, set once |
 //! | `tanker_breaker_state` | gauge | `state` | 1 for the current state, 0 for the others; `state` is `closed`, `open`, `half_open`, `forced_open` or `forced_closed` |
-//! | `tanker_breaker_transitions_total` | counter | `to` | state changes, by the state entered (same values as `state`) |
-//! | `tanker_breaker_calls_total` | counter | `outcome` | calls that went through (probes included) and finished, by what the classifier said: `success`, `failure` or `ignored` |
+//! | `tanker_breaker_transitions_total` | counter | `to` | state changes, by the state entered (same values as `state`); forcing or resetting a breaker into the state it is in is not one |
+//! | `tanker_breaker_calls_total` | counter | `outcome` | calls that went through (probes included; not those of a breaker forced closed, which counts nothing) and finished, by what the classifier said: `success`, `failure` or `ignored` |
 //! | `tanker_breaker_slow_calls_total` | counter | | calls slower than the slow-call threshold (when slow-call detection is on) |
 //! | `tanker_breaker_rejected_total` | counter | | calls rejected with `BreakerOpen` |
 //! | `tanker_handoff_accepted_total` | counter | | records put in the queue |
@@ -39,7 +39,7 @@
 //!
 //! The bulkhead and breaker record as calls happen. The hand-off's worker publishes its counters
 //! in batches, each time it runs out of work and at least every `idle_poll`, so a send costs
-//! nothing more with metrics on. A breaker's time-driven changes (the end of a cool-down) happen
+//! nothing more with metrics on; a record dropped after `close` is recorded by `send` itself. A breaker's time-driven changes (the end of a cool-down) happen
 //! when the next call arrives, so `tanker_breaker_state` keeps showing `open` after the
 //! cool-down of a breaker that gets no calls.
 //!

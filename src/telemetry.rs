@@ -105,13 +105,10 @@ impl Counter {
         self.inner.increment(1);
     }
 
-    /// Sets the counter to a total kept elsewhere (by a component that publishes in batches).
-    #[inline]
-    pub(crate) fn absolute(&self, total: u64) {
-        #[cfg(feature = "metrics")]
-        self.inner.absolute(total);
-        #[cfg(not(feature = "metrics"))]
-        let _ = total;
+    /// Adds `n` at once (for a component that publishes in batches).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn add(&self, n: u64) {
+        self.inner.increment(n);
     }
 }
 
@@ -139,16 +136,26 @@ impl Gauge {
 
 /// Lets a repeated event through at most once per interval, and says how many happened since the
 /// last one that went through: one warning a second instead of one per shed call.
+///
+/// Reading the clock for every event would cost more than the event itself when a bulkhead sheds
+/// millions of calls a second, so the clock is read only at check points: the first event after
+/// a report, then after twice as many events as the last check saw, at most [`CHECK_EVERY`]
+/// apart. A report may thus come up to [`CHECK_EVERY`] events after it is due.
 pub(crate) struct Throttle {
     origin: Instant,
     /// When the next report may go out, in nanoseconds after `origin`.
     next: AtomicU64,
     /// The event count at the last report.
     reported: AtomicU64,
+    /// The event count at which to read the clock next.
+    check_at: AtomicU64,
 }
 
 /// How often a throttled report may go out.
 pub(crate) const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// The most events between two readings of the clock.
+pub(crate) const CHECK_EVERY: u64 = 64;
 
 impl Throttle {
     pub(crate) fn new() -> Self {
@@ -156,14 +163,31 @@ impl Throttle {
             origin: Instant::now(),
             next: AtomicU64::new(0),
             reported: AtomicU64::new(0),
+            check_at: AtomicU64::new(1),
         }
     }
 
-    /// Given the running total of events, returns how many happened since the last report if
-    /// there were any and a report is due now (and claims it), or `None`. Reads the clock, so callers check first that
-    /// the report would be logged at all.
+    /// For a caller that sees each event: given the running total of events, returns how many
+    /// happened since the last report if a report is due (and claims it), or `None`. Reads the
+    /// clock only at check points, so callers check first that the report would be logged at all.
     pub(crate) fn due(&self, total: u64) -> Option<u64> {
-        if total <= self.reported.load(Ordering::Relaxed) {
+        if total < self.check_at.load(Ordering::Relaxed) {
+            return None;
+        }
+        let due = self.poll(total);
+        if due.is_none() {
+            let since = total.saturating_sub(self.reported.load(Ordering::Relaxed));
+            self.check_at
+                .store(total + since.clamp(1, CHECK_EVERY), Ordering::Relaxed);
+        }
+        due
+    }
+
+    /// For a caller that runs on its own schedule (the hand-off's worker): like
+    /// [`due`](Self::due), but reads the clock at every call that has something new to report.
+    pub(crate) fn poll(&self, total: u64) -> Option<u64> {
+        let reported = self.reported.load(Ordering::Relaxed);
+        if total <= reported {
             // Nothing new since the last report.
             return None;
         }
@@ -177,6 +201,7 @@ impl Throttle {
             .compare_exchange(next, until, Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;
         let last = self.reported.swap(total, Ordering::Relaxed);
+        self.check_at.store(total + 1, Ordering::Relaxed);
         Some(total.saturating_sub(last))
     }
 }
@@ -193,23 +218,52 @@ mod tests {
             Some(1),
             "the first event is reported at once"
         );
-        assert_eq!(throttle.due(2), None);
-        assert_eq!(throttle.due(50), None);
-        tokio::time::advance(REPORT_EVERY - Duration::from_millis(1)).await;
-        assert_eq!(throttle.due(80), None, "not before the interval is over");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(
-            throttle.due(81),
-            Some(80),
-            "events 2..=81 since the first report"
-        );
-        assert_eq!(throttle.due(82), None);
+        for total in 2..=200 {
+            assert_eq!(throttle.due(total), None, "within the interval");
+        }
+        tokio::time::advance(REPORT_EVERY).await;
+        // Due now, and reported at the next check point: at most `CHECK_EVERY` events later.
+        let report = (201..=200 + CHECK_EVERY)
+            .find_map(|total| throttle.due(total).map(|since| (total, since)));
+        let (at, since) = report.expect("a report within CHECK_EVERY events");
+        assert_eq!(since, at - 1, "every event since the first report");
+        assert_eq!(throttle.due(at), None, "nothing new: no report");
+
+        // A trickle after a quiet interval is reported at its first event.
         tokio::time::advance(REPORT_EVERY * 5).await;
-        assert_eq!(
-            throttle.due(81),
-            None,
-            "nothing new: no report, and none claimed"
+        assert_eq!(throttle.due(at + 1), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_polled_throttle_reports_as_soon_as_the_interval_is_over() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.poll(0), None, "nothing to report");
+        assert_eq!(throttle.poll(996), Some(996));
+        assert_eq!(throttle.poll(1095), None);
+        tokio::time::advance(REPORT_EVERY).await;
+        assert_eq!(throttle.poll(1095), Some(99));
+        tokio::time::advance(REPORT_EVERY).await;
+        assert_eq!(throttle.poll(1095), None, "nothing new");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_reads_the_clock_at_most_once_per_check_every_events_in_a_burst() {
+        let throttle = Throttle::new();
+        assert_eq!(throttle.due(1), Some(1));
+        let mut checks = 0;
+        let mut last_check = throttle.check_at.load(Ordering::Relaxed);
+        for total in 2..=10_000 {
+            assert_eq!(throttle.due(total), None);
+            let check_at = throttle.check_at.load(Ordering::Relaxed);
+            if check_at != last_check {
+                checks += 1;
+                assert!(check_at - total <= CHECK_EVERY);
+                last_check = check_at;
+            }
+        }
+        assert!(
+            checks <= 10_000 / CHECK_EVERY + 8,
+            "{checks} clock readings"
         );
-        assert_eq!(throttle.due(90), Some(9));
     }
 }

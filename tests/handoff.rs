@@ -1325,3 +1325,67 @@ async fn close_racing_with_senders_strands_no_accepted_record() {
         assert_quiescent(&counts);
     }
 }
+
+/// Waits, without sleeping, until `done` holds; fails after ten seconds of real time.
+async fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_racing_close_are_all_counted_and_the_worker_finishes() {
+    // Calls wait for the gate, so the worker stays busy, polling and publishing, after `close`.
+    let (gate, opened) = tokio::sync::watch::channel(false);
+    let handoff = HandoffBuilder::new()
+        .capacity(64)
+        .idle_poll(Duration::from_micros(10))
+        .spawn(service_fn(move |_: u64| {
+            let mut opened = opened.clone();
+            async move {
+                let _ = opened.wait_for(|open| *open).await;
+                Ok::<_, Infallible>(())
+            }
+        }))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..2)
+        .map(|_| {
+            let handoff = handoff.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut offered = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    handoff.send(offered);
+                    offered += 1;
+                }
+                offered
+            })
+        })
+        .collect();
+
+    spin_until("calls in flight", || handoff.counts().in_flight >= 64).await;
+    // Closed, not drained: the calls wait for the gate.
+    assert!(!handoff.close(Duration::ZERO).await.drained);
+    spin_until("records dropped after close", || {
+        handoff.counts().dropped_closed >= 200_000
+    })
+    .await;
+    gate.send(true).unwrap();
+    let report = handoff.close(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let offered: u64 = senders.into_iter().map(|s| s.join().unwrap()).sum();
+
+    assert!(report.drained, "{report:?}");
+    let counts = handoff.counts();
+    assert_eq!(counts.offered, offered);
+    assert!(counts.is_balanced(), "{counts:?}");
+    assert_eq!(counts.pending(), 0);
+    assert_eq!(counts.delivered, counts.accepted);
+    assert!(counts.dropped_closed <= counts.dropped, "{counts:?}");
+}

@@ -163,6 +163,53 @@ async fn bulkhead_waiting_room_shows_in_the_waiting_gauge() {
     assert_eq!(store.gauge(&id(names::BULKHEAD_WAITING, &labels)), 0.0);
     // The waiter holds the freed slot until its call.
     assert_eq!(store.gauge(&id(names::BULKHEAD_IN_FLIGHT, &labels)), 1.0);
+    // Dropped without a call: the slot goes back, and no call was admitted.
+    drop(second);
+    assert_eq!(store.gauge(&id(names::BULKHEAD_IN_FLIGHT, &labels)), 0.0);
+    assert_eq!(store.counter(&id(names::BULKHEAD_ADMITTED, &labels)), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_waiting_gauge_drops_when_a_waiter_times_out_or_leaves() {
+    let store = Store::default();
+    let max_wait = Duration::from_millis(100);
+    let layer = store.build(|| {
+        BulkheadLayer::builder()
+            .name("db")
+            .max_in_flight(1)
+            .waiting_room(4, max_wait)
+            .build()
+            .unwrap()
+    });
+    let waiting = || store.gauge(&id(names::BULKHEAD_WAITING, &[("bulkhead", "db")]));
+    let (inner, _handle) = mock::pair::<&str, &str>();
+    let mut holder = layer.layer(inner.clone());
+    holder.ready().await.unwrap();
+    let _held = holder.call("held");
+
+    let mut timing_out = mock::Spawn::new(layer.layer(inner.clone()));
+    let mut leaving = mock::Spawn::new(layer.layer(inner));
+    assert_pending!(timing_out.poll_ready());
+    assert_pending!(leaving.poll_ready());
+    assert_eq!(waiting(), 2.0);
+
+    drop(leaving);
+    assert_eq!(waiting(), 1.0, "a waiter that leaves gives its place back");
+
+    tokio::time::advance(max_wait).await;
+    // Ready, to be shed by the call: its wait is over.
+    assert_ready_ok!(timing_out.poll_ready());
+    assert_eq!(
+        waiting(),
+        0.0,
+        "a waiter whose wait is over leaves the room"
+    );
+    assert!(timing_out
+        .call("late")
+        .await
+        .unwrap_err()
+        .is::<BulkheadFull>());
+    assert_eq!(layer.handle().waiting(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -238,9 +285,21 @@ async fn breaker_reports_state_transitions_outcomes_and_rejections() {
         (1.0, 0.0, 0.0)
     );
 
+    // Resetting a closed breaker is not a change of state.
+    layer.handle().reset();
+    assert_eq!(transitions("closed"), 1);
+
     layer.handle().force_open();
-    assert_eq!(transitions("forced_open"), 1);
+    layer.handle().force_open();
+    assert_eq!(
+        transitions("forced_open"),
+        1,
+        "forcing it open twice is one change"
+    );
     assert_eq!((state("closed"), state("forced_open")), (0.0, 1.0));
+    layer.handle().reset();
+    assert_eq!(transitions("closed"), 2);
+    assert_eq!((state("closed"), state("forced_open")), (1.0, 0.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -259,7 +318,7 @@ async fn breaker_counts_slow_and_ignored_calls() {
     });
     let mut svc = layer.layer(service_fn(|delay: u32| async move {
         tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
-        if delay == 0 {
+        if delay % 2 == 1 {
             Err(BoxError::from(DependencyDown))
         } else {
             Ok(delay)
@@ -267,7 +326,9 @@ async fn breaker_counts_slow_and_ignored_calls() {
     }));
     svc.ready().await.unwrap().call(150).await.unwrap();
     svc.ready().await.unwrap().call(10).await.unwrap();
-    svc.ready().await.unwrap().call(0).await.unwrap_err();
+    // Ignored by the classifier, and slow all the same.
+    svc.ready().await.unwrap().call(151).await.unwrap_err();
+    svc.ready().await.unwrap().call(1).await.unwrap_err();
     let labels = |outcome| [("breaker", "slow"), ("outcome", outcome)];
     assert_eq!(
         store.counter(&id(names::BREAKER_CALLS, &labels("success"))),
@@ -275,11 +336,11 @@ async fn breaker_counts_slow_and_ignored_calls() {
     );
     assert_eq!(
         store.counter(&id(names::BREAKER_CALLS, &labels("ignored"))),
-        1
+        2
     );
     assert_eq!(
         store.counter(&id(names::BREAKER_SLOW_CALLS, &[("breaker", "slow")])),
-        1
+        2
     );
 }
 
@@ -340,8 +401,10 @@ async fn handoff_publishes_its_counts_by_outcome_and_reason() {
     assert_eq!(handoff.send(9), Sent::Dropped);
     assert_eq!(handoff.counts().dropped_closed, 1);
     assert!(handoff.counts().is_balanced());
-    // The worker published its last batch when it ended; the drop after close is counted by
-    // `counts` at once and published by nobody, since the worker is gone.
+    // The worker published its last batch when it ended; a drop after close is recorded by
+    // `send` itself, since the worker is gone.
+    assert_eq!(reason(names::HANDOFF_DROPPED, "closed"), 1);
+    assert_eq!(store.counter(&id(names::HANDOFF_ACCEPTED, &labels)), 6);
     assert_eq!(store.counter(&id(names::HANDOFF_DELIVERED, &labels)), 3);
     assert_eq!(store.gauge(&id(names::HANDOFF_IN_FLIGHT, &labels)), 0.0);
     assert_eq!(store.gauge(&id(names::HANDOFF_QUEUED, &labels)), 0.0);
@@ -449,4 +512,31 @@ async fn kafka_counts_deliveries_and_errors_by_kind() {
     assert_eq!(errors("queue_full"), 0);
     assert_eq!(store.gauge(&id(names::KAFKA_IN_FLIGHT, &labels)), 0.0);
     assert_eq!(kafka.flush(Duration::from_secs(5)).await.undelivered, 0);
+
+    // Records in flight when the producer is dropped are purged: counted as `closed`, and the
+    // in-flight gauge comes back to zero.
+    cluster.broker_down(-1).unwrap();
+    let calls: Vec<_> = (0..5)
+        .map(|n| tokio::spawn(kafka.clone().oneshot(Record::new("events", vec![n]))))
+        .collect();
+    let in_flight = || store.gauge(&id(names::KAFKA_IN_FLIGHT, &labels));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while in_flight() < 5.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "records never in flight"
+        );
+        tokio::task::yield_now().await;
+    }
+    drop(kafka);
+    for call in calls {
+        let err = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("purged within 10 s")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(err.kind(), KafkaErrorKind::Closed);
+    }
+    assert_eq!(errors("closed"), 5);
+    assert_eq!(in_flight(), 0.0);
 }

@@ -125,7 +125,8 @@ impl Default for BreakerBuilder {
 }
 
 impl<C> BreakerBuilder<C> {
-    /// Names the breaker; the name labels its log events. Default: `"breaker"`.
+    /// Names the breaker: the `breaker` field of its log events and the `breaker` label of its
+    /// metrics (see [`crate::metrics`]). Default: `"breaker"`.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
         self

@@ -229,13 +229,15 @@ impl Shared {
         outcome: Outcome,
     ) {
         self.metrics.outcome(outcome);
-        if outcome == Outcome::Ignore {
-            self.ignored.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if !self.is_current(generation) {
-            // Admitted before the breaker left this closed period: the period it would count
-            // toward is over.
+        if outcome == Outcome::Ignore || !self.is_current(generation) {
+            if outcome == Outcome::Ignore {
+                self.ignored.fetch_add(1, Ordering::Relaxed);
+            }
+            // Not counted toward tripping (ignored, or admitted before the breaker left this
+            // closed period), but a slow call is still a slow call.
+            if started.is_some() {
+                self.is_slow(Instant::now(), started);
+            }
             return;
         }
         match (outcome, started) {
@@ -255,13 +257,7 @@ impl Shared {
 
     fn record_bad_or_timed(&self, generation: u64, started: Option<Instant>, failure: bool) {
         let now = Instant::now();
-        let slow = match (self.policy.slow_calls, started) {
-            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
-            _ => false,
-        };
-        if slow {
-            self.metrics.slow.increment();
-        }
+        let slow = self.is_slow(now, started);
         self.window.record(now, Sample { failure, slow });
         let consecutive = if failure {
             self.consecutive
@@ -308,6 +304,18 @@ impl Shared {
         }
     }
 
+    /// Whether a call that started at `started` and ended `now` was slow; counts it if so.
+    fn is_slow(&self, now: Instant, started: Option<Instant>) -> bool {
+        let slow = match (self.policy.slow_calls, started) {
+            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
+            _ => false,
+        };
+        if slow {
+            self.metrics.slow.increment();
+        }
+        slow
+    }
+
     /// Records the end of a probe.
     pub(crate) fn finish_probe(
         &self,
@@ -317,14 +325,8 @@ impl Shared {
         outcome: Outcome,
     ) {
         let now = Instant::now();
-        let slow = match (self.policy.slow_calls, started) {
-            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
-            _ => false,
-        };
+        let slow = self.is_slow(now, started);
         self.metrics.outcome(outcome);
-        if slow {
-            self.metrics.slow.increment();
-        }
         let end = match outcome {
             Outcome::Ignore => {
                 self.ignored.fetch_add(1, Ordering::Relaxed);
@@ -373,6 +375,11 @@ impl Shared {
             self.opened.notify_waiters();
         }
 
+        if transition.from == transition.to {
+            // An operator forced or reset the breaker into the state it was in: its counts start
+            // afresh, but nothing changed that a metric or a log should show.
+            return;
+        }
         let metrics = &self.metrics;
         metrics.transitions[transition.to.bits() as usize].increment();
         metrics.state[transition.from.bits() as usize].set(0);

@@ -49,23 +49,24 @@ impl<Req> Handoff<Req> {
     pub fn send(&self, request: Req) -> Sent {
         let shared = &*self.shared;
         if shared.queue.is_full() {
-            // Overloaded (or closed with a full queue): one atomic add, nothing else.
             if shared.front.closed.load(Ordering::Relaxed) {
-                shared.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
+                return shared.drop_closed();
             }
-            shared.front.dropped.fetch_add(1, Ordering::Relaxed);
+            // Overloaded: one atomic add, nothing else.
+            shared.front.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
         // Reserve before looking at `closed`: a worker that saw `closed` and then finds
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         shared.front.accepted.fetch_add(1, Ordering::SeqCst);
-        let closed = shared.front.closed.load(Ordering::SeqCst);
-        if closed || shared.queue.push(request).is_err() {
+        if shared.front.closed.load(Ordering::SeqCst) {
             shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
-            if closed {
-                shared.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
-            }
-            shared.front.dropped.fetch_add(1, Ordering::Relaxed);
+            return shared.drop_closed();
+        }
+        if shared.queue.push(request).is_err() {
+            // Another sender took the last place since `is_full`.
+            shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
+            shared.front.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
         // The worker drains on its own clock; ring it early only when a backlog builds, so a

@@ -128,7 +128,8 @@ impl HandoffBuilder {
         self
     }
 
-    /// Names the hand-off in log events.
+    /// Names the hand-off: the `handoff` field of its log events and the `handoff` label of its
+    /// metrics (see [`crate::metrics`]). Default: `"handoff"`.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
         self

@@ -7,6 +7,10 @@ use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
 
+use super::front::Sent;
+use crate::metrics as names;
+use crate::telemetry::{Counter, Gauge, Labels};
+
 pub(crate) struct Shared<Req> {
     pub(crate) queue: ArrayQueue<Req>,
     pub(crate) name: Arc<str>,
@@ -21,6 +25,57 @@ pub(crate) struct Shared<Req> {
     pub(crate) finished: AtomicBool,
     /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
     pub(crate) handles: AtomicUsize,
+    pub(crate) metrics: Metrics,
+}
+
+/// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes the
+/// counters into them in batches, so that `send` does no more work with metrics on; only a drop
+/// after `close`, which the worker may not live to see, is recorded where it happens.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct Metrics {
+    pub(crate) accepted: Counter,
+    pub(crate) dropped_full: Counter,
+    dropped_closed: Counter,
+    pub(crate) delivered: Counter,
+    pub(crate) shed: Counter,
+    pub(crate) rejected: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) queued: Gauge,
+    pub(crate) in_flight: Gauge,
+}
+
+impl Metrics {
+    fn new(name: &str) -> Self {
+        let labels = Labels::new("handoff", name);
+        let dropped = |reason| {
+            labels.counter_with(
+                names::HANDOFF_DROPPED,
+                "records a hand-off refused",
+                Some(("reason", reason)),
+            )
+        };
+        let failed = |reason| {
+            labels.counter_with(
+                names::HANDOFF_FAILED,
+                "accepted records a hand-off's stack did not deliver",
+                Some(("reason", reason)),
+            )
+        };
+        Self {
+            accepted: labels.counter(names::HANDOFF_ACCEPTED, "records a hand-off queued"),
+            dropped_full: dropped("full"),
+            dropped_closed: dropped("closed"),
+            delivered: labels.counter(
+                names::HANDOFF_DELIVERED,
+                "records a hand-off's stack delivered",
+            ),
+            shed: failed("shed"),
+            rejected: failed("rejected"),
+            failed: failed("error"),
+            queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
+            in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
+        }
+    }
 }
 
 pub(crate) struct Front {
@@ -28,8 +83,9 @@ pub(crate) struct Front {
     /// Set by the worker before it sleeps; a sender that finds the queue half full rings it.
     pub(crate) sleeping: AtomicBool,
     pub(crate) accepted: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    /// Of `dropped`, the records sent after the hand-off closed.
+    /// Records refused because the queue was full.
+    pub(crate) dropped_full: AtomicU64,
+    /// Records refused because the hand-off was closed.
     pub(crate) dropped_closed: AtomicU64,
 }
 
@@ -45,12 +101,13 @@ impl<Req> Shared<Req> {
     pub(crate) fn new(capacity: usize, name: Arc<str>) -> Self {
         Self {
             queue: ArrayQueue::new(capacity),
+            metrics: Metrics::new(&name),
             name,
             front: CachePadded::new(Front {
                 closed: AtomicBool::new(false),
                 sleeping: AtomicBool::new(false),
                 accepted: AtomicU64::new(0),
-                dropped: AtomicU64::new(0),
+                dropped_full: AtomicU64::new(0),
                 dropped_closed: AtomicU64::new(0),
             }),
             back: CachePadded::new(Back {
@@ -65,6 +122,21 @@ impl<Req> Shared<Req> {
             finished: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
         }
+    }
+
+    /// Counts a record refused because the hand-off was closed. Recorded here, not by the
+    /// worker: it may have ended already.
+    #[cold]
+    pub(crate) fn drop_closed(&self) -> Sent {
+        self.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dropped_closed.increment();
+        Sent::Dropped
+    }
+
+    /// Records refused so far, for any reason.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.front.dropped_full.load(Ordering::Acquire)
+            + self.front.dropped_closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn wake_worker(&self) {
@@ -90,8 +162,8 @@ impl<Req> Shared<Req> {
         let in_flight = self.back.in_flight.load(Ordering::Acquire);
         let queued = self.queue.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
-        let dropped = self.front.dropped.load(Ordering::Acquire);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
+        let dropped = self.front.dropped_full.load(Ordering::Acquire) + dropped_closed;
         HandoffCounts {
             offered: accepted + dropped,
             accepted,

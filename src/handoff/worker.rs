@@ -19,11 +19,21 @@ use tower_service::Service;
 use super::shared::Shared;
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
-use crate::metrics as names;
-use crate::telemetry::{Counter, Gauge, Labels, Throttle};
+#[cfg(feature = "metrics")]
+use crate::telemetry::Counter;
+use crate::telemetry::Throttle;
 
 /// Records the worker finishes or starts in one poll before it yields its thread.
 const BUDGET: u32 = 1024;
+
+/// Adds to `counter` what `now` grew by since `then`, and remembers `now`.
+#[cfg(feature = "metrics")]
+fn add_since(counter: &Counter, now: u64, then: &mut u64) {
+    if now > *then {
+        counter.add(now - *then);
+        *then = now;
+    }
+}
 
 pub(crate) struct Worker<S, Req>
 where
@@ -39,57 +49,23 @@ where
     broken: bool,
     doorbell: Pin<Box<OwnedNotified>>,
     tick: Interval,
-    metrics: Metrics,
+    #[cfg(feature = "metrics")]
+    published: Published,
     /// Spaces out the warnings about dropped records.
     drop_reports: Throttle,
 }
 
-/// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes
-/// the shared counters into them in batches, so that `send` does no more work with metrics on.
-struct Metrics {
-    accepted: Counter,
-    dropped_full: Counter,
-    dropped_closed: Counter,
-    delivered: Counter,
-    shed: Counter,
-    rejected: Counter,
-    failed: Counter,
-    queued: Gauge,
-    in_flight: Gauge,
-}
-
-impl Metrics {
-    fn new(name: &str) -> Self {
-        let labels = Labels::new("handoff", name);
-        let dropped = |reason| {
-            labels.counter_with(
-                names::HANDOFF_DROPPED,
-                "records a hand-off refused",
-                Some(("reason", reason)),
-            )
-        };
-        let failed = |reason| {
-            labels.counter_with(
-                names::HANDOFF_FAILED,
-                "accepted records a hand-off's stack did not deliver",
-                Some(("reason", reason)),
-            )
-        };
-        Self {
-            accepted: labels.counter(names::HANDOFF_ACCEPTED, "records a hand-off queued"),
-            dropped_full: dropped("full"),
-            dropped_closed: dropped("closed"),
-            delivered: labels.counter(
-                names::HANDOFF_DELIVERED,
-                "records a hand-off's stack delivered",
-            ),
-            shed: failed("shed"),
-            rejected: failed("rejected"),
-            failed: failed("error"),
-            queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
-            in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
-        }
-    }
+/// What the worker last published to the metrics recorder, to publish the differences: counters
+/// of hand-offs that share a name add up, and a value is never published before it has settled.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+struct Published {
+    accepted: u64,
+    dropped_full: u64,
+    delivered: u64,
+    shed: u64,
+    rejected: u64,
+    failed: u64,
 }
 
 impl<S, Req> Worker<S, Req>
@@ -104,7 +80,6 @@ where
         idle_poll: Duration,
     ) -> Self {
         let doorbell = Box::pin(shared.doorbell.clone().notified_owned());
-        let metrics = Metrics::new(&shared.name);
         let mut tick = interval(idle_poll);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
@@ -116,7 +91,8 @@ where
             broken: false,
             doorbell,
             tick,
-            metrics,
+            #[cfg(feature = "metrics")]
+            published: Published::default(),
             drop_reports: Throttle::new(),
         }
     }
@@ -155,35 +131,55 @@ where
         shared.back.in_flight.fetch_sub(1, Ordering::Release);
     }
 
-    /// Publishes the counters to the metrics recorder, and warns (at most once a second) when
-    /// records were dropped since the last warning.
-    fn publish(&self) {
-        let counts = self.shared.counts();
-        let metrics = &self.metrics;
-        metrics.accepted.absolute(counts.accepted);
-        metrics
-            .dropped_full
-            .absolute(counts.dropped - counts.dropped_closed);
-        metrics.dropped_closed.absolute(counts.dropped_closed);
-        metrics.delivered.absolute(counts.delivered);
-        metrics.shed.absolute(counts.shed);
-        metrics.rejected.absolute(counts.rejected);
-        metrics.failed.absolute(counts.failed);
-        metrics.queued.set(counts.queued);
-        metrics.in_flight.set(counts.in_flight);
-
-        if counts.dropped > 0 && tracing::enabled!(tracing::Level::WARN) {
-            if let Some(dropped) = self.drop_reports.due(counts.dropped) {
+    /// Publishes the counters to the metrics recorder (with the `metrics` feature), and warns,
+    /// at most once a second, when records were dropped since the last warning.
+    fn publish(&mut self) {
+        #[cfg(feature = "metrics")]
+        self.publish_metrics();
+        if tracing::enabled!(tracing::Level::WARN) {
+            let dropped = self.shared.dropped();
+            if let Some(since) = self.drop_reports.poll(dropped) {
                 tracing::warn!(
                     handoff = &*self.shared.name,
-                    dropped,
-                    dropped_total = counts.dropped,
-                    dropped_closed_total = counts.dropped_closed,
-                    queued = counts.queued,
+                    dropped = since,
+                    dropped_total = dropped,
+                    queued = self.shared.queue.len(),
                     "hand-off dropped records: its queue was full or it was closed"
                 );
             }
         }
+    }
+
+    #[cfg(feature = "metrics")]
+    fn publish_metrics(&mut self) {
+        let shared = &*self.shared;
+        let metrics = &shared.metrics;
+        let back = &shared.back;
+        let delivered = back.delivered.load(Ordering::Acquire);
+        let shed = back.shed.load(Ordering::Acquire);
+        let rejected = back.rejected.load(Ordering::Acquire);
+        let failed = back.failed.load(Ordering::Acquire);
+        // Only this worker takes records out of the queue and finishes them, so from here these
+        // are exact. `front.accepted` is not used: a sender reserves there before it knows
+        // whether its record gets in.
+        let in_flight = back.in_flight.load(Ordering::Acquire);
+        let queued = shared.queue.len() as u64;
+        let accepted = delivered + shed + rejected + failed + in_flight + queued;
+        let dropped_full = shared.front.dropped_full.load(Ordering::Acquire);
+
+        let last = &mut self.published;
+        for (counter, now, then) in [
+            (&metrics.accepted, accepted, &mut last.accepted),
+            (&metrics.dropped_full, dropped_full, &mut last.dropped_full),
+            (&metrics.delivered, delivered, &mut last.delivered),
+            (&metrics.shed, shed, &mut last.shed),
+            (&metrics.rejected, rejected, &mut last.rejected),
+            (&metrics.failed, failed, &mut last.failed),
+        ] {
+            add_since(counter, now, then);
+        }
+        metrics.queued.set(queued);
+        metrics.in_flight.set(in_flight);
     }
 
     /// A call panicked: the record counts as failed and the worker goes on.

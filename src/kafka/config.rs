@@ -92,7 +92,8 @@ impl KafkaConfig {
         }
     }
 
-    /// Names this producer in log events and as its librdkafka `client.id`. Default: `kafka`.
+    /// Names this producer: the `producer` field of its log events, the `producer` label of its
+    /// metrics (see [`crate::metrics`]) and its librdkafka `client.id`. Default: `kafka`.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
         self

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -48,6 +48,8 @@ struct Shared {
     /// `None` only while being dropped.
     producer: Option<ThreadedProducer<ProducerState>>,
     name: Arc<str>,
+    /// Whether the producer's fatal error was logged: once is enough, not once per call.
+    fatal_logged: AtomicBool,
 }
 
 /// Where a record's delivery report goes.
@@ -166,6 +168,7 @@ impl KafkaService {
             shared: Arc::new(Shared {
                 producer: Some(producer),
                 name: config.name,
+                fatal_logged: AtomicBool::new(false),
             }),
         })
     }
@@ -265,12 +268,14 @@ impl Service<Record> for KafkaService {
         match producer.client().fatal_error() {
             None => Poll::Ready(Ok(())),
             Some((code, reason)) => {
-                tracing::error!(
-                    producer = self.name(),
-                    ?code,
-                    reason,
-                    "kafka producer is broken"
-                );
+                if !self.shared.fatal_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        producer = self.name(),
+                        ?code,
+                        reason,
+                        "kafka producer is broken; every call will fail until it is rebuilt"
+                    );
+                }
                 Poll::Ready(Err(KafkaError::from_rdkafka(
                     RdKafkaError::MessageProduction(code),
                 )))
