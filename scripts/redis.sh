@@ -8,6 +8,7 @@
 #   scripts/redis.sh run CMD...   start, run CMD (with REDIS_URL set, for its --url), stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 BIN=${REDIS_SERVER:-redis-server}
 PORT=${REDIS_PORT:-6379}
@@ -53,15 +54,7 @@ start() {
   return 1
 }
 
-stop() {
-  [ -f "$PIDFILE" ] || return 0
-  pid=$(cat "$PIDFILE")
-  kill "$pid" 2>/dev/null || true
-  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$pid" 2>/dev/null || true
-  rm -f "$PIDFILE"
-  echo "redis-server stopped"
-}
+stop() { stop_pid "$PIDFILE" redis-server; }
 
 case "${1:-}" in
   start) start ;;

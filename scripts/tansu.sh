@@ -7,6 +7,7 @@
 #   scripts/tansu.sh run CMD...       start, run CMD with TANSU_BROKER/TANSU_PID set, stop
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 VERSION=0.6.0
 ROOT=${TANSU_ROOT:-$PWD/.tools/tansu-$VERSION}
@@ -58,17 +59,7 @@ start() {
   done
 }
 
-stop() {
-  if [ -f "$PIDFILE" ]; then
-    pid=$(cat "$PIDFILE")
-    kill -CONT "$pid" 2>/dev/null || true
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$PIDFILE"
-    echo "tansu stopped"
-  fi
-}
+stop() { stop_pid "$PIDFILE" tansu; }
 
 case "${1:-}" in
   build) build ;;
