@@ -17,7 +17,13 @@
 //!   that are full (capacity 1, the slot held by an outstanding call whose
 //!   inner future never completes), breakers forced open through their handle
 //!   (`*_breaker`), and breakers tripped by inner failures
-//!   (`*_breaker_tripped`).
+//!   (`*_breaker_tripped`). With no tracing subscriber, except
+//!   `tanker_bulkhead_logged`, `tanker_breaker_logged` and
+//!   `tower_limit_logged`: the same as `tanker_bulkhead`, `tanker_breaker`
+//!   and `tower_limit`, with a `fmt` subscriber at INFO whose output is
+//!   discarded, so that the bulkhead's rate-limited "shedding calls" WARN is
+//!   enabled (tower's `load_shed` logs nothing: the reference). They run
+//!   last in the group.
 //! * `metrics_ready_call`, `metrics_two_tasks` – only with `--features
 //!   metrics`: the cost of tanker's metrics, as `ready_call` and `two_tasks`
 //!   measure it. Each tanker variant runs twice, side by side: built with no
@@ -48,6 +54,7 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +62,7 @@ use criterion::measurement::WallTime;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use tokio::runtime::{Builder, Runtime};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
+use tracing_subscriber::layer::SubscriberExt;
 
 use tanker::breaker::{BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
@@ -67,8 +75,9 @@ use tower_resilience::circuitbreaker::{
 
 /// tanker's default cool-down, given to the tower-resilience breaker too.
 const RESILIENCE_OPEN_FOR: Duration = Duration::from_secs(5);
-/// Cool-down for breakers tripped by failures in the rejection group: far
-/// longer than the benchmark, so they stay open throughout.
+/// Cool-down for breakers opened in the rejection group (tripped by failures,
+/// or forced open): far longer than the benchmark, so they stay open
+/// throughout.
 const TRIPPED_OPEN_FOR: Duration = Duration::from_secs(3600);
 /// Capacity of every bulkhead / concurrency limit in the throughput groups.
 const MAX_IN_FLIGHT: usize = 64;
@@ -444,34 +453,9 @@ fn group_rejection(c: &mut Criterion) {
     let rt = current_thread();
     let mut g = c.benchmark_group("rejection");
 
-    // tanker bulkhead, capacity 1, the one slot held by a call that never ends.
-    {
-        let svc = ServiceBuilder::new()
-            .layer(tanker_bulkhead_layer(1))
-            .service(rejection_inner());
-        let _held = occupy(&rt, &svc);
-        bench_rejection(&mut g, &rt, "tanker_bulkhead", svc);
-    }
-
-    // tanker breaker, forced open.
-    {
-        let layer = tanker_breaker_layer();
-        layer.handle().force_open();
-        let svc = ServiceBuilder::new()
-            .layer(layer)
-            .service(rejection_inner());
-        bench_rejection(&mut g, &rt, "tanker_breaker", svc);
-    }
-
-    // tower load_shed over concurrency_limit(1), the one permit held.
-    {
-        let svc = ServiceBuilder::new()
-            .load_shed()
-            .concurrency_limit(1)
-            .service(rejection_inner());
-        let _held = occupy(&rt, &svc);
-        bench_rejection(&mut g, &rt, "tower_limit", svc);
-    }
+    reject_tanker_bulkhead(&mut g, &rt, "tanker_bulkhead");
+    reject_tanker_breaker(&mut g, &rt, "tanker_breaker");
+    reject_tower_limit(&mut g, &rt, "tower_limit");
 
     // tower-resilience bulkhead (reject mode, zero wait), capacity 1, held.
     {
@@ -482,9 +466,11 @@ fn group_rejection(c: &mut Criterion) {
         bench_rejection(&mut g, &rt, "resilience_bulkhead", svc);
     }
 
-    // tower-resilience breaker, forced open through its handle.
+    // tower-resilience breaker, forced open through its handle. Its cool-down
+    // applies to a forced opening too: with 5 s it half-opens during the
+    // measurement and lets a call through.
     {
-        let (layer, handle) = resilience_breaker_layer(RESILIENCE_OPEN_FOR);
+        let (layer, handle) = resilience_breaker_layer(TRIPPED_OPEN_FOR);
         rt.block_on(handle.force_open());
         let svc = ServiceBuilder::new()
             .layer(layer)
@@ -517,7 +503,92 @@ fn group_rejection(c: &mut Criterion) {
         bench_rejection(&mut g, &rt, "resilience_breaker_tripped", svc);
     }
 
+    // Last, because a subscriber, once registered, leaves the callsites'
+    // cached interest and tracing's global max level behind it: the variants
+    // above must run before any subscriber exists.
+    group_rejection_logged(&mut g, &rt);
+
     g.finish();
+}
+
+/// tanker bulkhead, capacity 1, the one slot held by a call that never ends.
+/// Each of its rejections is a shed call (`record_shed`).
+fn reject_tanker_bulkhead(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str) {
+    let svc = ServiceBuilder::new()
+        .layer(tanker_bulkhead_layer(1))
+        .service(rejection_inner());
+    let _held = occupy(rt, &svc);
+    bench_rejection(g, rt, name, svc);
+}
+
+/// tanker breaker, forced open.
+fn reject_tanker_breaker(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str) {
+    let layer = tanker_breaker_layer();
+    layer.handle().force_open();
+    let svc = ServiceBuilder::new()
+        .layer(layer)
+        .service(rejection_inner());
+    bench_rejection(g, rt, name, svc);
+}
+
+/// tower load_shed over concurrency_limit(1), the one permit held.
+fn reject_tower_limit(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, name: &str) {
+    let svc = ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(1)
+        .service(rejection_inner());
+    let _held = occupy(rt, &svc);
+    bench_rejection(g, rt, name, svc);
+}
+
+/// Counts the events from tanker that reach the subscriber.
+struct CountTankerEvents(Arc<AtomicU64>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CountTankerEvents {
+    fn on_event(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if event.metadata().target().starts_with("tanker") {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The `rejection` variants again (`<variant>_logged`), with a `fmt`
+/// subscriber enabled at INFO whose output is discarded: the cost of a
+/// rejection when its WARN would be logged, with tower's `load_shed` (which
+/// logs nothing) as the reference.
+///
+/// The subscriber is this thread's default for the duration (`set_default`):
+/// criterion runs the routine on this thread, and the current-thread runtime
+/// polls the calls here too. (A global default could not be removed again
+/// and would reach every later group.) Fails loudly unless WARN is enabled
+/// and the bulkhead's warnings do reach the subscriber.
+fn group_rejection_logged(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime) {
+    let events = Arc::new(AtomicU64::new(0));
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(std::io::sink)
+        .with_max_level(tracing::Level::INFO)
+        .finish()
+        .with(CountTankerEvents(Arc::clone(&events)));
+    let _default = tracing::subscriber::set_default(subscriber);
+    assert!(
+        rt.block_on(async { tracing::enabled!(tracing::Level::WARN) }),
+        "the subscriber must enable WARN where the calls are polled"
+    );
+
+    reject_tanker_bulkhead(g, rt, "tanker_bulkhead_logged");
+    let warnings = events.load(Ordering::Relaxed);
+    assert!(
+        warnings > 0,
+        "the bulkhead's shed warnings must reach the subscriber"
+    );
+    eprintln!("tanker_bulkhead_logged: {warnings} tanker events reached the subscriber");
+
+    reject_tanker_breaker(g, rt, "tanker_breaker_logged");
+    reject_tower_limit(g, rt, "tower_limit_logged");
 }
 
 // ---------------------------------------------------------------------------

@@ -12,7 +12,9 @@ and prints
 2. a table of comparisons: tanker_bulkhead / tower_limit, tanker_breaker - raw,
    resilience_stack / tanker_stack, per group where they apply;
 3. the rejection medians, cheapest first;
-4. with `--features metrics`, the cost of tanker's metrics: each variant of the
+4. the rejections with a tracing subscriber at INFO (`<variant>_logged`) next
+   to the same variant with none, their ratio and the ns added;
+5. with `--features metrics`, the cost of tanker's metrics: each variant of the
    `metrics_*` groups without a recorder (`<variant>/no_recorder`) and with a
    Prometheus one (`<variant>/prometheus`), their ratio and the ns added.
 
@@ -33,15 +35,19 @@ GROUPS = ["ready_call", "oneshot", "two_tasks", "rejection"]
 VARIANTS = [
     "raw",
     "tanker_bulkhead",
+    "tanker_bulkhead_logged",
     "tanker_breaker",
+    "tanker_breaker_logged",
     "tanker_breaker_tripped",
     "tanker_stack",
     "tower_limit",
+    "tower_limit_logged",
     "resilience_bulkhead",
     "resilience_breaker",
     "resilience_breaker_tripped",
     "resilience_stack",
 ]
+LOGGED = "_logged"
 METRICS_GROUPS = ["metrics_ready_call", "metrics_two_tasks"]
 METRICS_VARIANTS = ["tanker_bulkhead", "tanker_breaker", "tanker_stack"]
 WITHOUT, WITH = "no_recorder", "prometheus"
@@ -210,6 +216,23 @@ def print_overhead(results, stat):
         rejection.sort(key=lambda item: item[1])
         print(f"### Rejection ({stat}, ns per rejected ready+call)\n")
         print(table(["variant", "ns"], [[f"`{v}`", fmt_ns(t)] for v, t in rejection]))
+        print()
+
+    # 4. Rejections with a subscriber, next to the same variant without.
+    logged = [v for v in variants if v.endswith(LOGGED) and ("rejection", v) in results]
+    if logged:
+        rows = []
+        for v in logged:
+            base = v.removesuffix(LOGGED)
+            rows.append([
+                f"`{base}`",
+                fmt_ns(results.get(("rejection", base))),
+                fmt_ns(results[("rejection", v)]),
+                fmt_ratio(ratio(results, "rejection", v, base)),
+                fmt_delta(delta(results, "rejection", v, base)),
+            ])
+        print(f"### Rejection with a tracing subscriber at INFO, output discarded ({stat} ns)\n")
+        print(table(["variant", "no subscriber", "INFO subscriber", "ratio", "added"], rows))
         print()
 
 
