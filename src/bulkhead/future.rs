@@ -46,6 +46,7 @@ impl Slot {
 }
 
 impl Drop for Slot {
+    #[inline]
     fn drop(&mut self) {
         if self.used {
             self.compartment.release();

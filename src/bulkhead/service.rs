@@ -204,6 +204,7 @@ where
     ///
     /// Panics if called without a preceding `poll_ready` that returned `Ready(Ok(()))`, as the
     /// tower contract allows.
+    #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
         match mem::replace(&mut self.state, State::Idle) {
             State::Ready if self.compartment.try_admit() => {
