@@ -81,6 +81,11 @@
 //!
 //! For a body of your own, take the refusal's response and replace its body and
 //! `Content-Type`: the status and `Retry-After` stay.
+//!
+//! To hand the protected client to handlers as axum `State`, give it a concrete type: a stack of
+//! generic layers cannot be named in a handler's signature, and axum cannot infer it. Erase it
+//! with tower's `BoxCloneSyncService` (or `ServiceBuilder::boxed_clone_sync`, with tower's `util`
+//! feature), at the cost of one allocation per call, or capture the client in a closure.
 
 use std::error::Error as StdError;
 use std::time::Duration;
