@@ -272,6 +272,7 @@ pub mod handoff;
 pub mod kafka;
 pub mod metrics;
 mod rejection;
+mod sync;
 mod telemetry;
 #[cfg(feature = "tonic")]
 pub mod tonic;

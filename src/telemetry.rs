@@ -4,7 +4,7 @@
 //! and a call only bumps them. Without it, [`Counter`] and [`Gauge`] are empty and every method
 //! is an empty inline function, so the compiler removes them: no cost, no dependency.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;

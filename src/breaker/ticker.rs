@@ -7,7 +7,7 @@
 //! notices through [`Shared::ticking`], successes read the clock again, and the next call made on
 //! a runtime starts a new ticker.
 
-use std::sync::atomic::Ordering;
+use crate::sync::Ordering;
 use std::sync::{Arc, Weak};
 
 use tokio::time::{sleep_until, Instant};

@@ -17,7 +17,7 @@
 //! clock, so paused time drives it in tests. Whenever the epoch moves forward, the slots it
 //! skipped are emptied, so a slot never holds counts older than the window.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;

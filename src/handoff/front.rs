@@ -1,7 +1,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Ready};
-use std::sync::atomic::Ordering;
+use crate::sync::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
