@@ -125,6 +125,29 @@ impl Gauge {
         self.inner.decrement(1.0);
     }
 
+    /// Publishes the value `read` returns, as an absolute value (exporters such as StatsD drop a
+    /// gauge's increments and decrements). Reads again after publishing, and publishes again
+    /// until the two agree: when two threads race, the one that publishes last has read the
+    /// latest value, so the gauge settles on the true value once updates stop.
+    #[inline]
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it so far
+    pub(crate) fn track(&self, read: impl Fn() -> usize) {
+        #[cfg(feature = "metrics")]
+        {
+            let mut value = read();
+            loop {
+                self.inner.set(value as f64);
+                let now = read();
+                if now == value {
+                    break;
+                }
+                value = now;
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = read;
+    }
+
     #[inline]
     pub(crate) fn set(&self, value: u64) {
         #[cfg(feature = "metrics")]
