@@ -799,6 +799,8 @@ async fn unknown_topic_with_default_settings_is_the_callers_fault() {
         (KafkaErrorKind::UnknownTopic, Fault::Caller),
         "{error:?}"
     );
+    assert_eq!(error.topic(), Some("no-such-topic"), "{error}");
+    assert!(error.to_string().contains("`no-such-topic`"), "{error}");
     let m = rig.breaker.metrics();
     assert_eq!(
         (m.state, m.times_opened),

@@ -299,7 +299,7 @@ async fn dropped_records_are_reported_at_most_once_a_second() {
 /// its own threads, in real time, so this test cannot pause time. It keeps the cluster down for a
 /// stretch of real time and bounds the *number* of lines against the time that really passed (at
 /// most one a second, plus the first), whatever the machine's speed; it never asserts when a line
-/// comes.
+/// comes. The producer has a SASL password, which no event, at any level, may show.
 #[cfg(feature = "kafka")]
 mod kafka_down {
     use super::*;
@@ -313,6 +313,7 @@ mod kafka_down {
 
     /// The producer this test watches (other tests' events are ignored).
     const PRODUCER: &str = "down-and-quiet";
+    const SECRET: &str = "hunter2-correct-horse";
 
     /// librdkafka logs from its own threads, which see only the global subscriber.
     fn global_capture() -> &'static Capture {
@@ -342,6 +343,11 @@ mod kafka_down {
             .name(PRODUCER)
             .set("reconnect.backoff.ms", "10")
             .reconnect_backoff_max(Duration::from_millis(20))
+            // Credentials, which no line may show.
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "stats")
+            .set("sasl.password", SECRET)
             .build()
             .unwrap();
         std::thread::sleep(Duration::from_secs(4));
@@ -392,6 +398,10 @@ mod kafka_down {
             lines.len() < client_events,
             "librdkafka's failures and its log lines of them are not each a warning: {lines:#?}"
         );
+        for event in capture.events() {
+            let shown = format!("{event:?}");
+            assert!(!shown.contains(SECRET), "a secret was logged: {shown}");
+        }
         assert!(
             lines.iter().all(|line| !line.message.contains(" 0/")),
             "no line claims that zero brokers are down: {lines:#?}"

@@ -112,8 +112,8 @@ impl ProducerContext for ProducerState {
                     offset: message.offset(),
                 })
             }
-            Err((error, _message)) => {
-                let error = KafkaError::from_rdkafka(error.clone());
+            Err((error, message)) => {
+                let error = KafkaError::from_rdkafka(error.clone()).for_topic(message.topic());
                 self.count_error(&error);
                 Err(error)
             }

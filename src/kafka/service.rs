@@ -142,7 +142,7 @@ impl KafkaService {
         match producer.send(base) {
             Ok(()) => Ok(delivery),
             Err((error, _record)) => {
-                let error = KafkaError::from_rdkafka(error);
+                let error = KafkaError::from_rdkafka(error).for_topic(&record.topic);
                 state.refused(&error);
                 Err(error)
             }
