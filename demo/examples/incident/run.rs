@@ -1,5 +1,5 @@
 //! The incident, as a library: a service, two ways of writing stats to Kafka, a load generator,
-//! fault phases, and per-second figures. Used by `examples/incident/main.rs` and by the
+//! fault phases, and per-second figures. Used by `demo/examples/incident/main.rs` and by the
 //! end-to-end test `tests/incident.rs`.
 
 use std::collections::HashMap;
