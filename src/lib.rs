@@ -70,8 +70,10 @@
 //! | `metrics` | no | counters and gauges through the `metrics` facade; [`metrics`] lists them |
 //! | `axum` | no | `tanker::axum`: refusals as `503` with `Retry-After`, for axum's `HandleErrorLayer` |
 //! | `tonic` | no | `tanker::tonic`: refusals as `Status::unavailable` with gRPC retry pushback, and a breaker classifier for gRPC statuses |
+//! | `full` | no | all of the above |
 //!
-//! The layers and the hand-off need none of them. Without `metrics`, nothing is recorded and
+//! The layers and the hand-off need none of them: `default-features = false` builds them
+//! without rdkafka and its C library. Without `metrics`, nothing is recorded and
 //! nothing is compiled in for it.
 //!
 //! # Observability
@@ -85,7 +87,10 @@
 //! - shedding (bulkhead) and dropping (hand-off) at `warn`, at most once a second per component,
 //!   with the count since the last report (a shedding bulkhead reads the clock for this only at
 //!   check points, at most every 64 shed calls, so a report may come that many calls late);
-//! - nothing at `info` or above for a call that goes through.
+//! - nothing at `info` or above for a call that goes through;
+//! - librdkafka's client errors and its own log lines (a Kafka that is down fails every
+//!   reconnection) at most once a second per producer, each event once, with `reports`, the
+//!   number of reports since the last line; the others at `debug`.
 //!
 //! # Recipes
 //!
