@@ -182,8 +182,20 @@ pub(crate) const CHECK_EVERY: u64 = 64;
 
 impl Throttle {
     pub(crate) fn new() -> Self {
+        Self::starting_at(Instant::now())
+    }
+
+    /// For events that come from threads outside tokio (librdkafka's), which read the real
+    /// clock: its origin is the real clock's now, even when built on a runtime whose time is
+    /// paused (or advanced) in a test.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it so far
+    pub(crate) fn real_time() -> Self {
+        Self::starting_at(Instant::from_std(std::time::Instant::now()))
+    }
+
+    fn starting_at(origin: Instant) -> Self {
         Self {
-            origin: Instant::now(),
+            origin,
             next: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             check_at: AtomicU64::new(1),

@@ -203,7 +203,7 @@ impl ClientReports {
     fn new() -> Self {
         Self {
             total: AtomicU64::new(0),
-            throttle: Throttle::new(),
+            throttle: Throttle::real_time(),
             last_error: Mutex::new(None),
         }
     }
