@@ -1,15 +1,20 @@
 //! An axum route protected by a breaker and a bulkhead, answering 503 with `Retry-After`.
 //!
-//! The server listens on 127.0.0.1, calls itself over plain HTTP/1.1, prints what each request
-//! got, and exits after about two seconds:
+//! By default the server listens on a free port of 127.0.0.1, calls itself over plain
+//! HTTP/1.1, prints what each request got, and exits after about two seconds. With
+//! `--serve ADDR` it serves on `ADDR` until interrupted (Ctrl-C), for curl or a Prometheus
+//! scrape, and `GET /store/healthy`, `/store/slow` and `/store/hung` change how the fake store
+//! behaves:
 //!
 //! ```text
 //! cargo run --example axum --features axum
 //! cargo run --example axum --features axum,metrics   # also serves and prints GET /metrics
+//! cargo run --example axum --features axum,metrics -- --serve 127.0.0.1:3000
 //! ```
 //!
 //! With the `metrics` feature, the example installs a Prometheus recorder before it builds the
-//! layers, serves the scrape on `GET /metrics`, and prints tanker's lines of it at the end.
+//! layers, serves the scrape on `GET /metrics`, and (without `--serve`) prints tanker's lines of
+//! it at the end.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -61,6 +66,15 @@ async fn stats(State(store): State<Arc<StatsStore>>) -> String {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let serve = match args.iter().position(|arg| arg == "--serve") {
+        Some(i) => Some(
+            args.get(i + 1)
+                .ok_or("--serve needs an address, e.g. 127.0.0.1:3000")?,
+        ),
+        None => None,
+    };
+
     // The recorder comes first: each layer takes its metric handles when it is built.
     #[cfg(feature = "metrics")]
     let prometheus = {
@@ -113,11 +127,38 @@ async fn main() -> Result<(), BoxError> {
         }),
     );
 
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let listener = TcpListener::bind(serve.map_or("127.0.0.1:0", String::as_str)).await?;
     let addr = listener.local_addr()?.to_string();
-    tokio::spawn(async move { axum::serve(listener, app).await });
     println!("serving GET /stats on http://{addr}");
     println!("behind a breaker (3 failures, open 1 s), a bulkhead (2 slots) and a 250 ms timeout");
+
+    if serve.is_some() {
+        // Until interrupted: the store's behaviour is changed over HTTP.
+        let app = ["healthy", "slow", "hung"]
+            .into_iter()
+            .zip([HEALTHY, SLOW, HUNG])
+            .fold(app, |app, (name, mode)| {
+                let store = Arc::clone(&store);
+                app.route(
+                    &format!("/store/{name}"),
+                    get(move || async move {
+                        store.set(mode);
+                        format!("the store is {name}\n")
+                    }),
+                )
+            });
+        println!("GET /store/healthy, /store/slow or /store/hung changes the store");
+        #[cfg(feature = "metrics")]
+        println!("GET /metrics serves the Prometheus scrape");
+        println!("Ctrl-C stops");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        return Ok(());
+    }
+    tokio::spawn(async move { axum::serve(listener, app).await });
 
     println!("\nthe store is healthy:");
     show(get_stats(&addr).await?);

@@ -1,7 +1,7 @@
 //! The two layers against a flaky fake dependency, printed as it happens.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --no-default-features --example quickstart   # no librdkafka to build
 //! ```
 //!
 //! A fake dependency answers in 1 ms, then goes down for two seconds (every call hangs for 200 ms

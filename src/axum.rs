@@ -43,9 +43,9 @@
 //!
 //! | error | status | body |
 //! | --- | --- | --- |
-//! | a [`Rejection`]: [`BulkheadFull`] or [`BreakerOpen`] | `503 Service Unavailable`, with `Retry-After` when the breaker knows when it will probe | what was refused, e.g. `bulkhead is full` |
-//! | tower's `timeout::error::Elapsed` | `504 Gateway Timeout` | `request timed out` |
-//! | anything else | `500 Internal Server Error` | `internal server error` |
+//! | a [`Rejection`]: [`BulkheadFull`] or [`BreakerOpen`] | `503 Service Unavailable`, with `Retry-After` when the breaker knows when it will probe | what was refused, e.g. `bulkhead is full`, and a newline |
+//! | tower's `timeout::error::Elapsed` | `504 Gateway Timeout` | `request timed out` and a newline |
+//! | anything else | `500 Internal Server Error` | `internal server error` and a newline |
 //!
 //! `Retry-After` is in whole seconds, rounded up and at least 1, so a client that honours it
 //! never comes back before the probe. A shed call has no `Retry-After`: a slot may free up at
@@ -113,10 +113,10 @@ pub async fn handle_error(err: BoxError) -> Response {
     }
     if in_chain::<Elapsed>(err) {
         tracing::debug!(error = %err, "request timed out");
-        return (StatusCode::GATEWAY_TIMEOUT, "request timed out").into_response();
+        return (StatusCode::GATEWAY_TIMEOUT, "request timed out\n").into_response();
     }
     tracing::debug!(error = %err, "unhandled error");
-    (StatusCode::INTERNAL_SERVER_ERROR, "internal server error").into_response()
+    (StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n").into_response()
 }
 
 /// `503 Service Unavailable`, with `Retry-After` when the rejection says when to come back; the
@@ -125,11 +125,11 @@ impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
         // The time to the next probe is in the header, in a form clients read.
         let body = match self {
-            Self::BulkheadFull => "bulkhead is full",
+            Self::BulkheadFull => "bulkhead is full\n",
             Self::BreakerOpen {
                 retry_after: Some(_),
-            } => "circuit breaker is open",
-            Self::BreakerOpen { retry_after: None } => "circuit breaker is forced open",
+            } => "circuit breaker is open\n",
+            Self::BreakerOpen { retry_after: None } => "circuit breaker is forced open\n",
         };
         let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
         if let Some(after) = self.retry_after() {
@@ -235,11 +235,11 @@ mod tests {
             None,
             "a shed call has no retry time"
         );
-        assert_eq!(body(response).await, "bulkhead is full");
+        assert_eq!(body(response).await, "bulkhead is full\n");
 
         let response = open_for(1_200).into_response();
         assert_eq!(unavailable(&response), Some("2"));
-        assert_eq!(body(response).await, "circuit breaker is open");
+        assert_eq!(body(response).await, "circuit breaker is open\n");
 
         let response = BreakerOpen::new(None).into_response();
         assert_eq!(
@@ -247,7 +247,7 @@ mod tests {
             None,
             "forced open: no probe to wait for"
         );
-        assert_eq!(body(response).await, "circuit breaker is forced open");
+        assert_eq!(body(response).await, "circuit breaker is forced open\n");
 
         let rejection = Rejection::BreakerOpen {
             retry_after: Some(Duration::from_millis(300)),
@@ -272,7 +272,7 @@ mod tests {
         let response = handle_error(Box::new(Elapsed::new())).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(retry_after(&response), None);
-        assert_eq!(body(response).await, "request timed out");
+        assert_eq!(body(response).await, "request timed out\n");
 
         let response = handle_error(wrapped(Elapsed::new())).await;
         assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
@@ -286,7 +286,7 @@ mod tests {
         assert_eq!(retry_after(&response), None);
         let text = body(response).await;
         assert!(!text.contains("db-7"), "leaked the error: {text}");
-        assert_eq!(text, "internal server error");
+        assert_eq!(text, "internal server error\n");
 
         let response = handle_error(wrapped(secret)).await;
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);

@@ -70,8 +70,10 @@
 //! | `metrics` | no | counters and gauges through the `metrics` facade; [`metrics`] lists them |
 //! | `axum` | no | `tanker::axum`: refusals as `503` with `Retry-After`, for axum's `HandleErrorLayer` |
 //! | `tonic` | no | `tanker::tonic`: refusals as `Status::unavailable` with gRPC retry pushback, and a breaker classifier for gRPC statuses |
+//! | `full` | no | all of the above |
 //!
-//! The layers and the hand-off need none of them. Without `metrics`, nothing is recorded and
+//! The layers and the hand-off need none of them: `default-features = false` builds them
+//! without rdkafka and its C library. Without `metrics`, nothing is recorded and
 //! nothing is compiled in for it.
 //!
 //! # Observability
@@ -85,7 +87,10 @@
 //! - shedding (bulkhead) and dropping (hand-off) at `warn`, at most once a second per component,
 //!   with the count since the last report (a shedding bulkhead reads the clock for this only at
 //!   check points, at most every 64 shed calls, so a report may come that many calls late);
-//! - nothing at `info` or above for a call that goes through.
+//! - nothing at `info` or above for a call that goes through;
+//! - librdkafka's client errors and its own log lines (a Kafka that is down fails every
+//!   reconnection) at most once a second per producer, each event once, with `reports`, the
+//!   number of reports since the last line; the others at `debug`.
 //!
 //! # Recipes
 //!
@@ -253,11 +258,74 @@
 //!
 //! # Spawning calls
 //!
-//! When a task spawned per call awaits a stack of generic tower middleware (tanker's or tower's
-//! own `LoadShed`), rustc sometimes fails to prove the future `Send` and reports "implementation
-//! of `From` is not general enough". Erasing the stack's type with
-//! tower's `ServiceBuilder::boxed_clone` (or `BoxCloneService::new`, both with tower's `util`
-//! feature) works around it, at the cost of one allocation per call.
+//! A task spawned per call that awaits `svc.oneshot(req)` (or `svc.ready()`) fails to compile
+//! when the innermost service's error type is `BoxError`:
+//!
+//! ```text
+//! error: implementation of `From` is not general enough
+//!   = note: `Box<(dyn std::error::Error + Send + Sync + 'static)>` must implement
+//!           `From<Box<(dyn std::error::Error + Send + Sync + '0)>>`, for any lifetime `'0`...
+//! ```
+//!
+//! It happens with tanker's bulkhead or breaker alone, and with tower's own `Timeout` alone:
+//!
+//! ```compile_fail
+//! use tower::{service_fn, BoxError, Layer, ServiceExt};
+//! use tanker::bulkhead::BulkheadLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let svc = BulkheadLayer::new(4).unwrap().layer(service_fn(|n: u64| async move {
+//!     tokio::task::yield_now().await;
+//!     Ok::<_, BoxError>(n)
+//! }));
+//! // error: implementation of `From` is not general enough
+//! tokio::spawn(async move { svc.oneshot(1).await });
+//! # }
+//! ```
+//!
+//! The cause is in rustc, not in the middleware: to prove a spawned future `Send`, rustc checks
+//! the types it holds with their lifetimes erased. tower's `Oneshot` and `Ready` are declared
+//! with `S: Service<Req>`, so that check has to prove `Bulkhead<S>: Service<Req>`, whose
+//! `S::Error: Into<BoxError>` becomes `Box<dyn Error + '0>: Into<Box<dyn Error + 'static>>` for
+//! an arbitrary lifetime `'0`, which does not hold. Every middleware that converts its inner
+//! error into a `BoxError` (tower's `Timeout`, `LoadShed`...) meets it. Two ways out:
+//!
+//! - erase the stack's type with tower's `ServiceBuilder::boxed_clone` (or
+//!   `BoxCloneService::new`, both with tower's `util` feature), at the cost of one allocation
+//!   per call;
+//! - or, without a box, poll the service yourself instead of through `oneshot`:
+//!
+//! ```
+//! use std::future::poll_fn;
+//! use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
+//! use tanker::bulkhead::BulkheadLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), BoxError> {
+//! let dependency = service_fn(|n: u64| async move {
+//!     tokio::task::yield_now().await;
+//!     Ok::<_, BoxError>(n)
+//! });
+//! let bulkhead = BulkheadLayer::new(4)?;
+//!
+//! // Boxed: `oneshot` in a spawned task compiles.
+//! let boxed = ServiceBuilder::new()
+//!     .boxed_clone()
+//!     .layer(bulkhead.clone())
+//!     .service(dependency.clone());
+//! assert_eq!(tokio::spawn(boxed.oneshot(1)).await??, 1);
+//!
+//! // Unboxed: `poll_ready` then `call`, by hand.
+//! let mut svc = bulkhead.layer(dependency);
+//! let call = tokio::spawn(async move {
+//!     poll_fn(|cx| svc.poll_ready(cx)).await?;
+//!     svc.call(2).await
+//! });
+//! assert_eq!(call.await??, 2);
+//! # Ok(())
+//! # }
+//! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 
@@ -280,3 +348,47 @@ pub mod tonic;
 pub use crate::builder::ServiceBuilderExt;
 pub use crate::error::ConfigError;
 pub use crate::rejection::Rejection;
+
+/// The README's Rust snippets, compiled and run as doc tests (they use the Kafka leaf and a
+/// metrics recorder, so they need both features: `cargo test --all-features` runs them).
+#[cfg(all(doctest, feature = "kafka", feature = "metrics"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
+/// The spawn trap of "Spawning calls", reproduced for each layer alone: these must not compile.
+/// If rustc ever accepts one, its test fails, and the docs and the README must change.
+///
+/// The bulkhead:
+///
+/// ```compile_fail
+/// use tower::{service_fn, BoxError, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let svc = tanker::bulkhead::BulkheadLayer::new(4).unwrap().layer(service_fn(|n: u64| async move {
+///     tokio::task::yield_now().await;
+///     Ok::<_, BoxError>(n)
+/// }));
+/// tokio::spawn(async move { svc.oneshot(1).await });
+/// # }
+/// ```
+///
+/// The breaker:
+///
+/// ```compile_fail
+/// use tower::{service_fn, BoxError, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let breaker = tanker::breaker::BreakerLayer::builder().build().unwrap();
+/// let svc = breaker.layer(service_fn(|n: u64| async move {
+///     tokio::task::yield_now().await;
+///     Ok::<_, BoxError>(n)
+/// }));
+/// tokio::spawn(async move { svc.oneshot(1).await });
+/// # }
+/// ```
+///
+/// The same code with `.boxed_clone()` compiles (`tests/spawn.rs`).
+#[cfg(doctest)]
+pub struct SpawnTrap;

@@ -34,7 +34,7 @@
 //! | `tanker_handoff_queued` | gauge | | records waiting in the queue |
 //! | `tanker_handoff_in_flight` | gauge | | records in the stack, not yet finished |
 //! | `tanker_kafka_delivered_total` | counter | | records Kafka confirmed |
-//! | `tanker_kafka_errors_total` | counter | `kind` | records that failed, by [`KafkaErrorKind`](crate::kafka::KafkaErrorKind) in snake case: `queue_full`, `message_timed_out`, `broker_down`, `broker_error`, `fatal`, `closed`, `message_too_large`, `invalid_record`, `unknown_topic`, `unknown_partition`, `config`, `other` |
+//! | `tanker_kafka_errors_total` | counter | `kind` | records that failed, by [`KafkaErrorKind`] in snake case: `queue_full`, `message_timed_out`, `broker_down`, `broker_error`, `fatal`, `closed`, `message_too_large`, `invalid_record`, `unknown_topic`, `unknown_partition`, `config`, `other` |
 //! | `tanker_kafka_in_flight` | gauge | | records handed to librdkafka and not yet reported |
 //!
 //! The bulkhead and breaker record as calls happen. The hand-off's worker publishes its counters
@@ -68,6 +68,17 @@
 //! # #[cfg(not(feature = "metrics"))]
 //! # fn main() {}
 //! ```
+//!
+// The Kafka module exists only with the `kafka` feature: link to it when it is built, and to its
+// published docs otherwise, so that `cargo doc` passes with any set of features.
+#![cfg_attr(
+    feature = "kafka",
+    doc = "[`KafkaErrorKind`]: crate::kafka::KafkaErrorKind"
+)]
+#![cfg_attr(
+    not(feature = "kafka"),
+    doc = "[`KafkaErrorKind`]: https://docs.rs/tanker/latest/tanker/kafka/enum.KafkaErrorKind.html"
+)]
 
 /// Counter: calls a bulkhead let through.
 pub const BULKHEAD_ADMITTED: &str = "tanker_bulkhead_admitted_total";

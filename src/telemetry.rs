@@ -125,6 +125,29 @@ impl Gauge {
         self.inner.decrement(1.0);
     }
 
+    /// Publishes the value `read` returns, as an absolute value (exporters such as StatsD drop a
+    /// gauge's increments and decrements). Reads again after publishing, and publishes again
+    /// until the two agree: when two threads race, the one that publishes last has read the
+    /// latest value, so the gauge settles on the true value once updates stop.
+    #[inline]
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it so far
+    pub(crate) fn track(&self, read: impl Fn() -> usize) {
+        #[cfg(feature = "metrics")]
+        {
+            let mut value = read();
+            loop {
+                self.inner.set(value as f64);
+                let now = read();
+                if now == value {
+                    break;
+                }
+                value = now;
+            }
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = read;
+    }
+
     #[inline]
     pub(crate) fn set(&self, value: u64) {
         #[cfg(feature = "metrics")]
@@ -159,8 +182,20 @@ pub(crate) const CHECK_EVERY: u64 = 64;
 
 impl Throttle {
     pub(crate) fn new() -> Self {
+        Self::starting_at(Instant::now())
+    }
+
+    /// For events that come from threads outside tokio (librdkafka's), which read the real
+    /// clock: its origin is the real clock's now, even when built on a runtime whose time is
+    /// paused (or advanced) in a test.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it so far
+    pub(crate) fn real_time() -> Self {
+        Self::starting_at(Instant::from_std(std::time::Instant::now()))
+    }
+
+    fn starting_at(origin: Instant) -> Self {
         Self {
-            origin: Instant::now(),
+            origin,
             next: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             check_at: AtomicU64::new(1),

@@ -169,7 +169,7 @@ async fn per_route_bulkhead_bounds_requests_although_axum_clones_the_service() {
     let third = send(&app, "/slow").await;
     assert_eq!(asked.elapsed(), Duration::ZERO, "answered without waiting");
     assert_eq!(unavailable(&third), None, "a shed call has no retry time");
-    assert_eq!(text(third).await, "bulkhead is full");
+    assert_eq!(text(third).await, "bulkhead is full\n");
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
@@ -210,7 +210,7 @@ async fn forced_open_breaker_answers_503_without_retry_after_or_calling_the_serv
     breaker.handle().force_open();
     let response = send(&app, "/stats").await;
     assert_eq!(unavailable(&response), None, "no probe until a reset");
-    assert_eq!(text(response).await, "circuit breaker is forced open");
+    assert_eq!(text(response).await, "circuit breaker is forced open\n");
     assert_eq!(dependency.calls(), 0);
 
     breaker.handle().reset();
@@ -324,7 +324,7 @@ async fn other_errors_are_500_without_their_text() {
         !body.contains(&DependencyDown.to_string()),
         "the client saw the inner error: {body:?}"
     );
-    assert_eq!(body, "internal server error");
+    assert_eq!(body, "internal server error\n");
     assert_eq!(dependency.calls(), 1);
 }
 

@@ -6,7 +6,7 @@
 #![cfg(feature = "kafka")]
 
 #[allow(dead_code)]
-#[path = "../examples/incident/run.rs"]
+#[path = "../demo/examples/incident/run.rs"]
 mod run;
 
 use std::time::Duration;

@@ -767,13 +767,12 @@ async fn unknown_topic_is_the_callers_fault_and_never_trips_the_breaker() {
     assert_eq!((m.failures, m.times_opened, m.ignored), (0, 0, 10), "{m:?}");
 }
 
-/// BUG (fails): with `KafkaConfig`'s defaults, a record for a topic the cluster will not create
-/// fails with `MessageTimedOut` — the dependency's fault — because librdkafka waits
-/// `topic.metadata.propagation.max.ms` (30 s by default) for the topic to appear, longer than
-/// `message.timeout.ms` (5 s here by default, 1 s in this test). An unknown topic therefore
-/// trips the breaker of a healthy cluster. Fix: make the default
-/// `topic.metadata.propagation.max.ms` shorter than the message timeout (e.g. 1 s, and cap it
-/// when `message_timeout` is set lower).
+/// With `KafkaConfig`'s defaults, a record for a topic the cluster will not create fails as
+/// `UnknownTopic` — the caller's fault — and does not trip the breaker of a healthy cluster.
+/// librdkafka waits `topic.metadata.propagation.max.ms` (30 s by its own default) for a topic to
+/// appear, longer than `message.timeout.ms` (5 s by tanker's default, 1 s here), which would make
+/// the record fail as `MessageTimedOut`, the dependency's fault; tanker's default propagation wait
+/// (1 s, capped at half a shorter message timeout) keeps it below the timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_topic_with_default_settings_is_the_callers_fault() {
     init_tracing();
@@ -800,6 +799,8 @@ async fn unknown_topic_with_default_settings_is_the_callers_fault() {
         (KafkaErrorKind::UnknownTopic, Fault::Caller),
         "{error:?}"
     );
+    assert_eq!(error.topic(), Some("no-such-topic"), "{error}");
+    assert!(error.to_string().contains("`no-such-topic`"), "{error}");
     let m = rig.breaker.metrics();
     assert_eq!(
         (m.state, m.times_opened),
@@ -1038,14 +1039,13 @@ async fn flush_reports_what_was_not_delivered() {
     }
 }
 
-/// BUG (fails): `KafkaService::in_flight` (and so `FlushReport::undelivered`) is
-/// `rd_kafka_outq_len`, which counts librdkafka's queued events — error events, log lines,
-/// delivery reports not yet served by the polling thread — on top of the records. Under CPU
-/// load the suite saw `in_flight() == 4..6` with 1..3 records outstanding; here the polling
-/// thread is held in a slow log call, as a slow log pipeline would hold it. Fix: count records
-/// ourselves (an atomic incremented when `send_result` accepts a record and decremented in the
-/// delivery callback of a custom `ProducerContext`, which librdkafka calls for every record,
-/// delivered, failed or purged), or document the number as "records and pending events".
+/// `KafkaService::in_flight` (and so `FlushReport::undelivered`) counts records, not
+/// librdkafka's queued events. `rd_kafka_outq_len` would count error events, log lines and
+/// delivery reports not yet served by the polling thread on top of the records (under CPU load
+/// it read 4..6 with 1..3 records outstanding); tanker counts records itself, incremented when
+/// librdkafka accepts one and decremented in the delivery callback, which runs for every record,
+/// delivered, failed or purged. Here the polling thread is held in a slow log call, as a slow log
+/// pipeline would hold it, so events pile up behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_counts_records_not_librdkafka_events() {
     init_tracing();

@@ -167,7 +167,7 @@ async fn calls_that_go_through_log_nothing_at_info_or_above() {
         .breaker(breaker)
         .bulkhead(bulkhead)
         .service(service_fn(|n: u32| async move {
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 Err(BoxError::from(DependencyDown))
             } else {
                 Ok(n)
@@ -293,4 +293,118 @@ async fn dropped_records_are_reported_at_most_once_a_second() {
         capture.with_message("hand-off dropped records: its queue was full or it was closed");
     assert_eq!(reports.len(), 2, "{reports:?}");
     assert_eq!(reports[1].field("dropped"), more.to_string());
+}
+
+/// librdkafka's own reports while Kafka is down: its log lines and its client errors come from
+/// its own threads, in real time, so this test cannot pause time. It keeps the cluster down for a
+/// stretch of real time and bounds the *number* of lines against the time that really passed (at
+/// most one a second, plus the first), whatever the machine's speed; it never asserts when a line
+/// comes. The producer has a SASL password, which no event, at any level, may show.
+#[cfg(feature = "kafka")]
+mod kafka_down {
+    use super::*;
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::DefaultProducerContext;
+    use tanker::kafka::KafkaConfig;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    /// The producer this test watches (other tests' events are ignored).
+    const PRODUCER: &str = "down-and-quiet";
+    const SECRET: &str = "hunter2-correct-horse";
+
+    /// librdkafka logs from its own threads, which see only the global subscriber.
+    fn global_capture() -> &'static Capture {
+        static CAPTURE: OnceLock<Capture> = OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let capture = Capture::default();
+            tracing_subscriber::registry()
+                .with(capture.clone())
+                .try_init()
+                .expect("the only global subscriber of this test binary");
+            capture
+        })
+    }
+
+    #[test]
+    fn kafka_down_is_reported_at_most_once_a_second_with_a_count() {
+        let capture = global_capture();
+        // Three brokers, all down: each fails its reconnections on its own.
+        let cluster = MockCluster::<'static, DefaultProducerContext>::new(3).unwrap();
+        cluster.create_topic("stats", 1, 1).unwrap();
+        cluster.broker_down(-1).unwrap();
+
+        let started = Instant::now();
+        // Reconnect fast, so that librdkafka reports many failures (one per attempt) and the
+        // throttle has something to hold back.
+        let kafka = KafkaConfig::new(cluster.bootstrap_servers())
+            .name(PRODUCER)
+            .set("reconnect.backoff.ms", "10")
+            .reconnect_backoff_max(Duration::from_millis(20))
+            // Credentials, which no line may show.
+            .set("security.protocol", "sasl_plaintext")
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "stats")
+            .set("sasl.password", SECRET)
+            .build()
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(4));
+        drop(kafka);
+        let elapsed = started.elapsed();
+
+        let lines: Vec<Logged> = capture
+            .events()
+            .into_iter()
+            .filter(|event| event.fields.get("producer").map(String::as_str) == Some(PRODUCER))
+            .filter(|event| event.level <= Level::WARN)
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|line| line.message.starts_with("kafka client error")),
+            "the outage is reported: {lines:?}"
+        );
+        // One line a second at most, the first at once: over `elapsed`, at most one line per
+        // whole second that passed, plus the first.
+        let bound = elapsed.as_secs() as usize + 1;
+        assert!(
+            lines.len() <= bound,
+            "{} lines in {elapsed:?}, at most {bound} expected: {lines:#?}",
+            lines.len()
+        );
+        // Each line counts the reports since the previous one, itself included, so nothing is
+        // hidden; what is held back is still there at debug level.
+        let reports: u64 = lines
+            .iter()
+            .map(|line| line.field("reports").parse::<u64>().unwrap())
+            .sum();
+        let client_events = capture
+            .events()
+            .into_iter()
+            .filter(|event| event.fields.get("producer").map(String::as_str) == Some(PRODUCER))
+            .filter(|event| {
+                event.message.starts_with("kafka client error")
+                    || event.message.starts_with("librdkafka:")
+            })
+            .count();
+        eprintln!(
+            "{} lines for {reports} reports ({client_events} client events) in {elapsed:?}",
+            lines.len()
+        );
+        assert!(reports >= lines.len() as u64, "{lines:#?}");
+        assert!(
+            lines.len() < client_events,
+            "librdkafka's failures and its log lines of them are not each a warning: {lines:#?}"
+        );
+        for event in capture.events() {
+            let shown = format!("{event:?}");
+            assert!(!shown.contains(SECRET), "a secret was logged: {shown}");
+        }
+        assert!(
+            lines.iter().all(|line| !line.message.contains(" 0/")),
+            "no line claims that zero brokers are down: {lines:#?}"
+        );
+    }
 }

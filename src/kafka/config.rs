@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError as RdKafkaError;
+use rdkafka::types::RDKafkaConfRes;
 
 use super::service::KafkaService;
 use crate::ConfigError;
@@ -76,6 +77,14 @@ pub(crate) fn is_secret(key: &str) -> bool {
 }
 
 const REDACTED: &str = "[redacted]";
+
+/// Where librdkafka lists its properties, their types and their ranges.
+const PROPERTIES_LIST: &str =
+    "https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md";
+
+const BOOTSTRAP: &str = "bootstrap.servers";
+const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
+const QUEUE_CAPACITY: &str = "queue.buffering.max.messages";
 
 impl KafkaConfig {
     /// A producer for the cluster at `bootstrap_servers` (`host:port[,host:port...]`), with the
@@ -146,11 +155,65 @@ impl KafkaConfig {
     ///
     /// # Errors
     ///
-    /// Returns a [`ConfigError`] naming the property librdkafka refused (unknown property, bad
-    /// value, or inconsistent values such as `linger.ms` above `message.timeout.ms`), with
-    /// librdkafka's reason; secret values are redacted from it.
+    /// Returns a [`ConfigError`] naming the property, as it was set, and saying what to change:
+    ///
+    /// - settings that would silently break the promises of the stack above: an empty
+    ///   `bootstrap.servers` (every record would time out as Kafka's fault and trip the
+    ///   breaker), a `message.timeout.ms` of 0 (no timeout at all in librdkafka: a record would
+    ///   wait forever) and a `queue.buffering.max.messages` of 0;
+    /// - a property librdkafka does not know, with a pointer to its list of properties;
+    /// - a value librdkafka refuses, with the type or range it expects;
+    /// - values librdkafka finds inconsistent (such as `linger.ms` above `message.timeout.ms`),
+    ///   with its reason.
+    ///
+    /// Secret values (passwords, keys) never appear in the error.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tanker::kafka::KafkaConfig;
+    ///
+    /// let err = KafkaConfig::new("127.0.0.1:9092")
+    ///     .message_timeout(Duration::ZERO)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.setting(), "message.timeout.ms");
+    ///
+    /// let err = KafkaConfig::new("127.0.0.1:9092").set("lingr.ms", "5").build().unwrap_err();
+    /// assert!(err.to_string().contains("unknown librdkafka property `lingr.ms`"));
+    /// ```
     pub fn build(self) -> Result<KafkaService, ConfigError> {
+        self.check()?;
         KafkaService::from_config(self)
+    }
+
+    /// Refuses the settings librdkafka accepts but that break tanker's promises.
+    fn check(&self) -> Result<(), ConfigError> {
+        let value = |key: &str| self.properties.get(key).map(|v| v.trim());
+        let brokers = value(BOOTSTRAP).unwrap_or("");
+        if brokers.split(',').all(|broker| broker.trim().is_empty()) {
+            return Err(ConfigError::new(
+                BOOTSTRAP,
+                "the list of brokers is empty: give at least one `host:port` to \
+                 `KafkaConfig::new`, e.g. `KafkaConfig::new(\"127.0.0.1:9092\")`; without one, \
+                 every record would time out as Kafka's fault and trip the breaker",
+            ));
+        }
+        if value(MESSAGE_TIMEOUT) == Some("0") {
+            return Err(ConfigError::new(
+                MESSAGE_TIMEOUT,
+                "must be between 1 and 2147483647 ms: 0 means no timeout at all in librdkafka, \
+                 so a record would wait forever and the breaker would never see Kafka fail; \
+                 set `message_timeout` to how long a record may wait (default 5 s)",
+            ));
+        }
+        if value(QUEUE_CAPACITY) == Some("0") {
+            return Err(ConfigError::new(
+                QUEUE_CAPACITY,
+                "must be between 1 and 2147483647 records: with no room in the local queue, \
+                 every write would fail; set `queue_capacity` to at least 1 (default 100 000)",
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn client_config(&self) -> ClientConfig {
@@ -175,9 +238,35 @@ impl KafkaConfig {
         config
     }
 
-    /// Turns librdkafka's refusal into a [`ConfigError`] that names the property, with every
-    /// secret value taken out.
+    /// Turns librdkafka's refusal into a [`ConfigError`] that names the property as it was set
+    /// and says what to change, with every secret value taken out.
     pub(crate) fn refusal(&self, error: &RdKafkaError) -> ConfigError {
+        if let RdKafkaError::ClientConfig(result, description, key, value) = error {
+            match result {
+                RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => {
+                    return ConfigError::new(
+                        key.clone(),
+                        format!(
+                            "unknown librdkafka property `{key}`; the properties a producer \
+                             takes are listed in librdkafka's CONFIGURATION.md \
+                             ({PROPERTIES_LIST})"
+                        ),
+                    );
+                }
+                RDKafkaConfRes::RD_KAFKA_CONF_INVALID => {
+                    let shown = if is_secret(key) { REDACTED } else { value };
+                    let expected = expected_value(key, description);
+                    return ConfigError::new(
+                        key.clone(),
+                        format!(
+                            "librdkafka refuses the value `{shown}` for `{key}`: expected \
+                             {expected} (see librdkafka's CONFIGURATION.md, {PROPERTIES_LIST})"
+                        ),
+                    );
+                }
+                RDKafkaConfRes::RD_KAFKA_CONF_OK => {}
+            }
+        }
         let mut message = match error {
             RdKafkaError::ClientCreation(message) => message.clone(),
             other => other.to_string(),
@@ -195,6 +284,38 @@ impl KafkaConfig {
             .cloned()
             .unwrap_or_else(|| "properties".to_owned());
         ConfigError::new(property, message)
+    }
+}
+
+/// What librdkafka expects for `key`, from its description of a refusal, or found by trying a
+/// value no property takes: a range for a number, `true or false` for a flag, or one of the
+/// listed values for the rest.
+fn expected_value(key: &str, description: &str) -> String {
+    let range = |text: &str| {
+        text.split_once("allowed range ")
+            .map(|(_, range)| range.trim().to_owned())
+    };
+    if let Some(range) = range(description) {
+        return format!("a number in {range}");
+    }
+    if description.contains("Expected bool") {
+        return "`true` or `false`".to_owned();
+    }
+    // Building a native configuration checks values without creating a client.
+    let probe = ClientConfig::new()
+        .set(key, "-999999999999999")
+        .create_native_config();
+    match probe {
+        Err(RdKafkaError::ClientConfig(_, probed, _, _)) => {
+            if let Some(range) = range(&probed) {
+                format!("a number in {range}")
+            } else if probed.contains("Expected bool") {
+                "`true` or `false`".to_owned()
+            } else {
+                "one of the values librdkafka lists for it".to_owned()
+            }
+        }
+        _ => "a value of the form librdkafka lists for it".to_owned(),
     }
 }
 
@@ -245,5 +366,131 @@ mod tests {
         let refusal = config.refusal(&error);
         assert_eq!(refusal.setting(), "sasl.password");
         assert!(!refusal.to_string().contains("hunter2"), "{refusal}");
+    }
+
+    fn refused(config: KafkaConfig) -> ConfigError {
+        config.build().expect_err("refused")
+    }
+
+    #[test]
+    fn an_empty_bootstrap_list_is_refused() {
+        for brokers in ["", " ", ",", " , "] {
+            let error = refused(KafkaConfig::new(brokers));
+            assert_eq!(error.setting(), "bootstrap.servers", "{error}");
+            assert!(
+                error.to_string().contains("at least one `host:port`"),
+                "{error}"
+            );
+        }
+        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("bootstrap.servers", ""));
+        assert_eq!(error.setting(), "bootstrap.servers");
+    }
+
+    #[test]
+    fn a_message_timeout_of_zero_is_refused() {
+        for config in [
+            KafkaConfig::new("127.0.0.1:9092").message_timeout(Duration::ZERO),
+            KafkaConfig::new("127.0.0.1:9092").message_timeout(Duration::from_micros(999)),
+            KafkaConfig::new("127.0.0.1:9092").set("message.timeout.ms", "0"),
+        ] {
+            let error = refused(config);
+            assert_eq!(error.setting(), "message.timeout.ms", "{error}");
+            let text = error.to_string();
+            assert!(text.contains("between 1 and"), "{text}");
+            assert!(text.contains("no timeout at all"), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_queue_capacity_of_zero_is_refused() {
+        let error = refused(KafkaConfig::new("127.0.0.1:9092").queue_capacity(0));
+        assert_eq!(error.setting(), "queue.buffering.max.messages", "{error}");
+        assert!(error.to_string().contains("at least 1"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_property_is_named_with_a_pointer_to_the_list() {
+        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("lingr.ms", "5"));
+        assert_eq!(error.setting(), "lingr.ms");
+        let text = error.to_string();
+        assert!(
+            text.contains("unknown librdkafka property `lingr.ms`"),
+            "{text}"
+        );
+        assert!(text.contains("CONFIGURATION.md"), "{text}");
+        assert_eq!(
+            text.matches("lingr.ms").count(),
+            2,
+            "said once, not repeated: {text}"
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_property_as_set_and_the_expected_type() {
+        // `linger.ms` is an alias of `queue.buffering.max.ms`: the error names what was set.
+        for (value, expected) in [
+            ("-5", "a number in 0..900000"),
+            ("soon", "a number in 0..900000"),
+        ] {
+            let error = refused(KafkaConfig::new("127.0.0.1:9092").set("linger.ms", value));
+            assert_eq!(error.setting(), "linger.ms", "{error}");
+            let text = error.to_string();
+            assert!(
+                text.contains(&format!("`{value}` for `linger.ms`")),
+                "{text}"
+            );
+            assert!(text.contains(expected), "{text}");
+            assert!(!text.contains("queue.buffering.max.ms"), "{text}");
+        }
+        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("enable.idempotence", "maybe"));
+        assert_eq!(error.setting(), "enable.idempotence");
+        assert!(error.to_string().contains("`true` or `false`"), "{error}");
+
+        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("compression.type", "zip"));
+        assert_eq!(error.setting(), "compression.type");
+        let text = error.to_string();
+        assert!(
+            text.contains("one of the values librdkafka lists"),
+            "{text}"
+        );
+        assert!(!text.contains("compression.codec"), "{text}");
+    }
+
+    #[test]
+    fn secrets_never_reach_errors() {
+        const SECRET: &str = "hunter2-correct-horse";
+        // A secret property with a value librdkafka refuses.
+        let error = refused(
+            KafkaConfig::new("127.0.0.1:9092")
+                .set("ssl.key.password", SECRET)
+                .set("linger.ms", "-1"),
+        );
+        let shown = format!("{error} {error:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        for config in [
+            KafkaConfig::new("").set("sasl.password", SECRET),
+            KafkaConfig::new("127.0.0.1:9092")
+                .set("sasl.password", SECRET)
+                .queue_capacity(0),
+            KafkaConfig::new("127.0.0.1:9092")
+                .set("sasl.password", SECRET)
+                .set("nope", "1"),
+        ] {
+            let error = refused(config);
+            let shown = format!("{error} {error:?}");
+            assert!(!shown.contains(SECRET), "{shown}");
+        }
+        // A secret that is itself the refused value.
+        let error = RdKafkaError::ClientConfig(
+            RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            format!("Invalid value \"{SECRET}\" for configuration property \"sasl.mechanism\""),
+            "sasl.password".to_owned(),
+            SECRET.to_owned(),
+        );
+        let refusal = KafkaConfig::new("127.0.0.1:9092").refusal(&error);
+        assert!(
+            !format!("{refusal} {refusal:?}").contains(SECRET),
+            "{refusal}"
+        );
     }
 }

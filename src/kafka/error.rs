@@ -174,11 +174,29 @@ impl fmt::Display for KafkaErrorKind {
 pub struct KafkaError {
     kind: KafkaErrorKind,
     source: Option<RdKafkaError>,
+    /// The record's topic, kept for the errors a topic explains (unknown topic or partition).
+    topic: Option<Box<str>>,
 }
 
 impl KafkaError {
     pub(crate) fn new(kind: KafkaErrorKind, source: Option<RdKafkaError>) -> Self {
-        Self { kind, source }
+        Self {
+            kind,
+            source,
+            topic: None,
+        }
+    }
+
+    /// Keeps the record's topic when it explains the error (an unknown topic or partition), so
+    /// that the message names it; other errors stay as they are, without an allocation.
+    pub(crate) fn for_topic(mut self, topic: &str) -> Self {
+        if matches!(
+            self.kind,
+            KafkaErrorKind::UnknownTopic | KafkaErrorKind::UnknownPartition
+        ) {
+            self.topic = Some(topic.into());
+        }
+        self
     }
 
     pub(crate) fn from_rdkafka(error: RdKafkaError) -> Self {
@@ -202,6 +220,12 @@ impl KafkaError {
         self.kind.fault()
     }
 
+    /// The topic of the record, for an [`UnknownTopic`](KafkaErrorKind::UnknownTopic) or
+    /// [`UnknownPartition`](KafkaErrorKind::UnknownPartition) error.
+    pub fn topic(&self) -> Option<&str> {
+        self.topic.as_deref()
+    }
+
     /// The librdkafka error code, if there is one.
     pub fn code(&self) -> Option<RDKafkaErrorCode> {
         self.source
@@ -216,7 +240,13 @@ impl fmt::Display for KafkaError {
             Fault::Dependency => "dependency",
             Fault::Caller => "caller",
         };
-        write!(f, "{} ({whose} fault)", self.kind)
+        match &self.topic {
+            Some(topic) if self.kind == KafkaErrorKind::UnknownPartition => {
+                write!(f, "unknown partition of topic `{topic}` ({whose} fault)")
+            }
+            Some(topic) => write!(f, "{} `{topic}` ({whose} fault)", self.kind),
+            None => write!(f, "{} ({whose} fault)", self.kind),
+        }
     }
 }
 
@@ -244,5 +274,34 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), KafkaErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn an_unknown_topic_is_named() {
+        let error = KafkaError::from_rdkafka(RdKafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+        ))
+        .for_topic("page-views");
+        assert_eq!(error.kind(), KafkaErrorKind::UnknownTopic);
+        assert_eq!(error.topic(), Some("page-views"));
+        assert_eq!(
+            error.to_string(),
+            "unknown topic `page-views` (caller fault)"
+        );
+
+        let error = KafkaError::from_rdkafka(RdKafkaError::MessageProduction(
+            RDKafkaErrorCode::UnknownPartition,
+        ))
+        .for_topic("page-views");
+        assert_eq!(
+            error.to_string(),
+            "unknown partition of topic `page-views` (caller fault)"
+        );
+
+        let error = KafkaError::from_rdkafka(RdKafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageTimedOut,
+        ))
+        .for_topic("page-views");
+        assert_eq!(error.topic(), None, "a timeout is not the topic's doing");
     }
 }

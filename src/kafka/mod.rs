@@ -48,6 +48,7 @@
 
 mod classify;
 mod config;
+mod context;
 mod error;
 mod record;
 mod service;

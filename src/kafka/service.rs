@@ -1,27 +1,21 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Header, Message as _, OwnedHeaders};
-use rdkafka::producer::{
-    BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer,
-};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::config::KafkaConfig;
+use super::context::{ProducerState, Reply};
 use super::error::{KafkaError, KafkaErrorKind};
 use super::record::{Delivery, Record};
-use crate::metrics as names;
-use crate::telemetry::{Counter, Gauge, Labels};
 use crate::ConfigError;
 
 /// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
@@ -52,99 +46,6 @@ struct Shared {
     fatal_logged: AtomicBool,
 }
 
-/// Where a record's delivery report goes.
-type Reply = oneshot::Sender<Result<Delivery, KafkaError>>;
-
-/// The producer's context: routes librdkafka's logs and errors to `tracing`, counts the records
-/// in flight, and hands each delivery report to the call that is waiting for it.
-struct ProducerState {
-    name: Arc<str>,
-    /// Records handed to librdkafka whose delivery report has not come back.
-    in_flight: AtomicUsize,
-    metrics: Metrics,
-}
-
-/// The producer's metric handles (empty without the `metrics` feature).
-struct Metrics {
-    delivered: Counter,
-    /// One per [`KafkaErrorKind`], in the order of [`KafkaErrorKind::ALL`].
-    errors: [Counter; KafkaErrorKind::ALL.len()],
-    in_flight: Gauge,
-}
-
-impl Metrics {
-    fn new(name: &str) -> Self {
-        let labels = Labels::new("producer", name);
-        Self {
-            delivered: labels.counter(names::KAFKA_DELIVERED, "records Kafka confirmed"),
-            errors: KafkaErrorKind::ALL.map(|kind| {
-                labels.counter_with(
-                    names::KAFKA_ERRORS,
-                    "records a Kafka producer failed to deliver, by kind",
-                    Some(("kind", kind.label())),
-                )
-            }),
-            in_flight: labels.gauge(
-                names::KAFKA_IN_FLIGHT,
-                "records handed to librdkafka and not yet reported",
-            ),
-        }
-    }
-
-    fn error(&self, error: &KafkaError) {
-        self.errors[error.kind().index()].increment();
-    }
-}
-
-impl ProducerContext for ProducerState {
-    type DeliveryOpaque = Box<Reply>;
-
-    fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.metrics.in_flight.decrement();
-        let outcome = match result {
-            Ok(message) => {
-                self.metrics.delivered.increment();
-                Ok(Delivery {
-                    partition: message.partition(),
-                    offset: message.offset(),
-                })
-            }
-            Err((error, _message)) => {
-                let error = KafkaError::from_rdkafka(error.clone());
-                self.metrics.error(&error);
-                Err(error)
-            }
-        };
-        // The caller may have stopped waiting; the record is counted either way.
-        let _ = reply.send(outcome);
-    }
-}
-
-impl ClientContext for ProducerState {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        let producer = &*self.name;
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(producer, facility, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(producer, facility, "librdkafka: {message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::debug!(producer, facility, "librdkafka: {message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::trace!(producer, facility, "librdkafka: {message}"),
-        }
-    }
-
-    fn error(&self, error: RdKafkaError, reason: &str) {
-        // Connection errors repeat while a broker is down; librdkafka already spaces them out.
-        tracing::warn!(producer = &*self.name, %error, "kafka client error: {reason}");
-    }
-}
-
 /// What [`KafkaService::flush`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,11 +56,7 @@ pub struct FlushReport {
 
 impl KafkaService {
     pub(crate) fn from_config(config: KafkaConfig) -> Result<Self, ConfigError> {
-        let context = ProducerState {
-            name: config.name.clone(),
-            in_flight: AtomicUsize::new(0),
-            metrics: Metrics::new(&config.name),
-        };
+        let context = ProducerState::new(config.name.clone());
         let producer: ThreadedProducer<ProducerState> = config
             .client_config()
             .create_with_context(context)
@@ -187,8 +84,7 @@ impl KafkaService {
 
     /// Records handed to the producer whose delivery report has not come back yet.
     pub fn in_flight(&self) -> usize {
-        self.producer()
-            .map_or(0, |p| p.context().in_flight.load(Ordering::Acquire))
+        self.producer().map_or(0, |p| p.context().in_flight())
     }
 
     /// Waits up to `timeout` for every record in flight to be delivered (or to fail), without
@@ -242,16 +138,12 @@ impl KafkaService {
             base = base.headers(headers);
         }
         let state = producer.context();
-        state.in_flight.fetch_add(1, Ordering::AcqRel);
-        state.metrics.in_flight.increment();
+        state.sending();
         match producer.send(base) {
             Ok(()) => Ok(delivery),
             Err((error, _record)) => {
-                // Refused at once (queue full, record too large...): no report will come.
-                state.in_flight.fetch_sub(1, Ordering::AcqRel);
-                state.metrics.in_flight.decrement();
-                let error = KafkaError::from_rdkafka(error);
-                state.metrics.error(&error);
+                let error = KafkaError::from_rdkafka(error).for_topic(&record.topic);
+                state.refused(&error);
                 Err(error)
             }
         }
@@ -308,7 +200,7 @@ impl Drop for Shared {
         let Some(producer) = self.producer.take() else {
             return;
         };
-        let undelivered = producer.context().in_flight.load(Ordering::Acquire);
+        let undelivered = producer.context().in_flight();
         if undelivered > 0 {
             tracing::warn!(
                 producer = &*self.name,

@@ -1,5 +1,5 @@
 //! The incident, as a library: a service, two ways of writing stats to Kafka, a load generator,
-//! fault phases, and per-second figures. Used by `examples/incident/main.rs` and by the
+//! fault phases, and per-second figures. Used by `demo/examples/incident/main.rs` and by the
 //! end-to-end test `tests/incident.rs`.
 
 use std::collections::HashMap;
@@ -583,7 +583,7 @@ pub(crate) async fn run(
     let mut timeouts_by_phase = vec![0; settings.phases.len()];
     let mut phase_of = Vec::new();
     for (i, phase) in settings.phases.iter().enumerate() {
-        phase_of.extend(std::iter::repeat(i).take(phase.secs as usize));
+        phase_of.extend(std::iter::repeat_n(i, phase.secs as usize));
     }
     for (second, tally) in seconds.iter_mut().zip(&client.tallies) {
         let mut tally = tally.lock().unwrap();
@@ -596,7 +596,7 @@ pub(crate) async fn run(
         second.p99_us = percentile(&mut tally.latencies, 0.99).unwrap_or(0);
         let timeout_us = settings.client_timeout.as_micros() as u64;
         let mut felt = tally.latencies.clone();
-        felt.extend(std::iter::repeat(timeout_us).take(tally.timeouts as usize));
+        felt.extend(std::iter::repeat_n(timeout_us, tally.timeouts as usize));
         second.p99_felt_us = percentile(&mut felt, 0.99).unwrap_or(0);
         second.max_us = tally.latencies.last().copied().unwrap_or(0);
     }
