@@ -25,26 +25,42 @@
 
 use crate::sync::{AtomicU32, Ordering};
 
+/// Every change of the state is a read-modify-write, so that the changes are totally ordered (a
+/// sender's `swap` in `ring` and the worker's `park` cannot be reordered against each other);
+/// only the senders' fast path reads it with a plain load.
+///
+/// Where the hand-off relies on the single total order of `SeqCst` accesses (the doorbell's
+/// handshake; a sender's reservation against `close`), this marks the point between the two
+/// accesses of one side. In a normal build it is nothing: `SeqCst` accesses alone give that
+/// order (C++20 [atomics.order]), and a sender pays no fence. loom treats `SeqCst` accesses as
+/// `AcqRel` (tokio-rs/loom#180) and would report wake-ups lost that cannot be; in the model it
+/// is a `SeqCst` fence, which loom does model, and which is no stronger than what the accesses
+/// give here.
+#[inline(always)]
+pub(crate) fn seq_cst_point() {
+    #[cfg(tanker_loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
 const AWAKE: u32 = 0;
 const TICKING: u32 = 1;
 const PARKED: u32 = 2;
 
 pub(crate) struct Doorbell {
     state: AtomicU32,
-    #[cfg(not(tanker_loom))]
     bell: std::sync::Arc<tokio::sync::Notify>,
+    /// The bell of the loom models, which cannot see tokio's.
     #[cfg(tanker_loom)]
-    bell: loom::sync::Notify,
+    model_bell: loom::sync::Notify,
 }
 
 impl Doorbell {
     pub(crate) fn new() -> Self {
         Self {
             state: AtomicU32::new(AWAKE),
-            #[cfg(not(tanker_loom))]
             bell: std::sync::Arc::new(tokio::sync::Notify::new()),
             #[cfg(tanker_loom)]
-            bell: loom::sync::Notify::new(),
+            model_bell: loom::sync::Notify::new(),
         }
     }
 
@@ -52,6 +68,7 @@ impl Doorbell {
     /// while the worker ticks.
     #[inline]
     pub(crate) fn after_push(&self, half_full: impl FnOnce() -> bool) {
+        seq_cst_point();
         match self.state.load(Ordering::SeqCst) {
             AWAKE => {}
             PARKED => self.ring(),
@@ -75,7 +92,7 @@ impl Doorbell {
     /// finds later costs it one more look at the queue.
     #[cold]
     pub(crate) fn ring_always(&self) {
-        self.state.store(AWAKE, Ordering::SeqCst);
+        self.state.swap(AWAKE, Ordering::SeqCst);
         self.notify();
     }
 
@@ -83,7 +100,7 @@ impl Doorbell {
         #[cfg(not(tanker_loom))]
         self.bell.notify_one();
         #[cfg(tanker_loom)]
-        self.bell.notify();
+        self.model_bell.notify();
     }
 
     /// The worker is running: senders need not ring. Writes only on a change, so that an awake
@@ -91,33 +108,33 @@ impl Doorbell {
     #[inline]
     pub(crate) fn awake(&self) {
         if self.state.load(Ordering::Relaxed) != AWAKE {
-            self.state.store(AWAKE, Ordering::SeqCst);
+            self.state.swap(AWAKE, Ordering::SeqCst);
         }
     }
 
     /// The worker looks at the queue on its own tick.
     pub(crate) fn ticking(&self) {
         if self.state.load(Ordering::Relaxed) != TICKING {
-            self.state.store(TICKING, Ordering::SeqCst);
+            self.state.swap(TICKING, Ordering::SeqCst);
         }
     }
 
     /// The worker is about to sleep with no timer: first half of the handshake. It must check
     /// for work again after this, and go back to `awake` if it finds some.
     pub(crate) fn park(&self) {
-        self.state.store(PARKED, Ordering::SeqCst);
+        self.state.swap(PARKED, Ordering::SeqCst);
+        seq_cst_point();
     }
 
     /// A future that completes when the bell rings (or rang since the last one completed).
-    #[cfg(not(tanker_loom))]
     pub(crate) fn notified(&self) -> tokio::sync::futures::OwnedNotified {
         self.bell.clone().notified_owned()
     }
 
     /// Blocks the model's worker thread until the bell rings.
-    #[cfg(tanker_loom)]
+    #[cfg(all(test, tanker_loom))]
     pub(crate) fn wait(&self) {
-        self.bell.wait();
+        self.model_bell.wait();
     }
 }
 

@@ -6,7 +6,7 @@ use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
 
 use super::buffer::Buffer;
-use super::doorbell::Doorbell;
+use super::doorbell::{seq_cst_point, Doorbell};
 use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
@@ -165,6 +165,7 @@ impl<Req> Shared<Req> {
         // Reserve before looking at `closed`: a worker that saw `closed` and then finds
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         front.accepted.fetch_add(1, Ordering::SeqCst);
+        seq_cst_point();
         if front.closed.load(Ordering::SeqCst) {
             self.unreserve();
             return self.drop_closed();
@@ -227,7 +228,6 @@ impl<Req> Shared<Req> {
     }
 
     /// Waits until the worker has finished every accepted record after `close`.
-    #[cfg(not(tanker_loom))]
     pub(crate) async fn worker_finished(&self) {
         loop {
             let drained = self.drained.notified();
@@ -287,8 +287,11 @@ impl<Req> Shared<Req> {
     /// `closed` is read first: a sender that reserves after it sees `closed` and takes its
     /// reservation back, and one that reserved before is in `accepted` here.
     pub(crate) fn is_drained(&self) -> bool {
-        self.front.closed.load(Ordering::SeqCst)
-            && self.front.accepted.load(Ordering::SeqCst) <= self.finished_count()
+        if !self.front.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        seq_cst_point();
+        self.front.accepted.load(Ordering::SeqCst) <= self.finished_count()
     }
 
     /// The worker ends: wake whoever waits in `close`.
@@ -393,5 +396,92 @@ impl HandoffCounts {
     pub fn is_balanced(&self) -> bool {
         self.offered == self.accepted + self.dropped
             && self.accepted == self.finished() + self.pending()
+    }
+}
+
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The worker's side, as the real worker does it: take and deliver what is queued; once
+    /// `is_drained`, end; otherwise park with the doorbell's handshake and sleep. If a sender's
+    /// record, or the undoing of its reservation, could be missed, the worker would sleep
+    /// forever and loom would report a deadlock; if it could end early, a record would be left.
+    fn work(shared: &Shared<u32>) {
+        loop {
+            while shared.take().is_some() {
+                shared.finish(Outcome::Delivered);
+            }
+            if shared.is_drained() {
+                return;
+            }
+            shared.doorbell().park();
+            if shared.has_queued() || shared.is_drained() {
+                shared.doorbell().awake();
+                continue;
+            }
+            shared.doorbell().wait();
+        }
+    }
+
+    #[track_caller]
+    fn assert_balanced(counts: &HandoffCounts) {
+        assert!(counts.is_balanced(), "{counts:?}");
+        assert_eq!(counts.pending(), 0, "{counts:?}");
+        assert_eq!(counts.delivered, counts.accepted, "{counts:?}");
+    }
+
+    /// A sender races `close` (and a record already queued): whatever the sender was told, the
+    /// identity holds exactly when the worker ends, and every record accepted (before `close` or
+    /// while it ran) was delivered.
+    #[test]
+    fn loom_a_sender_racing_close_is_counted_and_drained() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::<u32>::new(4, std::sync::Arc::from("loom")));
+            assert_eq!(shared.offer(0), Sent::Accepted);
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.offer(1))
+            };
+            let closer = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.close())
+            };
+            work(&shared);
+            let told = sender.join().unwrap();
+            closer.join().unwrap();
+            let counts = shared.counts();
+            assert_balanced(&counts);
+            let accepted = 1 + u64::from(told == Sent::Accepted);
+            assert_eq!(counts.accepted, accepted);
+            assert_eq!(counts.offered, 2);
+        });
+    }
+
+    /// A queue of one: the second sender may find it full (or lose the race for the last place
+    /// and take its reservation back) while `close` comes; still nothing is lost or stranded.
+    #[test]
+    fn loom_a_full_queue_and_close_lose_nothing() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::<u32>::new(1, std::sync::Arc::from("loom")));
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let first = shared.offer(0);
+                    let second = shared.offer(1);
+                    shared.close();
+                    [first, second]
+                })
+            };
+            work(&shared);
+            let told = sender.join().unwrap();
+            let accepted = told.iter().filter(|s| **s == Sent::Accepted).count() as u64;
+            let counts = shared.counts();
+            assert_balanced(&counts);
+            assert_eq!(counts.accepted, accepted);
+            assert_eq!(counts.dropped, 2 - accepted);
+        });
     }
 }
