@@ -14,8 +14,9 @@
 //! 2. **`latency`**: the duration of each `Handoff::send`, two `Instant::now()` around it, from a
 //!    plain thread, into a hand-off whose service answers at once. Three paces: a steady
 //!    100 000 records/s (batches of 100 every millisecond, sleeping in between), a trickle of
-//!    one record per millisecond, and sparse records (one every 30 ms: an idle worker between
-//!    any two). The cost of the two clock reads alone is its own row.
+//!    one record per millisecond, sparse records (one every 30 ms), and records further apart
+//!    than the worker's 50 ms grace period (one every 100 ms: the worker has parked, and each
+//!    send wakes it). The cost of the two clock reads alone is its own row.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -229,6 +230,12 @@ fn latency() {
     row(
         "one every 30 ms",
         &paced(Some(&steady), sparse, 1, Duration::from_millis(30)),
+    );
+    let parked = env_or("TANKER_BENCH_PARKED_SENDS", 30) as usize;
+    eprintln!("[handoff bench] latency: {parked} sends, one every 100 ms");
+    row(
+        "one every 100 ms",
+        &paced(Some(&steady), parked, 1, Duration::from_millis(100)),
     );
     wait_finished(&steady);
     println!();

@@ -363,12 +363,15 @@ pub struct HandoffCounts {
     pub dropped_closed: u64,
     /// Records the stack handled successfully.
     pub delivered: u64,
-    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull)).
+    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull), also wrapped as
+    /// the source of another layer's error).
     pub shed: u64,
-    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen)).
+    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen), also wrapped).
     pub rejected: u64,
-    /// Records that failed with any other error. A failed write may still have reached the
-    /// dependency (for Kafka, a timed-out record a resumed broker writes after all).
+    /// Records that failed with any other error, or whose call panicked, or that were queued
+    /// when the service broke (see the [module docs](super#panics-and-broken-services)). A failed
+    /// write may still have reached the dependency (for Kafka, a timed-out record a resumed
+    /// broker writes after all).
     pub failed: u64,
     /// Records waiting in the queue.
     pub queued: u64,
