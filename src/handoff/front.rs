@@ -8,25 +8,14 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::shared::{HandoffCounts, Shared};
-
-/// What became of a record handed off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Sent {
-    /// The record is in the queue; the worker will drive it through the stack and count its
-    /// outcome.
-    Accepted,
-    /// The queue was full (or the hand-off closed): the record was counted as dropped and
-    /// discarded. [`HandoffCounts::dropped_closed`] tells the two apart.
-    Dropped,
-}
+use super::shared::{HandoffCounts, Sent, Shared};
 
 /// The front door: puts requests in a bounded queue and returns at once.
 ///
 /// Made by [`HandoffBuilder::spawn`](super::HandoffBuilder::spawn); see the [module docs](super).
 /// Cheap to clone; all clones feed the same queue and worker.
 pub struct Handoff<Req> {
-    pub(crate) shared: Arc<Shared<Req>>,
+    shared: Arc<Shared<Req>>,
 }
 
 /// What [`Handoff::close`] left behind.
@@ -43,41 +32,19 @@ pub struct CloseReport {
 }
 
 impl<Req> Handoff<Req> {
+    pub(crate) fn new(shared: Arc<Shared<Req>>) -> Self {
+        Self { shared }
+    }
+
     /// Offers a request. Never blocks, never fails, never panics: the request is either
     /// [accepted](Sent::Accepted) whole into the queue or [dropped](Sent::Dropped) and counted.
+    ///
+    /// Its cost when the worker is busy: a few atomic operations on the queue and counters and
+    /// one load of the worker's state. When the worker is parked (idle for a while), the first
+    /// record after the pause also wakes it.
     #[inline]
     pub fn send(&self, request: Req) -> Sent {
-        let shared = &*self.shared;
-        if shared.queue.is_full() {
-            if shared.front.closed.load(Ordering::Relaxed) {
-                return shared.drop_closed();
-            }
-            // Overloaded: one atomic add, nothing else.
-            shared.front.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return Sent::Dropped;
-        }
-        // Reserve before looking at `closed`: a worker that saw `closed` and then finds
-        // `accepted` above what it finished waits for this push (or its undoing) before it ends.
-        shared.front.accepted.fetch_add(1, Ordering::SeqCst);
-        if shared.front.closed.load(Ordering::SeqCst) {
-            shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
-            return shared.drop_closed();
-        }
-        if shared.queue.push(request).is_err() {
-            // Another sender took the last place since `is_full`.
-            shared.front.accepted.fetch_sub(1, Ordering::SeqCst);
-            shared.front.dropped_full.fetch_add(1, Ordering::Relaxed);
-            return Sent::Dropped;
-        }
-        // The worker drains on its own clock; ring it early only when a backlog builds, so a
-        // send almost never has to wake a thread.
-        if shared.front.sleeping.load(Ordering::Relaxed)
-            && shared.queue.len() * 2 >= shared.queue.capacity()
-            && shared.front.sleeping.swap(false, Ordering::AcqRel)
-        {
-            shared.doorbell.notify_one();
-        }
-        Sent::Accepted
+        self.shared.offer(request)
     }
 
     /// The counters.
@@ -90,26 +57,23 @@ impl<Req> Handoff<Req> {
         &self.shared.name
     }
 
-    /// Whether [`close`](Self::close) was called.
+    /// Whether the hand-off is closed: [`close`](Self::close) was called, or the service broke
+    /// for good (see the [module docs](super#panics-and-broken-services)).
     pub fn is_closed(&self) -> bool {
-        self.shared.front.closed.load(Ordering::Acquire)
+        self.shared.is_closed()
     }
 
     /// Stops accepting (later sends are dropped and counted), then waits up to `deadline` for
     /// the queue and the calls in flight to finish, and reports what was left.
+    ///
+    /// # Panics
+    ///
+    /// The deadline is a tokio timer: like `tokio::time::timeout`, `close` panics on a runtime
+    /// built without its time driver (`enable_time`).
     pub async fn close(&self, deadline: Duration) -> CloseReport {
         let shared = &*self.shared;
-        shared.front.closed.store(true, Ordering::Release);
-        shared.wake_worker();
-        let finished = async {
-            loop {
-                let drained = shared.drained.notified();
-                if shared.finished.load(Ordering::Acquire) {
-                    return;
-                }
-                drained.await;
-            }
-        };
+        shared.close();
+        let finished = shared.worker_finished();
         let drained = tokio::time::timeout(deadline, finished).await.is_ok();
         let counts = shared.counts();
         if !drained {
@@ -129,7 +93,7 @@ impl<Req> Handoff<Req> {
 
 impl<Req> Clone for Handoff<Req> {
     fn clone(&self) -> Self {
-        self.shared.handles.fetch_add(1, Ordering::Relaxed);
+        self.shared.add_handle();
         Self {
             shared: self.shared.clone(),
         }
@@ -140,10 +104,7 @@ impl<Req> Drop for Handoff<Req> {
     /// When the last handle goes, the hand-off closes: the worker drives what was accepted
     /// through the stack, then ends and drops the service.
     fn drop(&mut self) {
-        if self.shared.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.shared.front.closed.store(true, Ordering::SeqCst);
-            self.shared.wake_worker();
-        }
+        self.shared.drop_handle();
     }
 }
 
@@ -151,7 +112,7 @@ impl<Req> fmt::Debug for Handoff<Req> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handoff")
             .field("name", &self.name())
-            .field("capacity", &self.shared.queue.capacity())
+            .field("capacity", &self.shared.capacity())
             .field("counts", &self.counts())
             .finish()
     }

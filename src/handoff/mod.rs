@@ -40,21 +40,38 @@
 //!
 //! [`Handoff::close`] stops accepting and waits, up to a deadline, for what was accepted to
 //! finish. Dropping the last handle closes the hand-off the same way without waiting: the worker
-//! drives the accepted records through the stack, then ends and drops the service. A panic in
-//! the service is caught and counted as a failed record; the worker goes on.
+//! drives the accepted records through the stack, then ends and drops the service.
+//!
+//! # Panics and broken services
+//!
+//! The worker catches a panic wherever it runs the stack's code, and counts it:
+//!
+//! - a panic in `call`, or in a response future, fails that record (counted in `failed`, logged
+//!   at ERROR); the worker goes on with the next one;
+//! - a panic in `poll_ready`, or an error from it (tower's way of saying a service is dead),
+//!   means the service can no longer be trusted. The worker logs it at ERROR, drops the service
+//!   and **closes the hand-off**: the record it was starting and every record still queued are
+//!   counted as failed, calls already in flight finish as they will, later sends are dropped
+//!   (counted in `dropped_closed`), and [`Handoff::close`] returns at once with everything
+//!   accounted for. Wrap the service in a retrying or re-creating layer if it should survive
+//!   such faults.
 //!
 //! # Accounting
 //!
 //! Every record offered is counted once: `offered = accepted + dropped` and
-//! `accepted = delivered + shed + rejected + failed + pending`; see [`HandoffCounts`].
+//! `accepted = delivered + shed + rejected + failed + pending`; see [`HandoffCounts`]. A
+//! record refused by a bulkhead or a breaker counts as shed or rejected also when another layer
+//! wrapped the refusal in its own error ([`Rejection::find`](crate::Rejection::find)).
 //!
-//! # Latency of `send`
+//! # Latency of `send`, and an idle worker
 //!
-//! `send` is a lock-free push into a fixed ring and one atomic add: no allocation, no lock, no
-//! system call. The worker does not need waking for each record: it drains on its own short
-//! tick ([`idle_poll`](HandoffBuilder::idle_poll), 1 ms by default) and is woken early only when
-//! the queue is half full. A record may therefore wait up to one tick before it is sent, which
-//! suits data nobody waits for.
+//! `send` is a lock-free push into a fixed ring, one atomic add, and one load of the worker's
+//! state: no allocation, no lock, no system call while the worker is awake. A worker that runs
+//! out of records keeps looking at the queue on a 1 ms tick for 50 ms, so a steady flow (even
+//! a thin one) never has to wake it; then it parks and costs no CPU at all. The first record
+//! after such a pause wakes it (a `Notify` and, if the runtime's threads sleep, a system call
+//! in that one `send`). While it ticks, a sender that finds the queue half full wakes it at
+//! once, so a burst does not wait for the tick.
 //!
 //! # Memory
 //!
@@ -62,128 +79,15 @@
 //! `concurrency` calls in flight (plus whatever the stack itself buffers, such as librdkafka's
 //! bounded queue).
 
+mod buffer;
+mod builder;
+mod doorbell;
+mod error;
 mod front;
 mod shared;
 mod worker;
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use tower::BoxError;
-use tower_service::Service;
-
-pub use self::front::{CloseReport, Handoff, Sent};
-pub use self::shared::HandoffCounts;
-use self::shared::Shared;
-use self::worker::Worker;
-use crate::ConfigError;
-
-/// Builds a [`Handoff`] and spawns its worker.
-///
-/// | setting | default | why |
-/// |---|---|---|
-/// | [`capacity`](Self::capacity) | 10 000 | a few seconds of records at a typical stats rate; beyond that, dropping is the point |
-/// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
-/// | [`idle_poll`](Self::idle_poll) | 1 ms | how often an idle worker looks for work, so that senders never have to wake it |
-#[derive(Debug, Clone)]
-pub struct HandoffBuilder {
-    capacity: usize,
-    concurrency: usize,
-    idle_poll: Duration,
-    name: Arc<str>,
-}
-
-impl Default for HandoffBuilder {
-    fn default() -> Self {
-        Self {
-            capacity: 10_000,
-            concurrency: 1024,
-            idle_poll: Duration::from_millis(1),
-            name: Arc::from("handoff"),
-        }
-    }
-}
-
-impl HandoffBuilder {
-    /// A builder with the defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The most requests waiting in the queue; beyond it, `send` drops. At least 1.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
-        self
-    }
-
-    /// The most calls the worker keeps in flight through the stack at once. At least 1.
-    pub fn concurrency(mut self, concurrency: usize) -> Self {
-        self.concurrency = concurrency;
-        self
-    }
-
-    /// How often an idle worker checks the queue. Between 10 µs and 1 s.
-    pub fn idle_poll(mut self, every: Duration) -> Self {
-        self.idle_poll = every;
-        self
-    }
-
-    /// Names the hand-off: the `handoff` field of its log events and the `handoff` label of its
-    /// metrics (see [`crate::metrics`]). Default: `"handoff"`.
-    pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
-        self.name = name.into();
-        self
-    }
-
-    /// Checks the settings and spawns the worker on the current tokio runtime, driving requests
-    /// through `service`.
-    ///
-    /// # Errors
-    ///
-    /// Returns a [`ConfigError`] if a setting is out of range, or if called outside a tokio
-    /// runtime (there would be nowhere to run the worker).
-    pub fn spawn<S, Req>(self, service: S) -> Result<Handoff<Req>, ConfigError>
-    where
-        S: Service<Req> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<BoxError>,
-        S::Response: Send + 'static,
-        Req: Send + 'static,
-    {
-        if self.capacity == 0 {
-            return Err(ConfigError::new(
-                "capacity",
-                "must be at least 1; a hand-off with no queue would drop everything",
-            ));
-        }
-        if self.concurrency == 0 {
-            return Err(ConfigError::new(
-                "concurrency",
-                "must be at least 1: the worker needs to call the service",
-            ));
-        }
-        if self.idle_poll < Duration::from_micros(10) || self.idle_poll > Duration::from_secs(1) {
-            return Err(ConfigError::new(
-                "idle_poll",
-                format!(
-                    "must be between 10µs and 1s (got {:?}); 1ms adds at most a millisecond \
-                     before a record is sent",
-                    self.idle_poll
-                ),
-            ));
-        }
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            ConfigError::new(
-                "spawn",
-                "must be called within a tokio runtime, which runs the hand-off's worker",
-            )
-        })?;
-        let shared = Arc::new(Shared::new(self.capacity, self.name));
-        let worker = Worker::new(shared.clone(), service, self.concurrency, self.idle_poll);
-        // Each call ends on a channel that counts against tokio's cooperative budget; with
-        // thousands of calls in flight that budget, not the work, would pace the worker. It keeps
-        // its own budget instead (`worker::BUDGET`), and yields after that many records.
-        runtime.spawn(tokio::task::unconstrained(worker.run()));
-        Ok(Handoff { shared })
-    }
-}
+pub use self::builder::{HandoffBuilder, MAX_CAPACITY};
+pub use self::error::SpawnError;
+pub use self::front::{CloseReport, Handoff};
+pub use self::shared::{HandoffCounts, Sent};

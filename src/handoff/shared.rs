@@ -1,30 +1,40 @@
 //! The queue and counters shared by the senders and the worker of one hand-off.
 
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crossbeam_queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
 
-use super::front::Sent;
+use super::buffer::Buffer;
+use super::doorbell::{seq_cst_point, Doorbell};
 use crate::metrics as names;
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
 
+/// What became of a record handed off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Sent {
+    /// The record is in the queue; the worker will drive it through the stack and count its
+    /// outcome.
+    Accepted,
+    /// The queue was full (or the hand-off closed): the record was counted as dropped and
+    /// discarded. [`HandoffCounts::dropped_closed`] tells the two apart.
+    Dropped,
+}
+
 pub(crate) struct Shared<Req> {
-    pub(crate) queue: ArrayQueue<Req>,
+    buffer: Buffer<Req>,
     pub(crate) name: Arc<str>,
     /// What every `send` touches, on cache lines of its own so that the worker's counting does
     /// not take them away from senders.
-    pub(crate) front: CachePadded<Front>,
+    front: CachePadded<Front>,
     /// What the worker writes for every record.
-    pub(crate) back: CachePadded<Back>,
-    pub(crate) doorbell: Arc<Notify>,
+    back: CachePadded<Back>,
     /// Rung by the worker when it has nothing left to do after `close`.
-    pub(crate) drained: Notify,
-    pub(crate) finished: AtomicBool,
+    drained: Notify,
+    finished: AtomicBool,
     /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
-    pub(crate) handles: AtomicUsize,
+    handles: AtomicUsize,
     pub(crate) metrics: Metrics,
 }
 
@@ -78,34 +88,49 @@ impl Metrics {
     }
 }
 
-pub(crate) struct Front {
-    pub(crate) closed: AtomicBool,
-    /// Set by the worker before it sleeps; a sender that finds the queue half full rings it.
-    pub(crate) sleeping: AtomicBool,
-    pub(crate) accepted: AtomicU64,
+struct Front {
+    closed: AtomicBool,
+    /// Senders look at it after every push; it shares their cache line.
+    doorbell: Doorbell,
+    /// Records accepted, plus senders between their reservation and their push.
+    accepted: AtomicU64,
     /// Records refused because the queue was full.
-    pub(crate) dropped_full: AtomicU64,
+    dropped_full: AtomicU64,
     /// Records refused because the hand-off was closed.
-    pub(crate) dropped_closed: AtomicU64,
+    dropped_closed: AtomicU64,
 }
 
-pub(crate) struct Back {
-    pub(crate) delivered: AtomicU64,
-    pub(crate) shed: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
+struct Back {
+    delivered: AtomicU64,
+    shed: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    /// Records taken out of the queue and not finished yet.
+    in_flight: AtomicU64,
+}
+
+/// What became of an accepted record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Delivered,
+    /// Refused by a bulkhead.
+    Shed,
+    /// Refused by a breaker.
+    Rejected,
+    /// Any other error, a panic, or a broken service.
+    Failed,
 }
 
 impl<Req> Shared<Req> {
+    /// `capacity` has been checked by the builder.
     pub(crate) fn new(capacity: usize, name: Arc<str>) -> Self {
         Self {
-            queue: ArrayQueue::new(capacity),
+            buffer: Buffer::new(capacity),
             metrics: Metrics::new(&name),
             name,
             front: CachePadded::new(Front {
                 closed: AtomicBool::new(false),
-                sleeping: AtomicBool::new(false),
+                doorbell: Doorbell::new(),
                 accepted: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
                 dropped_closed: AtomicU64::new(0),
@@ -117,20 +142,162 @@ impl<Req> Shared<Req> {
                 failed: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
             }),
-            doorbell: Arc::new(Notify::new()),
             drained: Notify::new(),
             finished: AtomicBool::new(false),
             handles: AtomicUsize::new(1),
         }
     }
 
+    // ===== the senders' side =====
+
+    /// Offers a record: accepted whole into the queue, or counted as dropped.
+    #[inline]
+    pub(crate) fn offer(&self, request: Req) -> Sent {
+        let front = &*self.front;
+        if self.buffer.is_full() {
+            if front.closed.load(Ordering::Relaxed) {
+                return self.drop_closed();
+            }
+            // Overloaded: one atomic add, nothing else.
+            front.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return Sent::Dropped;
+        }
+        // Reserve before looking at `closed`: a worker that saw `closed` and then finds
+        // `accepted` above what it finished waits for this push (or its undoing) before it ends.
+        front.accepted.fetch_add(1, Ordering::SeqCst);
+        seq_cst_point();
+        if front.closed.load(Ordering::SeqCst) {
+            self.unreserve();
+            return self.drop_closed();
+        }
+        if self.buffer.push(request).is_err() {
+            // Another sender took the last place since `is_full`.
+            self.unreserve();
+            front.dropped_full.fetch_add(1, Ordering::Relaxed);
+            return Sent::Dropped;
+        }
+        // The push was a `SeqCst` read-modify-write (see `Buffer`): the second half of the
+        // doorbell's handshake.
+        front
+            .doorbell
+            .after_push(|| self.buffer.len() * 2 >= self.buffer.capacity());
+        Sent::Accepted
+    }
+
+    /// Takes back a reservation whose record did not get in. A worker waiting to finish after
+    /// `close` may be parked on that reservation: ring it.
+    #[cold]
+    fn unreserve(&self) {
+        self.front.accepted.fetch_sub(1, Ordering::SeqCst);
+        self.front.doorbell.after_push(|| false);
+    }
+
     /// Counts a record refused because the hand-off was closed. Recorded here, not by the
     /// worker: it may have ended already.
     #[cold]
-    pub(crate) fn drop_closed(&self) -> Sent {
+    fn drop_closed(&self) -> Sent {
         self.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
         self.metrics.dropped_closed.increment();
         Sent::Dropped
+    }
+
+    /// Stops accepting, and wakes the worker so that it finishes and ends.
+    pub(crate) fn close(&self) {
+        self.front.closed.store(true, Ordering::SeqCst);
+        self.front.doorbell.ring_always();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.front.closed.load(Ordering::Acquire)
+    }
+
+    /// A new handle.
+    pub(crate) fn add_handle(&self) {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A handle went; the last one closes the hand-off.
+    pub(crate) fn drop_handle(&self) {
+        if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.close();
+        }
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.buffer.capacity()
+    }
+
+    /// Waits until the worker has finished every accepted record after `close`.
+    pub(crate) async fn worker_finished(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.finished.load(Ordering::Acquire) {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    // ===== the worker's side =====
+
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.front.doorbell
+    }
+
+    /// Whether a record is waiting in the queue.
+    pub(crate) fn has_queued(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
+    pub(crate) fn queued(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Takes the oldest record, counted in flight until [`finish`](Self::finish).
+    pub(crate) fn take(&self) -> Option<Req> {
+        if self.buffer.is_empty() {
+            return None;
+        }
+        // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
+        self.back.in_flight.fetch_add(1, Ordering::AcqRel);
+        let request = self.buffer.take();
+        if request.is_none() {
+            self.back.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+        request
+    }
+
+    /// Counts the outcome of a record [taken](Self::take).
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        let back = &*self.back;
+        let counter = match outcome {
+            Outcome::Delivered => &back.delivered,
+            Outcome::Shed => &back.shed,
+            Outcome::Rejected => &back.rejected,
+            Outcome::Failed => &back.failed,
+        };
+        // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
+        counter.fetch_add(1, Ordering::SeqCst);
+        back.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Whether the hand-off is closed and every record it accepted is finished, with no sender
+    /// between its reservation and its push. Once true, it stays true.
+    ///
+    /// `closed` is read first: a sender that reserves after it sees `closed` and takes its
+    /// reservation back, and one that reserved before is in `accepted` here.
+    pub(crate) fn is_drained(&self) -> bool {
+        if !self.front.closed.load(Ordering::SeqCst) {
+            return false;
+        }
+        seq_cst_point();
+        self.front.accepted.load(Ordering::SeqCst) <= self.finished_count()
+    }
+
+    /// The worker ends: wake whoever waits in `close`.
+    pub(crate) fn worker_ended(&self) {
+        self.finished.store(true, Ordering::Release);
+        self.drained.notify_waiters();
     }
 
     /// Records refused so far, for any reason.
@@ -139,13 +306,8 @@ impl<Req> Shared<Req> {
             + self.front.dropped_closed.load(Ordering::Acquire)
     }
 
-    pub(crate) fn wake_worker(&self) {
-        self.front.sleeping.store(false, Ordering::Relaxed);
-        self.doorbell.notify_one();
-    }
-
     /// Records accepted and finished, one way or another.
-    pub(crate) fn finished(&self) -> u64 {
+    fn finished_count(&self) -> u64 {
         self.back.delivered.load(Ordering::SeqCst)
             + self.back.shed.load(Ordering::SeqCst)
             + self.back.rejected.load(Ordering::SeqCst)
@@ -155,12 +317,13 @@ impl<Req> Shared<Req> {
     pub(crate) fn counts(&self) -> HandoffCounts {
         // Outcomes are read before `accepted`, and `in_flight` and the queue in between, so a
         // snapshot taken while records move never shows more finished records than accepted.
-        let delivered = self.back.delivered.load(Ordering::Acquire);
-        let shed = self.back.shed.load(Ordering::Acquire);
-        let rejected = self.back.rejected.load(Ordering::Acquire);
-        let failed = self.back.failed.load(Ordering::Acquire);
-        let in_flight = self.back.in_flight.load(Ordering::Acquire);
-        let queued = self.queue.len() as u64;
+        let back = &*self.back;
+        let delivered = back.delivered.load(Ordering::Acquire);
+        let shed = back.shed.load(Ordering::Acquire);
+        let rejected = back.rejected.load(Ordering::Acquire);
+        let failed = back.failed.load(Ordering::Acquire);
+        let in_flight = back.in_flight.load(Ordering::Acquire);
+        let queued = self.buffer.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
         let dropped = self.front.dropped_full.load(Ordering::Acquire) + dropped_closed;
@@ -200,12 +363,15 @@ pub struct HandoffCounts {
     pub dropped_closed: u64,
     /// Records the stack handled successfully.
     pub delivered: u64,
-    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull)).
+    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull), also wrapped as
+    /// the source of another layer's error).
     pub shed: u64,
-    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen)).
+    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen), also wrapped).
     pub rejected: u64,
-    /// Records that failed with any other error. A failed write may still have reached the
-    /// dependency (for Kafka, a timed-out record a resumed broker writes after all).
+    /// Records that failed with any other error, or whose call panicked, or that were queued
+    /// when the service broke (see the [module docs](super#panics-and-broken-services)). A failed
+    /// write may still have reached the dependency (for Kafka, a timed-out record a resumed
+    /// broker writes after all).
     pub failed: u64,
     /// Records waiting in the queue.
     pub queued: u64,
@@ -233,5 +399,92 @@ impl HandoffCounts {
     pub fn is_balanced(&self) -> bool {
         self.offered == self.accepted + self.dropped
             && self.accepted == self.finished() + self.pending()
+    }
+}
+
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// The worker's side, as the real worker does it: take and deliver what is queued; once
+    /// `is_drained`, end; otherwise park with the doorbell's handshake and sleep. If a sender's
+    /// record, or the undoing of its reservation, could be missed, the worker would sleep
+    /// forever and loom would report a deadlock; if it could end early, a record would be left.
+    fn work(shared: &Shared<u32>) {
+        loop {
+            while shared.take().is_some() {
+                shared.finish(Outcome::Delivered);
+            }
+            if shared.is_drained() {
+                return;
+            }
+            shared.doorbell().park();
+            if shared.has_queued() || shared.is_drained() {
+                shared.doorbell().awake();
+                continue;
+            }
+            shared.doorbell().wait();
+        }
+    }
+
+    #[track_caller]
+    fn assert_balanced(counts: &HandoffCounts) {
+        assert!(counts.is_balanced(), "{counts:?}");
+        assert_eq!(counts.pending(), 0, "{counts:?}");
+        assert_eq!(counts.delivered, counts.accepted, "{counts:?}");
+    }
+
+    /// A sender races `close` (and a record already queued): whatever the sender was told, the
+    /// identity holds exactly when the worker ends, and every record accepted (before `close` or
+    /// while it ran) was delivered.
+    #[test]
+    fn loom_a_sender_racing_close_is_counted_and_drained() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::<u32>::new(4, std::sync::Arc::from("loom")));
+            assert_eq!(shared.offer(0), Sent::Accepted);
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.offer(1))
+            };
+            let closer = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.close())
+            };
+            work(&shared);
+            let told = sender.join().unwrap();
+            closer.join().unwrap();
+            let counts = shared.counts();
+            assert_balanced(&counts);
+            let accepted = 1 + u64::from(told == Sent::Accepted);
+            assert_eq!(counts.accepted, accepted);
+            assert_eq!(counts.offered, 2);
+        });
+    }
+
+    /// A queue of one: the second sender may find it full (or lose the race for the last place
+    /// and take its reservation back) while `close` comes; still nothing is lost or stranded.
+    #[test]
+    fn loom_a_full_queue_and_close_lose_nothing() {
+        loom::model(|| {
+            let shared = Arc::new(Shared::<u32>::new(1, std::sync::Arc::from("loom")));
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    let first = shared.offer(0);
+                    let second = shared.offer(1);
+                    shared.close();
+                    [first, second]
+                })
+            };
+            work(&shared);
+            let told = sender.join().unwrap();
+            let accepted = told.iter().filter(|s| **s == Sent::Accepted).count() as u64;
+            let counts = shared.counts();
+            assert_balanced(&counts);
+            assert_eq!(counts.accepted, accepted);
+            assert_eq!(counts.dropped, 2 - accepted);
+        });
     }
 }

@@ -1,30 +1,37 @@
-//! The background task that drains the queue through the stack.
+//! The background task that drives the queued records through the stack.
 
-use crate::sync::Ordering;
+use std::any::Any;
+use std::fmt;
 use std::future::{poll_fn, Future};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
 use futures_util::future::{CatchUnwind, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{interval, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tower::BoxError;
 use tower_service::Service;
 
-use super::shared::Shared;
-use crate::breaker::BreakerOpen;
-use crate::bulkhead::BulkheadFull;
+use super::shared::{Outcome, Shared};
 #[cfg(feature = "metrics")]
 use crate::telemetry::Counter;
 use crate::telemetry::Throttle;
+use crate::Rejection;
 
 /// Records the worker finishes or starts in one poll before it yields its thread.
 const BUDGET: u32 = 1024;
+
+/// How often a worker that ran out of records looks at the queue by itself, for a while, before
+/// it parks: a steady flow of records then never makes a sender wake it.
+const TICK: Duration = Duration::from_millis(1);
+
+/// How long a worker with nothing to start keeps ticking before it parks: from then on it costs
+/// no CPU, and the next sender wakes it.
+const LINGER: Duration = Duration::from_millis(50);
 
 /// Adds to `counter` what `now` grew by since `then`, and remembers `now`.
 #[cfg(feature = "metrics")]
@@ -35,20 +42,72 @@ fn add_since(counter: &Counter, now: u64, then: &mut u64) {
     }
 }
 
+/// The worker's tick, or `None` on a runtime without the time driver (tokio's timers panic
+/// there; this is the one place that finds out, once, at spawn).
+pub(crate) fn tick() -> Option<Interval> {
+    let made = catch_unwind(|| {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tick
+    });
+    made.ok()
+}
+
+/// What a caught panic said, for the log.
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(message) = payload.downcast_ref::<&'static str>() {
+        message
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message
+    } else {
+        "(not a string)"
+    }
+}
+
+/// What became of a call that ended, by tanker's one definition of a refusal
+/// ([`Rejection::find`]), which also finds a refusal another layer wrapped.
+fn outcome<T>(result: Result<T, BoxError>) -> Result<Outcome, BoxError> {
+    match result {
+        Ok(_) => Ok(Outcome::Delivered),
+        Err(error) => match Rejection::find(&*error) {
+            Some(Rejection::BulkheadFull) => Ok(Outcome::Shed),
+            Some(Rejection::BreakerOpen { .. }) => Ok(Outcome::Rejected),
+            None => Err(error),
+        },
+    }
+}
+
+type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
+
+/// What [`Worker::start`] did with a record.
+enum Start {
+    /// The call is in flight, or finished (failed, panicked) and counted.
+    Done,
+    /// The service is not ready: the record is held back until it is.
+    Held,
+}
+
 pub(crate) struct Worker<S, Req>
 where
     S: Service<Req>,
 {
     shared: Arc<Shared<Req>>,
-    service: S,
+    /// `None` once the service broke (its `poll_ready` failed or panicked): it is dropped, and
+    /// the hand-off is closed.
+    service: Option<S>,
     concurrency: usize,
-    calls: FuturesUnordered<CatchUnwind<AssertUnwindSafe<S::Future>>>,
+    calls: FuturesUnordered<Call<S::Future>>,
     /// A request taken from the queue while the service was not ready.
     held: Option<Req>,
-    /// Set when the service's `poll_ready` failed: it is broken for good.
-    broken: bool,
-    doorbell: Pin<Box<OwnedNotified>>,
-    tick: Interval,
+    bell: Pin<Box<OwnedNotified>>,
+    /// `None` on a runtime without the time driver: the worker then parks as soon as it is
+    /// idle, and publishes its counters only when it wakes.
+    tick: Option<Interval>,
+    /// Since when the worker has had nothing to start, as seen at its ticks (read at ticks only,
+    /// so that the busy path reads no clock).
+    idle_since: Option<Instant>,
+    /// Whether it has been idle for [`LINGER`]: it parks.
+    linger_over: bool,
     #[cfg(feature = "metrics")]
     published: Published,
     /// Spaces out the warnings about dropped records.
@@ -77,20 +136,19 @@ where
         shared: Arc<Shared<Req>>,
         service: S,
         concurrency: usize,
-        idle_poll: Duration,
+        tick: Option<Interval>,
     ) -> Self {
-        let doorbell = Box::pin(shared.doorbell.clone().notified_owned());
-        let mut tick = interval(idle_poll);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let bell = Box::pin(shared.doorbell().notified());
         Self {
             shared,
-            service,
+            service: Some(service),
             concurrency,
             calls: FuturesUnordered::new(),
             held: None,
-            broken: false,
-            doorbell,
+            bell,
             tick,
+            idle_since: None,
+            linger_over: false,
             #[cfg(feature = "metrics")]
             published: Published::default(),
             drop_reports: Throttle::new(),
@@ -100,35 +158,13 @@ where
     pub(crate) async fn run(mut self) {
         poll_fn(|cx| {
             let poll = self.poll_run(cx);
-            // Each time the worker runs out of work, yields, or ends (and so at least every
-            // `idle_poll`), its counters go out in one batch.
+            // Each time the worker runs out of work, yields, or ends, its counters go out in
+            // one batch.
             self.publish();
             poll
         })
         .await;
-        self.shared.finished.store(true, Ordering::Release);
-        self.shared.drained.notify_waiters();
-    }
-
-    fn record(&self, outcome: Result<S::Response, S::Error>) {
-        let shared = &*self.shared;
-        let counter = match outcome {
-            Ok(_) => &shared.back.delivered,
-            Err(error) => {
-                let error: BoxError = error.into();
-                if error.is::<BulkheadFull>() {
-                    &shared.back.shed
-                } else if error.is::<BreakerOpen>() {
-                    &shared.back.rejected
-                } else {
-                    tracing::trace!(handoff = &*shared.name, %error, "hand-off call failed");
-                    &shared.back.failed
-                }
-            }
-        };
-        // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
-        counter.fetch_add(1, Ordering::Release);
-        shared.back.in_flight.fetch_sub(1, Ordering::Release);
+        self.shared.worker_ended();
     }
 
     /// Publishes the counters to the metrics recorder (with the `metrics` feature), and warns,
@@ -143,7 +179,7 @@ where
                     handoff = &*self.shared.name,
                     dropped = since,
                     dropped_total = dropped,
-                    queued = self.shared.queue.len(),
+                    queued = self.shared.queued(),
                     "hand-off dropped records: its queue was full or it was closed"
                 );
             }
@@ -152,64 +188,140 @@ where
 
     #[cfg(feature = "metrics")]
     fn publish_metrics(&mut self) {
-        let shared = &*self.shared;
-        let metrics = &shared.metrics;
-        let back = &shared.back;
-        let delivered = back.delivered.load(Ordering::Acquire);
-        let shed = back.shed.load(Ordering::Acquire);
-        let rejected = back.rejected.load(Ordering::Acquire);
-        let failed = back.failed.load(Ordering::Acquire);
+        let metrics = &self.shared.metrics;
+        let counts = self.shared.counts();
         // Only this worker takes records out of the queue and finishes them, so from here these
-        // are exact. `front.accepted` is not used: a sender reserves there before it knows
+        // are exact. `counts.accepted` is not used: a sender reserves there before it knows
         // whether its record gets in.
-        let in_flight = back.in_flight.load(Ordering::Acquire);
-        let queued = shared.queue.len() as u64;
-        let accepted = delivered + shed + rejected + failed + in_flight + queued;
-        let dropped_full = shared.front.dropped_full.load(Ordering::Acquire);
-
+        let accepted = counts.finished() + counts.pending();
         let last = &mut self.published;
         for (counter, now, then) in [
             (&metrics.accepted, accepted, &mut last.accepted),
-            (&metrics.dropped_full, dropped_full, &mut last.dropped_full),
-            (&metrics.delivered, delivered, &mut last.delivered),
-            (&metrics.shed, shed, &mut last.shed),
-            (&metrics.rejected, rejected, &mut last.rejected),
-            (&metrics.failed, failed, &mut last.failed),
+            (
+                &metrics.dropped_full,
+                counts.dropped - counts.dropped_closed,
+                &mut last.dropped_full,
+            ),
+            (&metrics.delivered, counts.delivered, &mut last.delivered),
+            (&metrics.shed, counts.shed, &mut last.shed),
+            (&metrics.rejected, counts.rejected, &mut last.rejected),
+            (&metrics.failed, counts.failed, &mut last.failed),
         ] {
             add_since(counter, now, then);
         }
-        metrics.queued.set(queued);
-        metrics.in_flight.set(in_flight);
+        // Absolute values, which every exporter keeps.
+        metrics.queued.set(counts.queued);
+        metrics.in_flight.set(counts.in_flight);
     }
 
-    /// A call panicked: the record counts as failed and the worker goes on.
-    fn panicked(&self) {
+    /// Counts how a call ended.
+    fn finish(&self, result: Result<Result<S::Response, S::Error>, Box<dyn Any + Send>>) {
+        let outcome = match result {
+            Ok(result) => outcome(result.map_err(Into::into)).unwrap_or_else(|error| {
+                tracing::trace!(handoff = &*self.shared.name, %error, "hand-off call failed");
+                Outcome::Failed
+            }),
+            Err(panic) => {
+                self.panicked("response future", &*panic);
+                Outcome::Failed
+            }
+        };
+        self.shared.finish(outcome);
+    }
+
+    fn panicked(&self, place: &str, payload: &(dyn Any + Send)) {
         tracing::error!(
             handoff = &*self.shared.name,
-            "a hand-off call panicked; counted as failed"
+            place,
+            panic = panic_message(payload),
+            "a hand-off call panicked; its record is counted as failed"
         );
-        self.shared.back.failed.fetch_add(1, Ordering::Release);
-        self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
     }
 
-    /// Takes the next request: the one held back, or the queue's next.
-    fn next_request(&mut self) -> Option<Req> {
-        if let Some(request) = self.held.take() {
-            return Some(request);
+    /// The service cannot be trusted any more: its `poll_ready` failed (tower's way of saying
+    /// it is dead) or panicked. The hand-off closes, so that later records are dropped rather
+    /// than accepted and failed; what is queued fails; calls in flight finish as they will.
+    fn broke(&mut self, why: &dyn fmt::Display) {
+        tracing::error!(
+            handoff = &*self.shared.name,
+            error = %why,
+            "the hand-off's service broke; the hand-off closes: queued records are counted as \
+             failed, later ones dropped"
+        );
+        self.shared.close();
+        if let Some(service) = self.service.take() {
+            // Its `drop` is user code too.
+            let _ = catch_unwind(AssertUnwindSafe(|| drop(service)));
         }
-        if self.shared.queue.is_empty() {
-            return None;
+    }
+
+    /// Drives one record into the stack: readiness, then the call.
+    fn start(&mut self, cx: &mut Context<'_>, request: Req) -> Start {
+        let Some(service) = self.service.as_mut() else {
+            self.shared.finish(Outcome::Failed);
+            return Start::Done;
+        };
+        match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
+            Ok(Poll::Ready(Ok(()))) => {
+                match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
+                    Ok(call) => self.calls.push(AssertUnwindSafe(call).catch_unwind()),
+                    Err(panic) => {
+                        self.panicked("call", &*panic);
+                        self.shared.finish(Outcome::Failed);
+                    }
+                }
+            }
+            Ok(Poll::Pending) => {
+                self.held = Some(request);
+                return Start::Held;
+            }
+            Ok(Poll::Ready(Err(error))) => {
+                let error: BoxError = error.into();
+                self.broke(&format_args!("poll_ready failed: {error}"));
+                self.shared.finish(Outcome::Failed);
+            }
+            Err(panic) => {
+                let message = panic_message(&*panic).to_owned();
+                self.broke(&format_args!("poll_ready panicked: {message}"));
+                self.shared.finish(Outcome::Failed);
+            }
         }
-        // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
-        self.shared.back.in_flight.fetch_add(1, Ordering::AcqRel);
-        let request = self.shared.queue.pop();
-        if request.is_none() {
-            self.shared.back.in_flight.fetch_sub(1, Ordering::AcqRel);
+        Start::Done
+    }
+
+    /// Counts every call that has ended; returns whether any had.
+    fn finish_ready(&mut self, cx: &mut Context<'_>, budget: &mut u32) -> bool {
+        let mut any = false;
+        while *budget > 0 {
+            let Poll::Ready(Some(result)) = self.calls.poll_next_unpin(cx) else {
+                break;
+            };
+            *budget -= 1;
+            any = true;
+            self.finish(result);
         }
-        request
+        any
+    }
+
+    /// Whether the worker still looks at the queue on its own tick rather than parking.
+    fn lingering(&self) -> bool {
+        self.tick.is_some() && !self.linger_over
+    }
+
+    /// Something was started or finished: the worker is busy again.
+    fn busy(&mut self) {
+        self.idle_since = None;
+        self.linger_over = false;
+    }
+
+    /// A tick found nothing to start.
+    fn idle_tick(&mut self) {
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        self.linger_over = since.elapsed() >= LINGER;
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.doorbell().awake();
         // The task runs outside tokio's cooperative budget (see `HandoffBuilder::spawn`), so it
         // keeps its own: after this many records it yields, and other tasks get the thread.
         let mut budget = BUDGET;
@@ -218,92 +330,67 @@ where
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            // Finish what is done.
-            while budget > 0 {
-                let Poll::Ready(Some(outcome)) = self.calls.poll_next_unpin(cx) else {
-                    break;
-                };
-                budget -= 1;
-                match outcome {
-                    Ok(outcome) => self.record(outcome),
-                    Err(_) => self.panicked(),
-                }
-            }
+            let mut progress = self.finish_ready(cx, &mut budget);
 
-            // Start new calls, up to the concurrency bound.
-            let mut started = false;
+            // Start new calls, up to the concurrency bound, and poll them as they start: a call
+            // that answers at once gives its place back (in a bulkhead, say) before the next.
             while self.calls.len() < self.concurrency && budget > 0 {
-                budget -= 1;
-                let Some(request) = self.next_request() else {
+                let Some(request) = self.held.take().or_else(|| self.shared.take()) else {
                     break;
                 };
-                if self.broken {
-                    self.shared.back.failed.fetch_add(1, Ordering::Release);
-                    self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
-                    continue;
+                budget -= 1;
+                if let Start::Held = self.start(cx, request) {
+                    break;
                 }
-                match self.service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let service = &mut self.service;
-                        match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-                            Ok(call) => self.calls.push(AssertUnwindSafe(call).catch_unwind()),
-                            Err(_) => self.panicked(),
-                        }
-                        started = true;
-                    }
-                    Poll::Ready(Err(error)) => {
-                        let error: BoxError = error.into();
-                        tracing::error!(
-                            handoff = &*self.shared.name,
-                            %error,
-                            "the hand-off's service failed for good; every record will fail"
-                        );
-                        self.broken = true;
-                        self.shared.back.failed.fetch_add(1, Ordering::Release);
-                        self.shared.back.in_flight.fetch_sub(1, Ordering::Release);
-                    }
-                    Poll::Pending => {
-                        self.held = Some(request);
-                        break;
-                    }
-                }
+                progress = true;
+                self.finish_ready(cx, &mut budget);
             }
-            if started {
-                // Poll the new calls once; most finish or register their wakers right away.
+            if progress {
+                self.busy();
                 continue;
             }
 
-            let closed = self.shared.front.closed.load(Ordering::SeqCst);
-            if closed
-                && self.held.is_none()
-                && self.shared.queue.is_empty()
-                && self.calls.is_empty()
-                && self.shared.front.accepted.load(Ordering::SeqCst) <= self.shared.finished()
-            {
-                // Nothing queued, nothing in flight, and no sender between its reservation and
-                // its push: every accepted record is finished.
+            if self.shared.is_drained() {
+                // Closed, and every accepted record finished, with no sender between its
+                // reservation and its push.
                 return Poll::Ready(());
             }
 
-            // Sleep until the doorbell rings, the next tick, or a call finishes (its waker). At
-            // the concurrency bound only a finishing call can help, so senders need not ring.
-            if self.calls.len() < self.concurrency {
-                self.shared.front.sleeping.store(true, Ordering::Release);
+            // Nothing to do until something happens. Could a new record be started now?
+            let idle = self.held.is_none() && self.calls.len() < self.concurrency;
+            let doorbell = self.shared.doorbell();
+            let parked = idle && !self.lingering();
+            if parked {
+                // The handshake (see `doorbell.rs`): announce, then look again.
+                doorbell.park();
+                if self.shared.has_queued() || self.shared.is_drained() {
+                    doorbell.awake();
+                    continue;
+                }
+            } else if idle {
+                doorbell.ticking();
+                if self.shared.has_queued() {
+                    // It came between the drain and the state change.
+                    continue;
+                }
             }
-            if self.doorbell.as_mut().poll(cx).is_ready() {
-                self.doorbell
-                    .set(self.shared.doorbell.clone().notified_owned());
+            // Otherwise only a call ending or the service becoming ready can help: their wakers
+            // wake the worker, and senders need not ring.
+
+            if self.bell.as_mut().poll(cx).is_ready() {
+                self.bell.set(doorbell.notified());
                 continue;
             }
-            if self.tick.poll_tick(cx).is_ready() {
-                continue;
-            }
-            // A request that arrived between the drain and `sleeping` would otherwise wait a tick.
-            if self.held.is_none()
-                && !self.shared.queue.is_empty()
-                && self.calls.len() < self.concurrency
-            {
-                continue;
+            if !parked {
+                // Also while blocked, so that the counters and warnings keep going out.
+                if let Some(tick) = &mut self.tick {
+                    if tick.poll_tick(cx).is_ready() {
+                        if idle {
+                            self.idle_tick();
+                        }
+                        continue;
+                    }
+                }
             }
             return Poll::Pending;
         }
