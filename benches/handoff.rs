@@ -15,8 +15,8 @@
 //!    plain thread, into a hand-off whose service answers at once. Three paces: a steady
 //!    100 000 records/s (batches of 100 every millisecond, sleeping in between), a trickle of
 //!    one record per millisecond, sparse records (one every 30 ms), and records further apart
-//!    than the worker's 50 ms grace period (one every 100 ms: the worker has parked, and each
-//!    send wakes it). The cost of the two clock reads alone is its own row.
+//!    than the worker's 50 ms fast spell (one every 100 ms: the worker is on its slow tick, and
+//!    no send wakes it). The cost of the two clock reads alone is its own row.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

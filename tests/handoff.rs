@@ -979,27 +979,42 @@ fn counting_ok() -> (
     (calls, inner)
 }
 
-/// How long an idle worker keeps ticking before it parks (50 ticks of 1 ms).
+/// How long an idle worker keeps its 1 ms tick before it slows down, and its slow tick.
 const LINGER: Duration = Duration::from_millis(50);
+const SLOW_TICK: Duration = Duration::from_millis(100);
 
 #[tokio::test(start_paused = true)]
-async fn a_parked_worker_is_woken_by_the_first_record() {
+async fn an_idle_worker_slows_its_tick_and_a_sender_never_wakes_it() {
     let (delivered, inner) = counting_ok();
     let handoff = builder(10, 4).spawn(inner).unwrap();
-    // Let the worker start, tick for its grace period, and park.
+    // Let the worker start and stay idle past its fast spell.
     run_worker().await;
-    let parked_at = Instant::now() + LINGER + TICK * 2;
-    while Instant::now() < parked_at {
+    let slow_at = Instant::now() + LINGER + TICK * 2;
+    while Instant::now() < slow_at {
         time::advance(TICK).await;
         run_worker().await;
     }
-    let start = Instant::now();
 
-    // Parked: the first record wakes it at once, no time passing.
+    // A lone record does not wake it (no sender pays for a wake-up), and a fast tick's time is
+    // not enough any more...
     assert_eq!(handoff.send(0), Sent::Accepted);
     run_worker().await;
+    time::advance(TICK * 2).await;
+    run_worker().await;
+    assert_eq!(delivered.load(Ordering::SeqCst), 0);
+    assert_eq!(handoff.counts().queued, 1);
+
+    // ...but the slow tick picks it up.
+    time::advance(SLOW_TICK).await;
+    run_worker().await;
     assert_eq!(delivered.load(Ordering::SeqCst), 1);
-    assert_eq!(Instant::now(), start, "no time passed");
+
+    // Busy again, the worker is back on its fast tick.
+    assert_eq!(handoff.send(1), Sent::Accepted);
+    run_worker().await;
+    time::advance(TICK).await;
+    run_worker().await;
+    assert_eq!(delivered.load(Ordering::SeqCst), 2);
     assert_quiescent(&handoff.counts());
 }
 

@@ -117,9 +117,9 @@ impl HandoffBuilder {
     /// through `service`.
     ///
     /// The worker uses tokio's time driver when the runtime has one: after traffic it looks at
-    /// the queue on a 1 ms tick for a while before it parks. On a runtime without it (no
-    /// `enable_time`) the hand-off works too: the worker parks as soon as it is idle, so
-    /// senders wake it more often. (Finding that out makes tokio's panic hook print its
+    /// the queue on a 1 ms tick for a while, then on a 100 ms tick, so that senders never wake
+    /// it. On a runtime without it (no `enable_time`) the hand-off works too: the worker parks
+    /// as soon as it is idle, and the first sender after a pause wakes it. (Finding that out makes tokio's panic hook print its
     /// "timers are disabled" message once.)
     ///
     /// # Errors
@@ -141,7 +141,7 @@ impl HandoffBuilder {
             tracing::warn!(
                 handoff = &*self.name,
                 "the tokio runtime has no time driver: the hand-off's worker parks as soon as it \
-                 is idle, so senders wake it more often"
+                 is idle, and the first sender after a pause wakes it"
             );
         }
         let shared = Arc::new(Shared::new(self.capacity, self.name));

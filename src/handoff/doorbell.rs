@@ -4,9 +4,11 @@
 //!
 //! - `AWAKE`: running, or waiting for something other than new records (a call to finish, the
 //!   service to become ready). A sender rings nothing: one load is its whole cost.
-//! - `TICKING`: idle for a short while after traffic, looking at the queue on its own tick. A
-//!   sender rings only when the queue is half full, so that a burst is not left waiting a tick.
-//! - `PARKED`: idle with no timer at all. The first sender to find it parked rings.
+//! - `TICKING`: idle, looking at the queue on its own tick (fast after traffic, slow after a
+//!   quiet spell). A sender rings only when the queue is half full, so that a burst is not left
+//!   waiting a tick.
+//! - `PARKED`: idle with no timer at all (a runtime without the time driver). The first sender
+//!   to find it parked rings.
 //!
 //! The handshake that loses no wake-up (Dekker's pattern):
 //!

@@ -25,13 +25,19 @@ use crate::Rejection;
 /// Records the worker finishes or starts in one poll before it yields its thread.
 const BUDGET: u32 = 1024;
 
-/// How often a worker that ran out of records looks at the queue by itself, for a while, before
-/// it parks: a steady flow of records then never makes a sender wake it.
+/// How often a worker that ran out of records looks at the queue by itself, for a while: a
+/// steady flow of records then never makes a sender wake it.
 const TICK: Duration = Duration::from_millis(1);
 
-/// How long a worker with nothing to start keeps ticking before it parks: from then on it costs
-/// no CPU, and the next sender wakes it.
+/// How long a worker with nothing to start keeps the fast tick before it slows down.
 const LINGER: Duration = Duration::from_millis(50);
+
+/// How often a worker that has been idle for [`LINGER`] looks at the queue: ten wake-ups a
+/// second, a few microseconds of CPU, so that an idle hand-off costs nothing measurable while a
+/// sender still never pays for waking it (a wake-up that crosses threads costs a sender tens of
+/// microseconds). A record offered to an idle hand-off waits at most this long to be sent,
+/// unless the queue fills to half, which rings the doorbell.
+const SLOW_TICK: Duration = Duration::from_millis(100);
 
 /// Adds to `counter` what `now` grew by since `then`, and remembers `now`.
 #[cfg(feature = "metrics")]
@@ -45,12 +51,14 @@ fn add_since(counter: &Counter, now: u64, then: &mut u64) {
 /// The worker's tick, or `None` on a runtime without the time driver (tokio's timers panic
 /// there; this is the one place that finds out, once, at spawn).
 pub(crate) fn tick() -> Option<Interval> {
-    let made = catch_unwind(|| {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tick
-    });
-    made.ok()
+    catch_unwind(|| every(TICK)).ok()
+}
+
+/// A tick of `period` whose first tick is one period away. Needs the time driver.
+fn every(period: Duration) -> Interval {
+    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
 }
 
 /// What a caught panic said, for the log.
@@ -101,13 +109,13 @@ where
     held: Option<Req>,
     bell: Pin<Box<OwnedNotified>>,
     /// `None` on a runtime without the time driver: the worker then parks as soon as it is
-    /// idle, and publishes its counters only when it wakes.
+    /// idle, senders ring it, and it publishes its counters only when it wakes.
     tick: Option<Interval>,
+    /// Whether `tick` is the slow one ([`SLOW_TICK`]).
+    slow: bool,
     /// Since when the worker has had nothing to start, as seen at its ticks (read at ticks only,
     /// so that the busy path reads no clock).
     idle_since: Option<Instant>,
-    /// Whether it has been idle for [`LINGER`]: it parks.
-    linger_over: bool,
     #[cfg(feature = "metrics")]
     published: Published,
     /// Spaces out the warnings about dropped records.
@@ -147,8 +155,8 @@ where
             held: None,
             bell,
             tick,
+            slow: false,
             idle_since: None,
-            linger_over: false,
             #[cfg(feature = "metrics")]
             published: Published::default(),
             drop_reports: Throttle::new(),
@@ -303,21 +311,23 @@ where
         any
     }
 
-    /// Whether the worker still looks at the queue on its own tick rather than parking.
-    fn lingering(&self) -> bool {
-        self.tick.is_some() && !self.linger_over
-    }
-
-    /// Something was started or finished: the worker is busy again.
+    /// Something was started or finished: the worker is busy again, and ticks fast when it next
+    /// runs out of records.
     fn busy(&mut self) {
         self.idle_since = None;
-        self.linger_over = false;
+        if self.slow {
+            self.slow = false;
+            self.tick = Some(every(TICK));
+        }
     }
 
-    /// A tick found nothing to start.
+    /// A tick found nothing to start: after [`LINGER`] of that, the tick slows down.
     fn idle_tick(&mut self) {
         let since = *self.idle_since.get_or_insert_with(Instant::now);
-        self.linger_over = since.elapsed() >= LINGER;
+        if !self.slow && since.elapsed() >= LINGER {
+            self.slow = true;
+            self.tick = Some(every(SLOW_TICK));
+        }
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -359,7 +369,9 @@ where
             // Nothing to do until something happens. Could a new record be started now?
             let idle = self.held.is_none() && self.calls.len() < self.concurrency;
             let doorbell = self.shared.doorbell();
-            let parked = idle && !self.lingering();
+            // Without timers nothing but the bell can wake an idle worker: it parks, and the next
+            // sender rings. With timers it ticks, and senders ring only for a half-full queue.
+            let parked = idle && self.tick.is_none();
             if parked {
                 // The handshake (see `doorbell.rs`): announce, then look again.
                 doorbell.park();
