@@ -38,8 +38,9 @@
 //! | `tanker_kafka_in_flight` | gauge | | records handed to librdkafka and not yet reported |
 //!
 //! The bulkhead and breaker record as calls happen. The hand-off's worker publishes its counters
-//! in batches, each time it runs out of work and at least every `idle_poll`, so a send costs
-//! nothing more with metrics on; a record dropped after `close` is recorded by `send` itself. A breaker's time-driven changes (the end of a cool-down) happen
+//! in batches, each time it runs out of work and at each of its ticks (1 ms after traffic, 100 ms
+//! when idle), so a send costs nothing more with metrics on; a record dropped after `close` is
+//! recorded by `send` itself. A breaker's time-driven changes (the end of a cool-down) happen
 //! when the next call arrives, so `tanker_breaker_state` keeps showing `open` after the
 //! cool-down of a breaker that gets no calls.
 //!

@@ -260,7 +260,7 @@ async fn dropped_records_are_reported_at_most_once_a_second() {
         }
     }
     assert!(dropped >= 990, "{dropped}");
-    // The worker reports when it next runs: at the latest after `idle_poll`.
+    // The worker reports when it next runs: at the latest at its next tick.
     tokio::time::advance(Duration::from_millis(2)).await;
     tokio::task::yield_now().await;
     let reports =
