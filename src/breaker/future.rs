@@ -10,8 +10,10 @@ use pin_project_lite::pin_project;
 use tower::BoxError;
 
 use super::classify::Classify;
+use super::engine::Engine;
 use super::error::BreakerOpen;
-use super::shared::{Shared, Ticket};
+use super::ticket::Ticket;
+use super::word::Word;
 
 pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
@@ -33,8 +35,8 @@ pin_project! {
         Closed {
             #[pin]
             future: F,
-            shared: Option<Arc<Shared>>,
-            generation: u64,
+            engine: Option<Arc<Engine>>,
+            word: Word,
             classifier: C,
         },
         Called {
@@ -55,12 +57,12 @@ pin_project! {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline]
-    pub(crate) fn closed(future: F, shared: Arc<Shared>, generation: u64, classifier: C) -> Self {
+    pub(crate) fn closed(future: F, engine: Arc<Engine>, word: Word, classifier: C) -> Self {
         Self {
             kind: Kind::Closed {
                 future,
-                shared: Some(shared),
-                generation,
+                engine: Some(engine),
+                word,
                 classifier,
             },
         }
@@ -101,13 +103,13 @@ where
         match self.project().kind.project() {
             KindProj::Closed {
                 future,
-                shared,
-                generation,
+                engine,
+                word,
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(shared) = shared.take() {
-                    shared.record(*generation, None, classifier.classify(result.as_ref()));
+                if let Some(engine) = engine.take() {
+                    engine.record(*word, None, classifier.classify(result.as_ref()));
                 }
                 Poll::Ready(result.map_err(Into::into))
             }

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::classify::ErrorsAsFailures;
+use super::engine::Engine;
+use super::handle::BreakerHandle;
 use super::policy::{Policy, SlowCalls};
 use super::service::Breaker;
-use super::shared::{BreakerHandle, Shared};
-use super::ticker;
 use crate::ConfigError;
 
 /// Wraps services in a [`Breaker`]: one breaker state per layer value.
@@ -18,20 +18,17 @@ use crate::ConfigError;
 /// Every service this layer value builds, and every clone of those services and of this layer,
 /// shares one state. Build one layer per dependency and reuse it. See the [module docs](super).
 pub struct BreakerLayer<C = ErrorsAsFailures> {
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
     classifier: C,
 }
 
 impl BreakerLayer {
     /// A breaker with the [default settings](BreakerBuilder).
     pub fn new() -> Self {
-        // The defaults are checked by a test; they cannot fail.
-        let policy = Policy::default();
-        let shared = Arc::new(Shared::new(policy, Arc::from("breaker"), random_seed()));
-        ticker::start(&shared);
-        Self {
-            shared,
-            classifier: ErrorsAsFailures,
+        match Self::builder().build() {
+            Ok(layer) => layer,
+            // The defaults are checked by a test of the policy.
+            Err(err) => unreachable!("the default settings are valid: {err}"),
         }
     }
 
@@ -50,16 +47,14 @@ impl Default for BreakerLayer {
 impl<C> BreakerLayer<C> {
     /// The state, counters and controls of this breaker.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle {
-            shared: self.shared.clone(),
-        }
+        BreakerHandle::new(self.engine.clone())
     }
 }
 
 impl<C: Clone> Clone for BreakerLayer<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            engine: self.engine.clone(),
             classifier: self.classifier.clone(),
         }
     }
@@ -69,7 +64,7 @@ impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
     type Service = Breaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Breaker::from_parts(inner, self.shared.clone(), self.classifier.clone())
+        Breaker::from_parts(inner, self.engine.clone(), self.classifier.clone())
     }
 }
 
@@ -258,13 +253,11 @@ impl<C> BreakerBuilder<C> {
             // A long cool-down with the default back-off: the cap follows it rather than refuse.
             self.policy.max_open_for = self.policy.open_for;
         }
+        self.policy.clamp_durations();
         self.policy.check()?;
         let seed = self.seed.unwrap_or_else(random_seed);
-        let shared = Arc::new(Shared::new(self.policy, self.name, seed));
-        // Inside a runtime the window's ticker starts now; otherwise with the first call.
-        ticker::start(&shared);
         Ok(BreakerLayer {
-            shared,
+            engine: Engine::start(self.policy, self.name, seed),
             classifier: self.classifier,
         })
     }

@@ -83,19 +83,23 @@
 //! when the breaker opens, `info` when it goes half-open or closes.
 
 mod classify;
+mod engine;
 mod error;
+mod events;
 pub mod future;
+mod handle;
 mod layer;
 mod policy;
 mod service;
-mod shared;
 mod state;
 mod ticker;
+mod ticket;
 mod window;
+mod word;
 
 pub use self::classify::{Classify, ErrorsAsFailures, Outcome};
 pub use self::error::BreakerOpen;
+pub use self::handle::{BreakerHandle, BreakerMetrics};
 pub use self::layer::{BreakerBuilder, BreakerLayer};
 pub use self::service::Breaker;
-pub use self::shared::{BreakerHandle, BreakerMetrics};
 pub use self::state::BreakerState;

@@ -1,7 +1,7 @@
 //! The state shared by every service built from one [`BulkheadLayer`](super::BulkheadLayer).
 
-use std::fmt;
 use crate::sync::{AtomicU64, AtomicUsize, Ordering};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
