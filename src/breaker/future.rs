@@ -9,11 +9,12 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::classify::Classify;
+use super::classify::{Classify, Outcome};
 use super::engine::Engine;
 use super::error::BreakerOpen;
 use super::ticket::Ticket;
 use super::word::Word;
+use crate::Rejection;
 
 pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
@@ -108,10 +109,12 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
+                let outcome = classifier.classify(result.as_ref());
+                let result = result.map_err(Into::into);
                 if let Some(engine) = engine.take() {
-                    engine.record(*word, None, classifier.classify(result.as_ref()));
+                    engine.record(*word, None, not_a_refusal(outcome, &result));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Called {
                 future,
@@ -119,14 +122,29 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
+                let outcome = classifier.classify(result.as_ref());
+                let result = result.map_err(Into::into);
                 if let Some(ticket) = ticket.take() {
-                    ticket.finish(classifier.classify(result.as_ref()));
+                    ticket.finish(not_a_refusal(outcome, &result));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Bypass { future } => future.poll(cx).map_err(Into::into),
             KindProj::Rejected { error } => Poll::Ready(Err((*error).into())),
         }
+    }
+}
+
+/// A failure that is a refusal by an inner tanker layer ([`Rejection::find`]) is ignored: the
+/// dependency was not called, so it says nothing about it. Looked for only in failures, so
+/// successes pay nothing.
+#[inline]
+fn not_a_refusal<T>(outcome: Outcome, result: &Result<T, BoxError>) -> Outcome {
+    match result {
+        Err(err) if outcome == Outcome::Failure && Rejection::find(err.as_ref()).is_some() => {
+            Outcome::Ignore
+        }
+        _ => outcome,
     }
 }
 
