@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use proptest::prelude::*;
 use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
 use tanker::ServiceBuilderExt;
@@ -357,4 +358,200 @@ async fn open_error() -> BreakerOpen {
     let mut svc = inner.layer(service_fn(|_: ()| async { Ok::<_, BoxError>(0u32) }));
     let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
     *err.downcast_ref::<BreakerOpen>().unwrap()
+}
+
+// ===== extreme settings: refused when built, or working; never a panic later =====
+
+fn durations() -> impl Strategy<Value = Duration> {
+    prop::sample::select(vec![
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_millis(1),
+        Duration::from_secs(1),
+        Duration::from_secs(3_600),
+        Duration::from_secs(200 * 365 * 24 * 3_600),
+        Duration::MAX,
+    ])
+}
+
+fn rates() -> impl Strategy<Value = f64> {
+    prop::sample::select(vec![
+        0.0,
+        -1.0,
+        f64::MIN_POSITIVE,
+        0.5,
+        1.0,
+        1.5,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MAX,
+    ])
+}
+
+fn counts() -> impl Strategy<Value = u32> {
+    prop::sample::select(vec![0, 1, 2, 1_000, 1_001, u32::MAX])
+}
+
+/// Each setting either left at its default (`None`) or set to an extreme or ordinary value.
+#[derive(Debug, Clone)]
+struct Extremes {
+    consecutive: Option<Option<u32>>,
+    failure_rate: Option<Option<f64>>,
+    window: Option<(Duration, u32)>,
+    minimum_calls: Option<u32>,
+    slow: Option<(Duration, f64)>,
+    open_for: Option<Duration>,
+    backoff: Option<(f64, Duration)>,
+    jitter: Option<f64>,
+    probes: Option<u32>,
+    probe_timeout: Option<Duration>,
+}
+
+/// A setting left at its default twice as often as it is set, so that most cases build.
+fn sometimes<T: std::fmt::Debug + Clone>(
+    value: impl Strategy<Value = T>,
+) -> impl Strategy<Value = Option<T>> {
+    prop_oneof![2 => Just(None), 1 => value.prop_map(Some)]
+}
+
+fn extremes() -> impl Strategy<Value = Extremes> {
+    (
+        sometimes(prop::option::of(counts())),
+        sometimes(prop::option::of(rates())),
+        sometimes((durations(), counts())),
+        sometimes(counts()),
+        sometimes((durations(), rates())),
+        sometimes(durations()),
+        sometimes((rates().prop_map(|r| r * 4.0), durations())),
+        sometimes(rates()),
+        sometimes(counts()),
+        sometimes(durations()),
+    )
+        .prop_map(
+            |(
+                consecutive,
+                failure_rate,
+                window,
+                minimum_calls,
+                slow,
+                open_for,
+                backoff,
+                jitter,
+                probes,
+                probe_timeout,
+            )| Extremes {
+                consecutive,
+                failure_rate,
+                window,
+                minimum_calls,
+                slow,
+                open_for,
+                backoff,
+                jitter,
+                probes,
+                probe_timeout,
+            },
+        )
+}
+
+impl Extremes {
+    fn builder(&self) -> BreakerBuilder {
+        let mut b = BreakerLayer::builder().jitter_seed(7);
+        if let Some(consecutive) = self.consecutive {
+            b = match consecutive {
+                Some(n) => b.consecutive_failures(n),
+                None => b.no_consecutive_failures(),
+            };
+        }
+        if let Some(rate) = self.failure_rate {
+            b = match rate {
+                Some(rate) => b.failure_rate(rate),
+                None => b.no_failure_rate(),
+            };
+        }
+        if let Some((length, buckets)) = self.window {
+            b = b.window(length, buckets);
+        }
+        if let Some(n) = self.minimum_calls {
+            b = b.minimum_calls(n);
+        }
+        if let Some((threshold, rate)) = self.slow {
+            b = b.slow_calls(threshold, rate);
+        }
+        if let Some(base) = self.open_for {
+            b = b.open_for(base);
+        }
+        if let Some((multiplier, max)) = self.backoff {
+            b = b.backoff(multiplier, max);
+        }
+        if let Some(fraction) = self.jitter {
+            b = b.jitter(fraction);
+        }
+        if let Some(n) = self.probes {
+            b = b.probes(n);
+        }
+        if let Some(timeout) = self.probe_timeout {
+            b = b.probe_timeout(timeout);
+        }
+        b
+    }
+}
+
+/// Failures until the breaker opens (or 64 calls), then a wait past the cool-down; twice, so
+/// that the back-off grows; then a successful probe.
+async fn drive_trips(layer: BreakerLayer) {
+    let handle = layer.handle();
+    let mut svc = layer.layer(service_fn(|ok: bool| async move {
+        if ok {
+            Ok(1u32)
+        } else {
+            Err("down")
+        }
+    }));
+    for _ in 0..3 {
+        for _ in 0..64 {
+            let result = svc.ready().await.unwrap().call(false).await;
+            if let Err(err) = result {
+                if let Some(open) = err.downcast_ref::<BreakerOpen>() {
+                    let wait = open.retry_after().unwrap_or(secs(1));
+                    time::advance(wait.min(Duration::from_secs(150 * 365 * 24 * 3_600))).await;
+                    break;
+                }
+            }
+        }
+        let m = handle.metrics();
+        assert!(m.window_failures <= m.window_calls, "{m:?}");
+    }
+    let _ = svc.ready().await.unwrap().call(true).await;
+    let m = handle.metrics();
+    assert!(m.failures <= m.successes + m.failures, "{m:?}");
+}
+
+#[test]
+fn every_setting_is_refused_when_built_or_works() {
+    let built = std::cell::Cell::new(0);
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+        cases: 2048,
+        ..ProptestConfig::default()
+    });
+    runner
+        .run(&extremes(), |settings| {
+            match settings.builder().build() {
+                Err(err) => prop_assert!(!err.setting().is_empty()),
+                Ok(layer) => {
+                    built.set(built.get() + 1);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .start_paused(true)
+                        .build()
+                        .unwrap();
+                    rt.block_on(drive_trips(layer));
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    // A setting is left alone 2 times in 3, so well over a tenth of the cases build and run.
+    assert!(built.get() > 200, "only {} cases built", built.get());
 }
