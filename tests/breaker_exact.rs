@@ -32,6 +32,12 @@ struct Gate {
 /// A request to [`Gate`]: the call ends with what is sent on the other side.
 type Answer = oneshot::Receiver<Result<u32, &'static str>>;
 
+/// A request for a call that must not reach the inner service: if it does, it ends at once with
+/// an error ("abandoned") rather than hang the test.
+fn unanswered() -> Answer {
+    oneshot::channel().1
+}
+
 /// Decrements the running count when a call ends or is dropped.
 struct Running(Arc<AtomicUsize>);
 
@@ -95,7 +101,7 @@ async fn rejected<S>(svc: &mut S) -> BreakerOpen
 where
     S: Service<Answer, Response = u32, Error = BoxError>,
 {
-    let (_tx, rx) = oneshot::channel();
+    let rx = unanswered();
     let err = svc.ready().await.unwrap().call(rx).await.unwrap_err();
     *err.downcast_ref::<BreakerOpen>()
         .unwrap_or_else(|| panic!("expected BreakerOpen, got {err}"))
@@ -128,7 +134,7 @@ async fn a_handle_readied_while_closed_is_rejected_once_the_breaker_opened() {
     tx.answer(Err("down"), task).await;
     assert_eq!(handle.state(), BreakerState::Open);
 
-    let (_tx, rx) = oneshot::channel();
+    let rx = unanswered();
     let err = ready.call(rx).await.unwrap_err();
     assert!(err.is::<BreakerOpen>(), "{err}");
     assert_eq!(
@@ -148,7 +154,7 @@ async fn a_handle_readied_while_closed_is_rejected_once_forced_open() {
 
     svc.ready().await.unwrap();
     handle.force_open();
-    let (_tx, rx) = oneshot::channel();
+    let rx = unanswered();
     let err = svc.call(rx).await.unwrap_err();
     assert_eq!(
         err.downcast_ref::<BreakerOpen>().unwrap().retry_after(),
@@ -174,7 +180,7 @@ async fn a_probe_place_readied_before_a_reopening_is_rejected_in_call() {
     tx.answer(Err("still down"), task).await;
     assert_eq!(handle.state(), BreakerState::Open);
 
-    let (_tx, rx) = oneshot::channel();
+    let rx = unanswered();
     assert!(late.call(rx).await.unwrap_err().is::<BreakerOpen>());
     assert_eq!(
         handle.metrics().probes_in_flight,
@@ -297,7 +303,7 @@ async fn the_default_classifier_ignores_the_sheds_of_an_inner_bulkhead() {
 
     let (held_task, held) = start(&mut svc).await;
     for _ in 0..10 {
-        let (_tx, rx) = oneshot::channel();
+        let rx = unanswered();
         let err = svc.ready().await.unwrap().call(rx).await.unwrap_err();
         assert!(err.is::<BulkheadFull>(), "{err}");
     }

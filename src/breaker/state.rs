@@ -630,3 +630,74 @@ mod tests {
         assert!(matches!(m.admit(t0, &p).0, Admission::Call { .. }));
     }
 }
+
+/// Model check of the probe places (run by `scripts/loom.sh`): callers racing for probes while
+/// timeouts and failures reopen the breaker never have more than `probes` calls in the
+/// dependency. The machine is behind a lock (loom's here), so loom explores the orders in which
+/// callers take it; each time the lock is taken the clock moves on by two seconds, past a
+/// cool-down and past a probe timeout.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{AtomicUsize, Ordering};
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    struct Locked {
+        machine: Machine,
+        ticks: u32,
+    }
+
+    impl Locked {
+        fn now(&mut self, t0: Instant) -> Instant {
+            self.ticks += 1;
+            t0 + Duration::from_secs(2) * self.ticks
+        }
+    }
+
+    #[test]
+    fn loom_never_more_probes_than_places_across_reopenings() {
+        loom::model(|| {
+            let policy = Arc::new(Policy {
+                consecutive_failures: Some(1),
+                open_for: Duration::from_secs(1),
+                backoff: 1.0,
+                max_open_for: Duration::from_secs(1),
+                jitter: 0.0,
+                probes: 1,
+                probe_timeout: Duration::from_secs(1),
+                ..Policy::default()
+            });
+            let t0 = Instant::now();
+            let mut machine = Machine::new(t0, 1);
+            machine.trip(t0, 0, &policy, TripReason::ConsecutiveFailures);
+            let locked = Arc::new(Mutex::new(Locked { machine, ticks: 0 }));
+            let inside = Arc::new(AtomicUsize::new(0));
+            let caller = || {
+                let (locked, policy, inside) = (locked.clone(), policy.clone(), inside.clone());
+                thread::spawn(move || {
+                    let admission = {
+                        let mut locked = locked.lock().unwrap();
+                        let now = locked.now(t0);
+                        locked.machine.admit(now, &policy).0
+                    };
+                    if let Admission::Probe { generation, id } = admission {
+                        let before = inside.fetch_add(1, Ordering::SeqCst);
+                        assert!(before < policy.probes as usize, "more probes than places");
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        let mut locked = locked.lock().unwrap();
+                        let now = locked.now(t0);
+                        locked
+                            .machine
+                            .probe_done(now, generation, id, ProbeEnd::Failure, &policy);
+                    }
+                })
+            };
+            let callers = [caller(), caller(), caller()];
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert_eq!(locked.lock().unwrap().machine.probes_in_flight(), 0);
+        });
+    }
+}

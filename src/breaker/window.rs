@@ -580,3 +580,107 @@ mod tests {
         );
     }
 }
+
+/// Model checks of the window's lock-free protocol (run by `scripts/loom.sh`): epoch advances
+/// racing with writers and readers. The clock is passed in, so loom sees every interleaving of
+/// the atomics alone.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+
+    fn window() -> (Arc<Window>, Instant) {
+        let origin = Instant::now();
+        (
+            Arc::new(Window::new(origin, Duration::from_secs(2), 2)),
+            origin,
+        )
+    }
+
+    /// A reader racing a failure and a success never sees more failures than calls.
+    #[test]
+    fn loom_totals_never_show_a_failure_without_its_call() {
+        loom::model(|| {
+            let (w, t0) = window();
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.record(t0, FAIL);
+                    w.record_success(|| t0);
+                })
+            };
+            let totals = w.totals(1);
+            assert!(totals.failures <= totals.calls, "{totals:?}");
+            let all = w.all_time();
+            assert!(all.failures <= all.calls, "{all:?}");
+            writer.join().unwrap();
+            assert_eq!(
+                w.totals(1),
+                Totals {
+                    calls: 2,
+                    failures: 1,
+                    slow: 0
+                }
+            );
+        });
+    }
+
+    /// Two writers, one of them moving the window a full turn on (recycling the slot of the
+    /// other's bucket): no count is lost. A writer whose epoch went stale adds to the newer
+    /// bucket it finds rather than lose its count (see `renew`).
+    #[test]
+    fn loom_an_epoch_advance_loses_no_count() {
+        loom::model(|| {
+            let (w, t0) = window();
+            let late = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    // Two buckets later: the same slot, a turn on.
+                    w.record(t0 + Duration::from_secs(2), FAIL);
+                })
+            };
+            w.record(t0, FAIL);
+            w.record_success(|| t0);
+            late.join().unwrap();
+            assert_eq!(
+                w.all_time(),
+                Totals {
+                    calls: 3,
+                    failures: 2,
+                    slow: 0
+                }
+            );
+            let now = w.totals(3);
+            assert!(now.failures <= now.calls, "{now:?}");
+            assert!(
+                now.calls >= 1 && now.failures >= 1,
+                "the late failure is there: {now:?}"
+            );
+        });
+    }
+
+    /// A success that finds the epoch moved under it counts once, in the bucket it read.
+    #[test]
+    fn loom_a_success_racing_an_advance_counts_once() {
+        loom::model(|| {
+            let (w, t0) = window();
+            assert!(w.ticker.claim(1));
+            let ticker = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.tick(t0 + Duration::from_secs(1));
+                })
+            };
+            w.record_success(|| t0 + Duration::from_secs(1));
+            ticker.join().unwrap();
+            assert_eq!(w.all_time().calls, 1);
+            assert_eq!(w.totals(2).calls, 1);
+        });
+    }
+}

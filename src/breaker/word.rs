@@ -81,3 +81,49 @@ mod tests {
         }
     }
 }
+
+/// Model checks of the state word (run by `scripts/loom.sh`): transitions published in order
+/// under the machine's lock, and callers that check a word they read before.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    /// Two publishers move the word through their transitions under one lock (as the engine
+    /// does); a caller that admitted on the first word, and still holds it when it checks again,
+    /// saw no transition in between; the generations it sees never go back.
+    #[test]
+    fn loom_a_held_word_means_no_transition_in_between() {
+        loom::model(|| {
+            let word = Arc::new(StateWord::new());
+            let lock = Arc::new(Mutex::new(0u64));
+            let publisher = |to: BreakerState| {
+                let (word, lock) = (word.clone(), lock.clone());
+                thread::spawn(move || {
+                    let mut generation = lock.lock().unwrap();
+                    *generation += 1;
+                    word.store(Word::new(*generation, to));
+                })
+            };
+            let open = publisher(BreakerState::Open);
+            let forced = publisher(BreakerState::ForcedOpen);
+
+            let admitted = word.load();
+            let held = word.is(admitted);
+            let later = word.load();
+            assert!(later.generation() >= admitted.generation());
+            if held && later == admitted {
+                assert!(admitted.is_closed() || admitted.generation() > 0);
+            }
+            open.join().unwrap();
+            forced.join().unwrap();
+            let last = word.load();
+            assert_eq!(last.generation(), 2);
+            assert!(
+                !word.is(Word::new(0, BreakerState::Closed)),
+                "a stale word never holds"
+            );
+        });
+    }
+}
