@@ -103,13 +103,16 @@ fn successes_alone_never_open_the_breaker() {
 
 #[test]
 fn a_failure_rate_below_the_threshold_never_opens_the_breaker() {
-    // One call in four fails, from every thread at once; the threshold is one in two. Narrow
-    // buckets make the window move often while others read it.
+    // One call in four fails, from every thread at once; the threshold is one in two. A window
+    // of two 1 ms buckets: a reader preempted between a bucket's loads while the others write
+    // would count the current bucket's later failures without their calls, up to twice the
+    // true rate. 64 calls at least, so that a window nearly emptied by a pause cannot reach
+    // one in two by chance.
     let layer = BreakerLayer::builder()
         .no_consecutive_failures()
         .failure_rate(0.5)
-        .minimum_calls(8)
-        .window(Duration::from_millis(20), 20)
+        .minimum_calls(64)
+        .window(Duration::from_millis(2), 2)
         .build()
         .unwrap();
     let handle = layer.handle();
