@@ -108,6 +108,10 @@ impl Engine {
 
     #[cold]
     fn admit_slow(&self, word: Word) -> Admission {
+        if word.state() == BreakerState::ForcedOpen {
+            // Nothing but an operator ends it: no clock, no lock.
+            return Admission::Reject { retry_after: None };
+        }
         let now = Instant::now();
         if word.state() == BreakerState::Open {
             let until = self.open_until.load(Ordering::Acquire);
