@@ -158,8 +158,12 @@ impl<C> BreakerBuilder<C> {
     ///
     /// Successes do not read the clock: a small task on the tokio runtime moves the window to the
     /// next bucket at each boundary (on tokio's clock, so paused time drives it too), and
-    /// failures move it from the clock they read anyway. Outside a tokio runtime, successes read
-    /// the clock instead. Memory is three words per bucket, fixed when the layer is built.
+    /// failures move it from the clock they read anyway. About one success in 64 reads the clock
+    /// to check that this task keeps up; if its runtime went idle (a runtime used once for a
+    /// warm-up, then left alive), a new task starts on the runtime of the calls. Outside a tokio
+    /// runtime, or on one without the time driver (tokio's message about the missing timers is
+    /// printed once, nothing is spawned), successes read the clock instead. Memory is three words
+    /// per bucket, fixed when the layer is built.
     pub fn window(mut self, length: Duration, buckets: u32) -> Self {
         self.policy.window = length;
         self.policy.buckets = buckets;
@@ -215,7 +219,8 @@ impl<C> BreakerBuilder<C> {
     }
 
     /// How many probes the half-open breaker lets through at once; that many successes close it,
-    /// and any failure opens it again. At least 1.
+    /// and any failure opens it again. At least 1. A probe holds its place until its call ends,
+    /// across reopenings, so never more than `n` probes are in the dependency at once.
     pub fn probes(mut self, n: u32) -> Self {
         self.policy.probes = n;
         self
@@ -223,7 +228,9 @@ impl<C> BreakerBuilder<C> {
 
     /// The longest a probe may take. If a probe has not finished by then (it hangs, or its
     /// caller never calls), the next call that arrives counts it as failed and opens the breaker
-    /// again, so a lost probe cannot keep the breaker half-open.
+    /// again, so a lost probe cannot keep the breaker half-open. The timed-out call keeps its
+    /// probe place until it ends (see [`probes`](Self::probes)); while it does, each cool-down
+    /// that ends with every place taken trips the breaker again.
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.policy.probe_timeout = timeout;
         self
@@ -248,6 +255,9 @@ impl<C> BreakerBuilder<C> {
     /// count or duration is zero, the window has too many or too narrow buckets, the back-off
     /// multiplier is below 1 or its cap below the base cool-down, the jitter is outside `[0, 1)`,
     /// or every trip condition is turned off.
+    ///
+    /// Durations longer than 100 years (`Duration::MAX` included) are cut to 100 years, as
+    /// tokio's `sleep` cuts its own: a breaker never overflows the clock, whatever the back-off.
     pub fn build(mut self) -> Result<BreakerLayer<C>, ConfigError> {
         if !self.backoff_set && self.policy.open_for > self.policy.max_open_for {
             // A long cool-down with the default back-off: the cap follows it rather than refuse.
