@@ -138,6 +138,44 @@ fn tanker_breaker_layer() -> BreakerLayer {
     BreakerLayer::new()
 }
 
+/// recloser 1.4 (the fastest peer breaker) as a tower service: `poll_ready` is
+/// the inner service's, `call` wraps the inner future in the recloser's.
+#[derive(Clone)]
+struct Recloser<S> {
+    inner: S,
+    breaker: recloser::AsyncRecloser,
+}
+
+impl<S: Service<u64>> Service<u64> for Recloser<S> {
+    type Response = S::Response;
+    type Error = recloser::Error<S::Error>;
+    type Future = recloser::RecloserFuture<S::Future, recloser::AnyError>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(recloser::Error::Inner)
+    }
+
+    fn call(&mut self, request: u64) -> Self::Future {
+        self.breaker.call(self.inner.call(request))
+    }
+}
+
+/// recloser with its defaults (failure rate 0.5 over 100 calls, 30 s open),
+/// or with `open_for` as its open time.
+fn recloser<S>(inner: S, open_for: Option<Duration>) -> Recloser<S> {
+    let mut builder = recloser::Recloser::custom();
+    if let Some(open_for) = open_for {
+        builder = builder.open_wait(open_for);
+    }
+    Recloser {
+        inner,
+        breaker: builder.build().into(),
+    }
+}
+
 fn resilience_bulkhead_layer(max: usize) -> RBulkheadLayer {
     let (layer, _handle) = RBulkheadLayer::builder()
         .max_concurrent_calls(max)
@@ -376,6 +414,7 @@ macro_rules! for_each_variant {
                 .layer(tanker_breaker_layer())
                 .service(inner()),
         );
+        $f(g, rt, "recloser", recloser(inner(), None));
         $f(
             g,
             rt,
@@ -493,6 +532,19 @@ fn group_rejection(c: &mut Criterion) {
             .service(rejection_inner());
         trip(&rt, &mut svc, || handle.state() == BreakerState::Open);
         bench_rejection(&mut g, &rt, "tanker_breaker_tripped", svc);
+    }
+    {
+        let mut svc = recloser(rejection_inner(), Some(TRIPPED_OPEN_FOR));
+        rt.block_on(async {
+            // Its ring buffer of 100 calls must fill with failures first.
+            for _ in 0..1_000 {
+                if let Err(recloser::Error::Rejected) = ready_call(&mut svc, FAIL).await {
+                    return;
+                }
+            }
+            panic!("recloser did not open");
+        });
+        bench_rejection(&mut g, &rt, "recloser_tripped", svc);
     }
     {
         let (layer, handle) = resilience_breaker_layer(TRIPPED_OPEN_FOR);

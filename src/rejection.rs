@@ -7,6 +7,14 @@ use std::time::Duration;
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
 
+/// `err` and the errors of its [`source`](std::error::Error::source) chain, nearest first: the
+/// crate's one walk of a source chain.
+pub(crate) fn chain<'a>(
+    err: &'a (dyn StdError + 'static),
+) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
+    std::iter::successors(Some(err), |&err| err.source())
+}
+
 /// A call that one of tanker's layers refused before it reached the dependency.
 ///
 /// The layers return their refusals boxed, as [`BulkheadFull`] and [`BreakerOpen`]; code that
@@ -51,20 +59,22 @@ pub enum Rejection {
 impl Rejection {
     /// Recognises a refusal by tanker in `err` or in any error of its
     /// [`source`](std::error::Error::source) chain, nearest first.
+    ///
+    /// This is the one definition of "tanker refused this call" in the crate: the breaker never
+    /// counts such an error as its dependency's failure, whatever the classifier, and the
+    /// response mappings of the `axum` and `tonic` features answer it with "unavailable".
     pub fn find(err: &(dyn StdError + 'static)) -> Option<Self> {
-        let mut next = Some(err);
-        while let Some(err) = next {
+        chain(err).find_map(|err| {
             if let Some(open) = err.downcast_ref::<BreakerOpen>() {
-                return Some(Self::BreakerOpen {
+                Some(Self::BreakerOpen {
                     retry_after: open.retry_after(),
-                });
+                })
+            } else if err.is::<BulkheadFull>() {
+                Some(Self::BulkheadFull)
+            } else {
+                None
             }
-            if err.is::<BulkheadFull>() {
-                return Some(Self::BulkheadFull);
-            }
-            next = err.source();
-        }
-        None
+        })
     }
 
     /// When the caller may try again: the breaker's next probe, or `None` when that is not
@@ -138,6 +148,14 @@ mod tests {
             Rejection::find(&twice).and_then(|r| r.retry_after()),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn chain_walks_every_source_nearest_first() {
+        let inner: Box<dyn StdError + Send + Sync> = "root cause".into();
+        let twice = Wrapped(Box::new(Wrapped(inner)));
+        let seen: Vec<String> = chain(&twice).map(|err| err.to_string()).collect();
+        assert_eq!(seen, ["wrapped", "wrapped", "root cause"]);
     }
 
     #[test]

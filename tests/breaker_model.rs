@@ -23,6 +23,11 @@
 //! - a probe that fails, or succeeds slowly, reopens the breaker; a probe dropped or ignored frees
 //!   its place; `probes` successes close it, with an empty window and the base cool-down. While
 //!   every place is taken, a rejected call is told to retry when the oldest probe times out;
+//! - a probe keeps its place until it ends, whatever the breaker does meanwhile: at most `probes`
+//!   probes are ever in flight, counting those of earlier half-open periods. A probe of an earlier
+//!   period that outlived its timeout reopens the breaker (again) only when it holds a place that
+//!   a call needs: at the end of a cool-down with every place taken, the breaker goes half-open
+//!   and at once open again;
 //! - a rejection is counted when `call` returns it.
 //!
 //! Every case runs in its own current-thread runtime with paused time. In-flight calls are
@@ -303,8 +308,9 @@ struct Model {
     /// Trips since the breaker last closed: the cool-down is `open_for * backoff^(trips - 1)`.
     trips: u32,
     open_until: u64,
-    /// The probes in flight: their ids and when they were admitted.
-    probes_in_flight: Vec<(u64, u64)>,
+    /// The probes in flight, of any period: their ids, when they were admitted, and their
+    /// generation.
+    probes_in_flight: Vec<(u64, u64, u64)>,
     next_probe: u64,
     probe_successes: u32,
     last_transition: u64,
@@ -390,7 +396,6 @@ impl Model {
         self.state = to;
         self.generation += 1;
         self.last_transition = now;
-        self.probes_in_flight.clear();
         self.probe_successes = 0;
         if to == BreakerState::Closed {
             self.records.clear();
@@ -415,7 +420,7 @@ impl Model {
     fn take_probe(&mut self, now: u64) -> Admit {
         let id = self.next_probe;
         self.next_probe += 1;
-        self.probes_in_flight.push((id, now));
+        self.probes_in_flight.push((id, now, self.generation));
         Admit::Go(Ticket::Probe {
             generation: self.generation,
             id,
@@ -424,19 +429,42 @@ impl Model {
 
     /// When the oldest probe in flight times out, if any is in flight.
     fn probe_deadline(&self) -> Option<u64> {
-        let oldest = self.probes_in_flight.iter().map(|&(_, at)| at).min()?;
+        let oldest = self.probes_in_flight.iter().map(|&(_, at, _)| at).min()?;
         Some(oldest + self.probe_timeout)
     }
 
-    /// Takes probe `id` of `generation` out of the probes in flight; `false` if it is not one of
-    /// them (an earlier period's).
+    /// Whether a probe of the current period is past its timeout at `now`.
+    fn current_probe_overdue(&self, now: u64) -> bool {
+        self.probes_in_flight.iter().any(|&(_, at, generation)| {
+            generation == self.generation && now >= at + self.probe_timeout
+        })
+    }
+
+    /// Takes probe `id` out of the probes in flight, whatever its period; returns whether its
+    /// outcome counts (it is a probe of the current half-open period).
     fn end_probe(&mut self, generation: u64, id: u64) -> bool {
-        if self.state != BreakerState::HalfOpen || generation != self.generation {
-            return false;
-        }
         let before = self.probes_in_flight.len();
-        self.probes_in_flight.retain(|&(probe, _)| probe != id);
+        self.probes_in_flight.retain(|&(probe, _, _)| probe != id);
         self.probes_in_flight.len() < before
+            && self.state == BreakerState::HalfOpen
+            && generation == self.generation
+    }
+
+    fn admit_half_open(&mut self, now: u64) -> Admit {
+        let full = self.probes_in_flight.len() >= self.probes as usize;
+        match self.probe_deadline() {
+            Some(deadline) if self.current_probe_overdue(now) || (full && now >= deadline) => {
+                self.cov.probe_timed_out += 1;
+                self.open(now);
+                Admit::Reject(self.open_until - now)
+            }
+            _ if !full => self.take_probe(now),
+            Some(deadline) => {
+                self.cov.rejected_probe_limit += 1;
+                Admit::Reject(deadline - now)
+            }
+            None => unreachable!("every place taken, yet no probe in flight"),
+        }
     }
 
     fn admit(&mut self, now: u64) -> Admit {
@@ -454,21 +482,9 @@ impl Model {
                     self.cov.half_opened_at_exact_edge += 1;
                 }
                 self.move_to(now, BreakerState::HalfOpen);
-                self.take_probe(now)
+                self.admit_half_open(now)
             }
-            BreakerState::HalfOpen => match self.probe_deadline() {
-                Some(deadline) if now >= deadline => {
-                    self.cov.probe_timed_out += 1;
-                    self.open(now);
-                    Admit::Reject(self.open_until - now)
-                }
-                _ if self.probes_in_flight.len() < self.probes as usize => self.take_probe(now),
-                Some(deadline) => {
-                    self.cov.rejected_probe_limit += 1;
-                    Admit::Reject(deadline - now)
-                }
-                None => unreachable!("every place taken, yet no probe in flight"),
-            },
+            BreakerState::HalfOpen => self.admit_half_open(now),
             other => unreachable!("the model is never {other:?}"),
         };
         match admit {

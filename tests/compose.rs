@@ -315,7 +315,7 @@ async fn behind_a_buffer_only_poll_ready_failures_are_wrapped() -> Result<(), Bo
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(start_paused = true)]
-async fn shed_calls_count_as_breaker_failures_by_default() -> Result<(), BoxError> {
+async fn shed_calls_never_count_as_breaker_failures_by_default() -> Result<(), BoxError> {
     let breaker = jitterless_breaker()
         .consecutive_failures(3)
         .no_failure_rate()
@@ -329,19 +329,22 @@ async fn shed_calls_count_as_breaker_failures_by_default() -> Result<(), BoxErro
         .service(dependency.clone());
 
     let held = svc.ready().await?.call(HANG);
-    for n in 1..=3 {
+    for n in 1..=5 {
         let err = svc.ready().await?.call(1).await.unwrap_err();
         assert!(err.is::<BulkheadFull>(), "{err}");
-        assert_eq!(b.metrics().failures, n);
+        assert_eq!((b.metrics().failures, b.metrics().ignored), (0, n));
     }
-    // Shedding tripped the breaker, though the dependency never failed.
-    assert_eq!(b.state(), BreakerState::Open);
-    assert_eq!(h.shed(), 3);
-    let err = svc.ready().await?.call(1).await.unwrap_err();
-    assert!(err.is::<BreakerOpen>(), "{err}");
-    assert_eq!(h.shed(), 3, "an open breaker does not reach the bulkhead");
+    // Shedding is tanker's own back-pressure: the dependency never failed.
+    assert_eq!(b.state(), BreakerState::Closed);
+    assert_eq!(h.shed(), 5);
     assert_eq!(dependency.calls(), 1);
     drop(held);
+
+    // Real failures still trip it.
+    for _ in 0..3 {
+        assert!(svc.ready().await?.call(FAIL).await.is_err());
+    }
+    assert_eq!(b.state(), BreakerState::Open);
     Ok(())
 }
 
@@ -407,9 +410,12 @@ async fn load_shed_outside_lets_tanker_rejections_through_unchanged() -> Result<
     let err = svc.ready().await?.call(1).await.unwrap_err();
     assert!(err.is::<BulkheadFull>() && !err.is::<Overloaded>(), "{err}");
     assert_eq!(h.shed(), 1);
-    // That shed call tripped the breaker (one failure is enough here).
-    assert_eq!(b.state(), BreakerState::Open);
+    // A shed call is not the dependency's failure: the breaker stays closed.
+    assert_eq!(b.state(), BreakerState::Closed);
     drop(held);
+    // A real failure opens it (one is enough here); then it rejects, still not as `Overloaded`.
+    assert!(svc.ready().await?.call(FAIL).await.is_err());
+    assert_eq!(b.state(), BreakerState::Open);
     let err = svc.ready().await?.call(1).await.unwrap_err();
     assert!(err.is::<BreakerOpen>() && !err.is::<Overloaded>(), "{err}");
     Ok(())

@@ -14,6 +14,14 @@ pub enum Outcome {
 
 /// Classifies the result of a call for a [`Breaker`](super::Breaker).
 ///
+/// Whatever the classifier says, a call that an inner tanker layer refused (a bulkhead's
+/// [`BulkheadFull`](crate::bulkhead::BulkheadFull) or an inner breaker's
+/// [`BreakerOpen`](super::BreakerOpen), itself or anywhere in the error's
+/// [`source`](std::error::Error::source) chain: [`Rejection::find`](crate::Rejection::find)) is
+/// never counted as a failure but ignored: the dependency was not called, so the refusal says
+/// nothing about it. A breaker over a bulkhead therefore does not open because the bulkhead
+/// sheds.
+///
 /// Implemented for [`ErrorsAsFailures`] (the default) and for every
 /// `Fn(Result<&T, &E>) -> Outcome`, where `T` and `E` are the inner service's response and error
 /// types. The classifier is cloned into each response future, so keep it cheap to clone (a
@@ -40,7 +48,8 @@ pub trait Classify<T, E> {
     fn classify(&self, result: Result<&T, &E>) -> Outcome;
 }
 
-/// The default classifier: every `Ok` is a success and every `Err` a failure.
+/// The default classifier: every `Ok` is a success and every `Err` a failure, except a refusal by
+/// an inner tanker layer, which is ignored (see [`Classify`]).
 ///
 /// This includes tower's `timeout::error::Elapsed` when a `TimeoutLayer` sits inside the breaker,
 /// so slow dependencies cut off by a timeout trip it.

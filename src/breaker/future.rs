@@ -9,9 +9,12 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 use tower::BoxError;
 
-use super::classify::Classify;
+use super::classify::{Classify, Outcome};
+use super::engine::Engine;
 use super::error::BreakerOpen;
-use super::shared::{Shared, Ticket};
+use super::ticket::Ticket;
+use super::word::Word;
+use crate::Rejection;
 
 pin_project! {
     /// Response future of [`Breaker`](super::Breaker).
@@ -33,8 +36,8 @@ pin_project! {
         Closed {
             #[pin]
             future: F,
-            shared: Option<Arc<Shared>>,
-            generation: u64,
+            engine: Option<Arc<Engine>>,
+            word: Word,
             classifier: C,
         },
         Called {
@@ -55,12 +58,12 @@ pin_project! {
 
 impl<F, C> ResponseFuture<F, C> {
     #[inline]
-    pub(crate) fn closed(future: F, shared: Arc<Shared>, generation: u64, classifier: C) -> Self {
+    pub(crate) fn closed(future: F, engine: Arc<Engine>, word: Word, classifier: C) -> Self {
         Self {
             kind: Kind::Closed {
                 future,
-                shared: Some(shared),
-                generation,
+                engine: Some(engine),
+                word,
                 classifier,
             },
         }
@@ -101,15 +104,17 @@ where
         match self.project().kind.project() {
             KindProj::Closed {
                 future,
-                shared,
-                generation,
+                engine,
+                word,
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
-                if let Some(shared) = shared.take() {
-                    shared.record(*generation, None, classifier.classify(result.as_ref()));
+                let outcome = classifier.classify(result.as_ref());
+                let result = result.map_err(Into::into);
+                if let Some(engine) = engine.take() {
+                    engine.record(*word, None, not_a_refusal(outcome, &result));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Called {
                 future,
@@ -117,14 +122,29 @@ where
                 classifier,
             } => {
                 let result = ready!(future.poll(cx));
+                let outcome = classifier.classify(result.as_ref());
+                let result = result.map_err(Into::into);
                 if let Some(ticket) = ticket.take() {
-                    ticket.finish(classifier.classify(result.as_ref()));
+                    ticket.finish(not_a_refusal(outcome, &result));
                 }
-                Poll::Ready(result.map_err(Into::into))
+                Poll::Ready(result)
             }
             KindProj::Bypass { future } => future.poll(cx).map_err(Into::into),
             KindProj::Rejected { error } => Poll::Ready(Err((*error).into())),
         }
+    }
+}
+
+/// A failure that is a refusal by an inner tanker layer ([`Rejection::find`]) is ignored: the
+/// dependency was not called, so it says nothing about it. Looked for only in failures, so
+/// successes pay nothing.
+#[inline]
+fn not_a_refusal<T>(outcome: Outcome, result: &Result<T, BoxError>) -> Outcome {
+    match result {
+        Err(err) if outcome == Outcome::Failure && Rejection::find(err.as_ref()).is_some() => {
+            Outcome::Ignore
+        }
+        _ => outcome,
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use tower_layer::Layer;
 
 use super::classify::ErrorsAsFailures;
+use super::engine::Engine;
+use super::handle::BreakerHandle;
 use super::policy::{Policy, SlowCalls};
 use super::service::Breaker;
-use super::shared::{BreakerHandle, Shared};
-use super::ticker;
 use crate::ConfigError;
 
 /// Wraps services in a [`Breaker`]: one breaker state per layer value.
@@ -18,20 +18,17 @@ use crate::ConfigError;
 /// Every service this layer value builds, and every clone of those services and of this layer,
 /// shares one state. Build one layer per dependency and reuse it. See the [module docs](super).
 pub struct BreakerLayer<C = ErrorsAsFailures> {
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
     classifier: C,
 }
 
 impl BreakerLayer {
     /// A breaker with the [default settings](BreakerBuilder).
     pub fn new() -> Self {
-        // The defaults are checked by a test; they cannot fail.
-        let policy = Policy::default();
-        let shared = Arc::new(Shared::new(policy, Arc::from("breaker"), random_seed()));
-        ticker::start(&shared);
-        Self {
-            shared,
-            classifier: ErrorsAsFailures,
+        match Self::builder().build() {
+            Ok(layer) => layer,
+            // The defaults are checked by a test of the policy.
+            Err(err) => unreachable!("the default settings are valid: {err}"),
         }
     }
 
@@ -50,16 +47,14 @@ impl Default for BreakerLayer {
 impl<C> BreakerLayer<C> {
     /// The state, counters and controls of this breaker.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle {
-            shared: self.shared.clone(),
-        }
+        BreakerHandle::new(self.engine.clone())
     }
 }
 
 impl<C: Clone> Clone for BreakerLayer<C> {
     fn clone(&self) -> Self {
         Self {
-            shared: self.shared.clone(),
+            engine: self.engine.clone(),
             classifier: self.classifier.clone(),
         }
     }
@@ -69,7 +64,7 @@ impl<S, C: Clone> Layer<S> for BreakerLayer<C> {
     type Service = Breaker<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Breaker::from_parts(inner, self.shared.clone(), self.classifier.clone())
+        Breaker::from_parts(inner, self.engine.clone(), self.classifier.clone())
     }
 }
 
@@ -163,8 +158,12 @@ impl<C> BreakerBuilder<C> {
     ///
     /// Successes do not read the clock: a small task on the tokio runtime moves the window to the
     /// next bucket at each boundary (on tokio's clock, so paused time drives it too), and
-    /// failures move it from the clock they read anyway. Outside a tokio runtime, successes read
-    /// the clock instead. Memory is three words per bucket, fixed when the layer is built.
+    /// failures move it from the clock they read anyway. About one success in 64 reads the clock
+    /// to check that this task keeps up; if its runtime went idle (a runtime used once for a
+    /// warm-up, then left alive), a new task starts on the runtime of the calls. Outside a tokio
+    /// runtime, or on one without the time driver (tokio's message about the missing timers is
+    /// printed once, nothing is spawned), successes read the clock instead. Memory is three words
+    /// per bucket, fixed when the layer is built.
     pub fn window(mut self, length: Duration, buckets: u32) -> Self {
         self.policy.window = length;
         self.policy.buckets = buckets;
@@ -220,7 +219,8 @@ impl<C> BreakerBuilder<C> {
     }
 
     /// How many probes the half-open breaker lets through at once; that many successes close it,
-    /// and any failure opens it again. At least 1.
+    /// and any failure opens it again. At least 1. A probe holds its place until its call ends,
+    /// across reopenings, so never more than `n` probes are in the dependency at once.
     pub fn probes(mut self, n: u32) -> Self {
         self.policy.probes = n;
         self
@@ -228,7 +228,9 @@ impl<C> BreakerBuilder<C> {
 
     /// The longest a probe may take. If a probe has not finished by then (it hangs, or its
     /// caller never calls), the next call that arrives counts it as failed and opens the breaker
-    /// again, so a lost probe cannot keep the breaker half-open.
+    /// again, so a lost probe cannot keep the breaker half-open. The timed-out call keeps its
+    /// probe place until it ends (see [`probes`](Self::probes)); while it does, each cool-down
+    /// that ends with every place taken trips the breaker again.
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.policy.probe_timeout = timeout;
         self
@@ -253,18 +255,19 @@ impl<C> BreakerBuilder<C> {
     /// count or duration is zero, the window has too many or too narrow buckets, the back-off
     /// multiplier is below 1 or its cap below the base cool-down, the jitter is outside `[0, 1)`,
     /// or every trip condition is turned off.
+    ///
+    /// Durations longer than 100 years (`Duration::MAX` included) are cut to 100 years, as
+    /// tokio's `sleep` cuts its own: a breaker never overflows the clock, whatever the back-off.
     pub fn build(mut self) -> Result<BreakerLayer<C>, ConfigError> {
         if !self.backoff_set && self.policy.open_for > self.policy.max_open_for {
             // A long cool-down with the default back-off: the cap follows it rather than refuse.
             self.policy.max_open_for = self.policy.open_for;
         }
+        self.policy.clamp_durations();
         self.policy.check()?;
         let seed = self.seed.unwrap_or_else(random_seed);
-        let shared = Arc::new(Shared::new(self.policy, self.name, seed));
-        // Inside a runtime the window's ticker starts now; otherwise with the first call.
-        ticker::start(&shared);
         Ok(BreakerLayer {
-            shared,
+            engine: Engine::start(self.policy, self.name, seed),
             classifier: self.classifier,
         })
     }

@@ -54,12 +54,33 @@
 //!   within [`probe_timeout`](BreakerBuilder::probe_timeout) counts as failed as soon as another
 //!   call arrives (a late success that comes first still closes the breaker: the dependency did
 //!   answer).
+//!
+//!   A probe keeps its place until its call ends, whatever the breaker does meanwhile: never
+//!   more than `probes` calls are in the dependency as probes, across any number of reopenings.
+//!   A probe that outlived its timeout has already reopened the breaker; if it still holds a
+//!   place when the next cool-down ends and every place is taken, the breaker trips again at once
+//!   (open to open, with a longer cool-down) rather than send another call to a dependency that
+//!   has not answered the last one. A hung probe therefore keeps the breaker open, never stuck
+//!   half-open; put a timeout inside the breaker (tower's `TimeoutLayer`) so that hung calls end
+//!   and give their places back.
 //! - **Forced open / forced closed**: an operator's override through the [`BreakerHandle`],
 //!   until [`reset`](BreakerHandle::reset).
 //!
 //! Calls admitted in one period (say, while closed) that finish in another (after the breaker
 //! opened) are not counted: their period is over. A caller parked in `poll_ready` on an inner
-//! service that is not ready is woken when the breaker opens, and rejected.
+//! service that is not ready is woken when the breaker opens, and rejected. A handle made ready
+//! in one period and called in another (balancers and `ReadyCache` keep ready handles) is
+//! decided again in `call`: if the breaker opened or was forced open in between, the call is
+//! rejected without reaching the inner service.
+//!
+//! # What counts as a failure
+//!
+//! The [classifier](Classify) decides, with one rule above it: a refusal by an inner tanker
+//! layer (a bulkhead's [`BulkheadFull`](crate::bulkhead::BulkheadFull) or an inner breaker's
+//! [`BreakerOpen`], itself or anywhere in the error's source chain, as
+//! [`Rejection::find`](crate::Rejection::find) recognises it) is ignored, never a failure: the
+//! dependency was not called. So a breaker over a bulkhead does not open because the bulkhead
+//! sheds.
 //!
 //! # What is shared
 //!
@@ -75,27 +96,34 @@
 //!
 //! # Cost
 //!
-//! The closed path takes no lock and allocates nothing: one atomic load to admit, and on success
-//! one atomic add into the window, plus one reference count for the response future. It does not
-//! read the clock unless slow-call detection is on; see [`BreakerBuilder::window`] for how the
-//! window knows the current bucket without it. Failures, rejections and transitions do more work: they are rare
+//! The closed path takes no lock and allocates nothing: one atomic load to admit, one more in
+//! `call` to check that the admission still holds, and on success one atomic add into the
+//! window, plus one reference count for the response future. It does not read the clock unless
+//! slow-call detection is on (apart from about one success in 64, which checks that the window
+//! is current); see [`BreakerBuilder::window`] for how the window knows the current bucket
+//! without it. The window's counts are consistent in every snapshot: failures and slow calls
+//! never exceed calls, whatever the threads do. Failures, rejections and transitions do more work: they are rare
 //! or already cheap compared with what they save. Transitions are logged with `tracing`: `warn`
 //! when the breaker opens, `info` when it goes half-open or closes.
 
 mod classify;
+mod engine;
 mod error;
+mod events;
 pub mod future;
+mod handle;
 mod layer;
 mod policy;
 mod service;
-mod shared;
 mod state;
 mod ticker;
+mod ticket;
 mod window;
+mod word;
 
 pub use self::classify::{Classify, ErrorsAsFailures, Outcome};
 pub use self::error::BreakerOpen;
+pub use self::handle::{BreakerHandle, BreakerMetrics};
 pub use self::layer::{BreakerBuilder, BreakerLayer};
 pub use self::service::Breaker;
-pub use self::shared::{BreakerHandle, BreakerMetrics};
 pub use self::state::BreakerState;

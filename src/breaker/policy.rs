@@ -2,7 +2,35 @@
 
 use std::time::Duration;
 
+use super::window::Totals;
 use crate::ConfigError;
+
+/// Why a breaker tripped (or tripped again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum TripReason {
+    /// [`consecutive_failures`](super::BreakerBuilder::consecutive_failures) failures in a row.
+    ConsecutiveFailures,
+    /// The window's share of failures reached the failure rate.
+    FailureRate,
+    /// The window's share of slow calls reached the slow-call rate.
+    SlowCallRate,
+    /// A probe failed (or was slow).
+    ProbeFailed,
+    /// A probe did not finish within the probe timeout.
+    ProbeTimedOut,
+}
+
+impl TripReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::ConsecutiveFailures => "consecutive failures",
+            Self::FailureRate => "failure rate",
+            Self::SlowCallRate => "slow-call rate",
+            Self::ProbeFailed => "probe failed",
+            Self::ProbeTimedOut => "probe timed out",
+        }
+    }
+}
 
 /// Slow-call detection: a call that takes at least `threshold` counts as slow.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +76,11 @@ impl Default for Policy {
     }
 }
 
+/// The longest duration any setting keeps: longer ones are cut to it, as tokio's `sleep` cuts its
+/// own. A hundred years is "never" for a breaker, and far enough from the end of `Instant`'s range
+/// that adding it to the clock cannot overflow.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// The narrowest bucket the window accepts.
 const MIN_BUCKET: Duration = Duration::from_millis(1);
 /// The most buckets the window accepts (memory is three words per bucket).
@@ -58,6 +91,53 @@ fn rate_ok(rate: f64) -> bool {
 }
 
 impl Policy {
+    /// Cuts every duration to [`LONGEST`], so that no sum with an instant can overflow later
+    /// (`Duration::MAX` is a legal way to say "forever").
+    pub(crate) fn clamp_durations(&mut self) {
+        for duration in [
+            &mut self.window,
+            &mut self.open_for,
+            &mut self.max_open_for,
+            &mut self.probe_timeout,
+        ] {
+            *duration = (*duration).min(LONGEST);
+        }
+        if let Some(slow) = &mut self.slow_calls {
+            slow.threshold = slow.threshold.min(LONGEST);
+        }
+    }
+
+    /// Whether a closed breaker must trip, given the failures in a row and the window's totals
+    /// after a failure or a slow call. Consecutive failures come first: they need no minimum.
+    /// The totals are asked for only when the consecutive failures do not decide.
+    pub(crate) fn trip_reason(
+        &self,
+        consecutive: u32,
+        totals: impl FnOnce() -> Totals,
+    ) -> Option<TripReason> {
+        if self.consecutive_failures.is_some_and(|n| consecutive >= n) {
+            return Some(TripReason::ConsecutiveFailures);
+        }
+        let totals = totals();
+        if totals.calls < u64::from(self.minimum_calls) {
+            return None;
+        }
+        let reached = |count: u64, rate: f64| count as f64 >= rate * totals.calls as f64;
+        if self
+            .failure_rate
+            .is_some_and(|rate| reached(totals.failures, rate))
+        {
+            Some(TripReason::FailureRate)
+        } else if self
+            .slow_calls
+            .is_some_and(|slow| reached(totals.slow, slow.rate))
+        {
+            Some(TripReason::SlowCallRate)
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn check(&self) -> Result<(), ConfigError> {
         if self.consecutive_failures == Some(0) {
             return Err(ConfigError::new(
@@ -179,6 +259,72 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn totals(calls: u64, failures: u64, slow: u64) -> Totals {
+        Totals {
+            calls,
+            failures,
+            slow,
+        }
+    }
+
+    #[test]
+    fn trip_reason_follows_each_threshold() {
+        let p = Policy {
+            slow_calls: Some(SlowCalls {
+                threshold: Duration::from_secs(1),
+                rate: 0.8,
+            }),
+            ..Policy::default()
+        };
+        assert_eq!(p.trip_reason(4, || totals(4, 4, 0)), None, "below both");
+        assert_eq!(
+            p.trip_reason(5, || totals(5, 5, 0)),
+            Some(TripReason::ConsecutiveFailures),
+            "no minimum for a run of failures"
+        );
+        assert_eq!(
+            p.trip_reason(1, || totals(19, 19, 19)),
+            None,
+            "below minimum_calls"
+        );
+        assert_eq!(p.trip_reason(1, || totals(20, 9, 0)), None);
+        assert_eq!(
+            p.trip_reason(1, || totals(20, 10, 0)),
+            Some(TripReason::FailureRate)
+        );
+        assert_eq!(
+            p.trip_reason(0, || totals(20, 0, 16)),
+            Some(TripReason::SlowCallRate)
+        );
+        assert_eq!(p.trip_reason(0, || totals(20, 0, 15)), None);
+        let off = Policy {
+            consecutive_failures: None,
+            ..Policy::default()
+        };
+        assert_eq!(off.trip_reason(u32::MAX, || totals(1, 1, 0)), None);
+    }
+
+    #[test]
+    fn clamps_endless_durations() {
+        let mut p = Policy {
+            window: Duration::MAX,
+            open_for: Duration::MAX,
+            max_open_for: Duration::MAX,
+            probe_timeout: Duration::MAX,
+            slow_calls: Some(SlowCalls {
+                threshold: Duration::MAX,
+                rate: 0.5,
+            }),
+            ..Policy::default()
+        };
+        p.clamp_durations();
+        p.check().unwrap();
+        assert_eq!(p.open_for, LONGEST);
+        assert_eq!(p.slow_calls.unwrap().threshold, LONGEST);
+        let now = tokio::time::Instant::now();
+        let _ = now + p.open_for + p.probe_timeout + p.window;
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -12,10 +12,13 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::classify::{Classify, ErrorsAsFailures};
+use super::engine::Engine;
 use super::error::BreakerOpen;
 use super::future::ResponseFuture;
-use super::shared::{BreakerHandle, Shared, Ticket};
-use super::state::Admission;
+use super::handle::BreakerHandle;
+use super::state::{Admission, BreakerState};
+use super::ticket::Ticket;
+use super::word::Word;
 
 /// Counts the outcomes of calls to the inner service, and stops calling it while it fails.
 ///
@@ -29,12 +32,13 @@ use super::state::Admission;
 /// starts without one, and dropping the handle gives it back.
 pub struct Breaker<S, C = ErrorsAsFailures> {
     inner: S,
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
     classifier: C,
-    /// What `poll_ready` decided, for `call`: one byte plus the generation of an ordinary call,
-    /// so the closed path copies nothing else between the two.
+    /// What `poll_ready` decided, for `call`.
     ready: Ready,
-    generation: u64,
+    /// The state word that decision was made on (for a call, a probe or a bypass): `call` checks
+    /// that it still holds, and decides again if the breaker changed in between.
+    word: Word,
     /// The time to the next probe, for a rejection.
     retry_after: Option<Duration>,
     /// A probe's place, held from `poll_ready` to `call` and given back if this handle is
@@ -47,8 +51,8 @@ pub struct Breaker<S, C = ErrorsAsFailures> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ready {
     /// Nothing decided since the last `call`.
-    None,
-    /// An ordinary call of `generation`.
+    Idle,
+    /// An ordinary call, while closed.
     Call,
     /// A probe, whose place is in `probe`.
     Probe,
@@ -59,13 +63,13 @@ enum Ready {
 }
 
 impl<S, C> Breaker<S, C> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+    pub(crate) fn from_parts(inner: S, engine: Arc<Engine>, classifier: C) -> Self {
         Self {
             inner,
-            shared,
+            engine,
             classifier,
-            ready: Ready::None,
-            generation: 0,
+            ready: Ready::Idle,
+            word: Word::new(0, BreakerState::Closed),
             retry_after: None,
             probe: None,
             parked: None,
@@ -74,9 +78,7 @@ impl<S, C> Breaker<S, C> {
 
     /// The state and counters this service shares with its layer.
     pub fn handle(&self) -> BreakerHandle {
-        BreakerHandle {
-            shared: self.shared.clone(),
-        }
+        BreakerHandle::new(self.engine.clone())
     }
 
     /// A reference to the inner service.
@@ -94,31 +96,34 @@ impl<S, C> Breaker<S, C> {
         self.inner
     }
 
-    /// Whether the admission held from an earlier `poll_ready` still stands: an ordinary call
-    /// admitted while closed, or a probe of the current half-open period. Anything else is
-    /// decided again, so a caller never acts on a stale decision.
+    /// Whether the admission held from an earlier `poll_ready` still stands: no transition since
+    /// it was decided. Anything else is decided again, so a caller never acts on a stale
+    /// decision.
     #[inline]
     fn holds_admission(&self) -> bool {
         match self.ready {
-            Ready::Call => self.shared.is_current(self.generation),
-            Ready::Probe => self.probe.as_ref().is_some_and(Ticket::is_valid),
-            Ready::None | Ready::Bypass | Ready::Reject => false,
+            Ready::Call | Ready::Probe | Ready::Bypass => self.engine.holds(self.word),
+            Ready::Idle | Ready::Reject => false,
         }
     }
 
     #[inline]
     fn admit(&mut self) {
         self.probe = None;
-        self.ready = match self.shared.admit() {
+        self.ready = match self.engine.admit() {
             Admission::Call { generation } => {
-                self.generation = generation;
+                self.word = Word::new(generation, BreakerState::Closed);
                 Ready::Call
             }
             Admission::Probe { generation, id } => {
-                self.probe = Some(Ticket::probe(self.shared.clone(), generation, id));
+                self.word = Word::new(generation, BreakerState::HalfOpen);
+                self.probe = Some(Ticket::probe(self.engine.clone(), generation, id));
                 Ready::Probe
             }
-            Admission::Bypass => Ready::Bypass,
+            Admission::Bypass { generation } => {
+                self.word = Word::new(generation, BreakerState::ForcedClosed);
+                Ready::Bypass
+            }
             Admission::Reject { retry_after } => {
                 self.retry_after = retry_after;
                 Ready::Reject
@@ -128,7 +133,7 @@ impl<S, C> Breaker<S, C> {
 
     /// Registers to be woken when the breaker opens. Returns `true` if it already happened.
     fn park(&mut self, cx: &mut Context<'_>) -> bool {
-        let opened = &self.shared.opened;
+        let opened = &self.engine.opened;
         let parked = self
             .parked
             .get_or_insert_with(|| Box::pin(opened.clone().notified_owned()));
@@ -166,7 +171,7 @@ where
                 Poll::Ready(Err(err)) => {
                     // The inner service is broken for good; a probe place held here is given
                     // back without an outcome.
-                    self.ready = Ready::None;
+                    self.ready = Ready::Idle;
                     self.probe = None;
                     return Poll::Ready(Err(err.into()));
                 }
@@ -181,23 +186,74 @@ where
         }
     }
 
+    /// Checks that the decision of `poll_ready` still holds (one atomic load): if the breaker
+    /// opened, was forced, or changed period since, the call is decided again, and rejected with
+    /// [`BreakerOpen`] without reaching the inner service if the breaker no longer lets it
+    /// through.
+    ///
     /// # Panics
     ///
     /// Panics if called without a preceding `poll_ready` that returned `Ready(Ok(()))`, as the
     /// tower contract allows.
+    #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        match mem::replace(&mut self.ready, Ready::None) {
-            Ready::Call if !self.shared.times_calls() => ResponseFuture::closed(
-                self.inner.call(request),
-                self.shared.clone(),
-                self.generation,
-                self.classifier.clone(),
+        let ready = mem::replace(&mut self.ready, Ready::Idle);
+        if ready == Ready::Call && self.engine.holds(self.word) {
+            return self.call_closed(request);
+        }
+        self.call_other(ready, request)
+    }
+}
+
+impl<S, C> Breaker<S, C> {
+    /// An ordinary call while closed: the hot path.
+    #[inline]
+    fn call_closed<Request>(&mut self, request: Request) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Request>,
+        C: Clone,
+    {
+        let future = self.inner.call(request);
+        if self.engine.times_calls() {
+            let mut ticket = Ticket::call(self.engine.clone(), self.word);
+            ticket.start();
+            return ResponseFuture::called(future, ticket, self.classifier.clone());
+        }
+        ResponseFuture::closed(
+            future,
+            self.engine.clone(),
+            self.word,
+            self.classifier.clone(),
+        )
+    }
+
+    /// Everything but a held ordinary call: a probe, a bypass, a rejection, or a decision that
+    /// no longer holds.
+    #[cold]
+    fn call_other<Request>(
+        &mut self,
+        ready: Ready,
+        request: Request,
+    ) -> ResponseFuture<S::Future, C>
+    where
+        S: Service<Request>,
+        C: Clone,
+    {
+        let ready = match ready {
+            Ready::Idle => panic!(
+                "Breaker::call without a successful poll_ready: poll_ready must be called first"
             ),
-            Ready::Call => {
-                let mut ticket = Ticket::call(self.shared.clone(), self.generation);
-                ticket.start();
-                ResponseFuture::called(self.inner.call(request), ticket, self.classifier.clone())
+            Ready::Reject => Ready::Reject,
+            held if self.engine.holds(self.word) => held,
+            _ => {
+                // The breaker changed since `poll_ready`: decide again. The inner service is
+                // ready, so whatever the new decision lets through may go.
+                self.admit();
+                mem::replace(&mut self.ready, Ready::Idle)
             }
+        };
+        match ready {
+            Ready::Call => self.call_closed(request),
             Ready::Probe => match self.probe.take() {
                 Some(mut ticket) => {
                     ticket.start();
@@ -210,18 +266,13 @@ where
                 None => self.reject(),
             },
             Ready::Bypass => ResponseFuture::bypass(self.inner.call(request)),
-            Ready::Reject => self.reject(),
-            Ready::None => panic!(
-                "Breaker::call without a successful poll_ready: poll_ready must be called first"
-            ),
+            Ready::Reject | Ready::Idle => self.reject(),
         }
     }
-}
 
-impl<S, C> Breaker<S, C> {
     #[cold]
     fn reject<F>(&self) -> ResponseFuture<F, C> {
-        self.shared.count_rejection();
+        self.engine.count_rejection();
         ResponseFuture::rejected(BreakerOpen::new(self.retry_after))
     }
 }
@@ -229,16 +280,11 @@ impl<S, C> Breaker<S, C> {
 impl<S: Clone, C: Clone> Clone for Breaker<S, C> {
     /// The clone shares the breaker's state but not this handle's admission: it starts fresh.
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-            classifier: self.classifier.clone(),
-            ready: Ready::None,
-            generation: 0,
-            retry_after: None,
-            probe: None,
-            parked: None,
-        }
+        Self::from_parts(
+            self.inner.clone(),
+            self.engine.clone(),
+            self.classifier.clone(),
+        )
     }
 }
 

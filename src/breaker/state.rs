@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::policy::Policy;
+use super::policy::{Policy, TripReason};
 
 /// The state of a breaker, as its handle reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,8 +68,9 @@ impl BreakerState {
         }
     }
 
+    /// The state of `bits`, as [`bits`](Self::bits) gives them (the state word masks them).
     pub(crate) const fn from_bits(bits: u64) -> Self {
-        match bits & 0b111 {
+        match bits {
             0 => Self::Closed,
             1 => Self::Open,
             2 => Self::HalfOpen,
@@ -92,8 +93,8 @@ pub(crate) enum Admission {
     Call { generation: u64 },
     /// Go through as a probe of this generation, known by `id`.
     Probe { generation: u64, id: u64 },
-    /// Go through without being counted (the breaker is forced closed).
-    Bypass,
+    /// Go through without being counted (the breaker is forced closed, in this generation).
+    Bypass { generation: u64 },
     /// Be rejected; a probe may be possible after this long (`None`: not before a reset).
     Reject { retry_after: Option<Duration> },
 }
@@ -107,6 +108,33 @@ pub(crate) enum ProbeEnd {
     Abandoned,
 }
 
+/// Why the state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// The breaker tripped (or tripped again).
+    Trip(TripReason),
+    /// The cool-down ended and a call arrived.
+    CoolDownOver,
+    /// Every probe of a half-open period succeeded.
+    ProbesSucceeded,
+    /// An operator forced the state.
+    Forced,
+    /// An operator reset the breaker.
+    Reset,
+}
+
+impl Reason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Trip(trip) => trip.as_str(),
+            Self::CoolDownOver => "cool-down over",
+            Self::ProbesSucceeded => "probes succeeded",
+            Self::Forced => "forced by operator",
+            Self::Reset => "reset by operator",
+        }
+    }
+}
+
 /// A change of state, for the caller to publish (atomics, window, events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Transition {
@@ -115,7 +143,15 @@ pub(crate) struct Transition {
     pub(crate) generation: u64,
     /// For a transition to `Open`: how long the cool-down is.
     pub(crate) open_for: Option<Duration>,
-    pub(crate) reason: &'static str,
+    pub(crate) reason: Reason,
+}
+
+/// A probe in the dependency: admitted in `generation` at `admitted`, known by `id`.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    id: u64,
+    generation: u64,
+    admitted: Instant,
 }
 
 #[derive(Debug)]
@@ -127,8 +163,9 @@ pub(crate) struct Machine {
     /// Consecutive trips without closing in between; drives the back-off.
     trips: u32,
     open_until: Instant,
-    /// The probes in flight: their ids and when they were admitted.
-    probes: Vec<(u64, Instant)>,
+    /// Every probe still in the dependency, of this half-open period or of an earlier one: a
+    /// reopening does not end a call, so the places stay taken until each probe ends.
+    probes: Vec<Probe>,
     next_probe: u64,
     probe_successes: u32,
     last_transition: Instant,
@@ -177,13 +214,14 @@ impl Machine {
         now: Instant,
         to: BreakerState,
         open_for: Option<Duration>,
-        reason: &'static str,
+        reason: Reason,
     ) -> Transition {
         let from = self.state;
         self.state = to;
         self.generation += 1;
         self.last_transition = now;
-        self.probes.clear();
+        // The probes still running keep their places (see `probes`); only their outcomes stop
+        // counting, as they belong to an older generation.
         self.probe_successes = 0;
         Transition {
             from,
@@ -194,11 +232,17 @@ impl Machine {
         }
     }
 
-    fn open(&mut self, now: Instant, policy: &Policy, reason: &'static str) -> Transition {
+    fn open(&mut self, now: Instant, policy: &Policy, reason: TripReason) -> Transition {
         self.trips = self.trips.saturating_add(1);
         let open_for = self.cool_down(policy);
+        // The policy's durations are clamped far below the end of `Instant`'s range.
         self.open_until = now + open_for;
-        self.move_to(now, BreakerState::Open, Some(open_for), reason)
+        self.move_to(
+            now,
+            BreakerState::Open,
+            Some(open_for),
+            Reason::Trip(reason),
+        )
     }
 
     /// The cool-down after the current number of consecutive trips.
@@ -232,7 +276,7 @@ impl Machine {
         now: Instant,
         generation: u64,
         policy: &Policy,
-        reason: &'static str,
+        reason: TripReason,
     ) -> Option<Transition> {
         (self.state == BreakerState::Closed && self.generation == generation)
             .then(|| self.open(now, policy, reason))
@@ -251,7 +295,12 @@ impl Machine {
                 },
                 None,
             ),
-            BreakerState::ForcedClosed => (Admission::Bypass, None),
+            BreakerState::ForcedClosed => (
+                Admission::Bypass {
+                    generation: self.generation,
+                },
+                None,
+            ),
             BreakerState::ForcedOpen => (Admission::Reject { retry_after: None }, None),
             BreakerState::Open if now < self.open_until => (
                 Admission::Reject {
@@ -260,40 +309,71 @@ impl Machine {
                 None,
             ),
             BreakerState::Open => {
-                let transition = self.move_to(now, BreakerState::HalfOpen, None, "cool-down over");
-                (self.take_probe(now), Some(transition))
-            }
-            BreakerState::HalfOpen => {
-                let oldest = self.probes.iter().map(|&(_, admitted)| admitted).min();
-                let deadline = oldest.map(|admitted| admitted + policy.probe_timeout);
-                if deadline.is_some_and(|deadline| now >= deadline) {
-                    // A probe did not finish in time: count it as failed.
-                    let transition = self.open(now, policy, "probe timed out");
-                    let retry_after = Some(self.open_until - now);
-                    (Admission::Reject { retry_after }, Some(transition))
-                } else if self.probes.len() < policy.probes as usize {
-                    (self.take_probe(now), None)
-                } else {
-                    // Every place is taken; one frees up at the latest when the oldest probe
-                    // times out.
-                    let retry_after = deadline.map(|deadline| deadline - now);
-                    (Admission::Reject { retry_after }, None)
+                let half_open =
+                    self.move_to(now, BreakerState::HalfOpen, None, Reason::CoolDownOver);
+                match self.admit_half_open(now, policy) {
+                    // Every place is still held by a probe that outlived its timeout: the
+                    // dependency has not answered yet, so the breaker stays open (one
+                    // transition, open to open, with a longer cool-down).
+                    (admission, Some(reopened)) => (
+                        admission,
+                        Some(Transition {
+                            from: BreakerState::Open,
+                            ..reopened
+                        }),
+                    ),
+                    (admission, None) => (admission, Some(half_open)),
                 }
             }
+            BreakerState::HalfOpen => self.admit_half_open(now, policy),
         }
+    }
+
+    /// Decides for a call while half-open. At most `policy.probes` probes are ever in the
+    /// dependency, counting those of earlier half-open periods that are still running.
+    fn admit_half_open(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+    ) -> (Admission, Option<Transition>) {
+        let deadline = |probe: &Probe| probe.admitted + policy.probe_timeout;
+        let overdue = self
+            .probes
+            .iter()
+            .any(|probe| probe.generation == self.generation && now >= deadline(probe));
+        let full = self.probes.len() >= policy.probes as usize;
+        let first_deadline = self.probes.iter().map(deadline).min();
+        // A probe of this period did not finish in time, or every place is held by probes that
+        // outlived their timeout: count it as a failed probe.
+        if overdue || (full && first_deadline.is_some_and(|deadline| now >= deadline)) {
+            let transition = self.open(now, policy, TripReason::ProbeTimedOut);
+            let retry_after = Some(self.open_until - now);
+            return (Admission::Reject { retry_after }, Some(transition));
+        }
+        if !full {
+            return (self.take_probe(now), None);
+        }
+        // Every place is taken; the oldest probe times out at the latest by then.
+        let retry_after = first_deadline.map(|deadline| deadline - now);
+        (Admission::Reject { retry_after }, None)
     }
 
     fn take_probe(&mut self, now: Instant) -> Admission {
         let id = self.next_probe;
         self.next_probe += 1;
-        self.probes.push((id, now));
+        self.probes.push(Probe {
+            id,
+            generation: self.generation,
+            admitted: now,
+        });
         Admission::Probe {
             generation: self.generation,
             id,
         }
     }
 
-    /// The probe `id` of `generation` finished (or was abandoned).
+    /// The probe `id` of `generation` finished (or was abandoned): its place is free, whatever
+    /// the state; its outcome counts only in its own half-open period.
     pub(crate) fn probe_done(
         &mut self,
         now: Instant,
@@ -302,31 +382,31 @@ impl Machine {
         end: ProbeEnd,
         policy: &Policy,
     ) -> Option<Transition> {
+        let place = self.probes.iter().position(|probe| probe.id == id)?;
+        self.probes.swap_remove(place);
         if self.state != BreakerState::HalfOpen || self.generation != generation {
             return None;
         }
-        let place = self.probes.iter().position(|&(probe, _)| probe == id)?;
-        self.probes.swap_remove(place);
         match end {
             ProbeEnd::Abandoned => None,
-            ProbeEnd::Failure => Some(self.open(now, policy, "probe failed")),
+            ProbeEnd::Failure => Some(self.open(now, policy, TripReason::ProbeFailed)),
             ProbeEnd::Success => {
                 self.probe_successes += 1;
                 (self.probe_successes >= policy.probes).then(|| {
                     self.trips = 0;
-                    self.move_to(now, BreakerState::Closed, None, "probes succeeded")
+                    self.move_to(now, BreakerState::Closed, None, Reason::ProbesSucceeded)
                 })
             }
         }
     }
 
     pub(crate) fn force(&mut self, now: Instant, to: BreakerState) -> Transition {
-        self.move_to(now, to, None, "forced by operator")
+        self.move_to(now, to, None, Reason::Forced)
     }
 
     pub(crate) fn reset(&mut self, now: Instant) -> Transition {
         self.trips = 0;
-        self.move_to(now, BreakerState::Closed, None, "reset by operator")
+        self.move_to(now, BreakerState::Closed, None, Reason::Reset)
     }
 }
 
@@ -350,18 +430,20 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    const X: TripReason = TripReason::FailureRate;
+
     #[test]
     fn trips_only_from_closed_and_the_same_generation() {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        assert!(m.trip(t0, 7, &p, "x").is_none(), "stale generation");
-        let t = m.trip(t0, 0, &p, "x").expect("trips");
+        assert!(m.trip(t0, 7, &p, X).is_none(), "stale generation");
+        let t = m.trip(t0, 0, &p, X).expect("trips");
         assert_eq!(
             (t.from, t.to, t.open_for),
             (BreakerState::Closed, BreakerState::Open, Some(secs(1)))
         );
-        assert!(m.trip(t0, t.generation, &p, "x").is_none(), "already open");
+        assert!(m.trip(t0, t.generation, &p, X).is_none(), "already open");
     }
 
     #[test]
@@ -369,7 +451,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         let (admission, _) = m.admit(t0 + Duration::from_millis(400), &p);
         assert_eq!(
             admission,
@@ -392,7 +474,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
@@ -417,7 +499,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut generation = 0;
         for _ in 0..5 {
-            let t = m.trip(now, generation, &p, "x").or_else(|| {
+            let t = m.trip(now, generation, &p, X).or_else(|| {
                 let (a, _) = m.admit(now, &p);
                 let Admission::Probe { generation, id } = a else {
                     panic!()
@@ -437,7 +519,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
@@ -455,7 +537,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         m.admit(t0 + secs(1), &p);
         m.admit(t0 + secs(1), &p);
         // Both places taken: the next place frees up when the first probe times out.
@@ -482,7 +564,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
@@ -504,7 +586,7 @@ mod tests {
         let p = policy();
         let t0 = Instant::now();
         let mut m = Machine::new(t0, 1);
-        m.trip(t0, 0, &p, "x");
+        m.trip(t0, 0, &p, X);
         let (Admission::Probe { generation, id }, _) = m.admit(t0 + secs(1), &p) else {
             panic!()
         };
@@ -524,7 +606,7 @@ mod tests {
         for seed in 0..50 {
             let t0 = Instant::now();
             let mut m = Machine::new(t0, seed);
-            let d = m.trip(t0, 0, &p, "x").unwrap().open_for.unwrap();
+            let d = m.trip(t0, 0, &p, X).unwrap().open_for.unwrap();
             assert!(d <= secs(1) && d >= Duration::from_millis(500), "{d:?}");
             seen.insert(d);
         }
@@ -542,9 +624,80 @@ mod tests {
             Admission::Reject { retry_after: None }
         );
         m.force(t0, BreakerState::ForcedClosed);
-        assert_eq!(m.admit(t0, &p).0, Admission::Bypass);
-        assert!(m.trip(t0, m.generation(), &p, "x").is_none());
+        assert!(matches!(m.admit(t0, &p).0, Admission::Bypass { .. }));
+        assert!(m.trip(t0, m.generation(), &p, X).is_none());
         m.reset(t0);
         assert!(matches!(m.admit(t0, &p).0, Admission::Call { .. }));
+    }
+}
+
+/// Model check of the probe places (run by `scripts/loom.sh`): callers racing for probes while
+/// timeouts and failures reopen the breaker never have more than `probes` calls in the
+/// dependency. The machine is behind a lock (loom's here), so loom explores the orders in which
+/// callers take it; each time the lock is taken the clock moves on by two seconds, past a
+/// cool-down and past a probe timeout.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::{AtomicUsize, Ordering};
+    use loom::sync::{Arc, Mutex};
+    use loom::thread;
+
+    struct Locked {
+        machine: Machine,
+        ticks: u32,
+    }
+
+    impl Locked {
+        fn now(&mut self, t0: Instant) -> Instant {
+            self.ticks += 1;
+            t0 + Duration::from_secs(2) * self.ticks
+        }
+    }
+
+    #[test]
+    fn loom_never_more_probes_than_places_across_reopenings() {
+        loom::model(|| {
+            let policy = Arc::new(Policy {
+                consecutive_failures: Some(1),
+                open_for: Duration::from_secs(1),
+                backoff: 1.0,
+                max_open_for: Duration::from_secs(1),
+                jitter: 0.0,
+                probes: 1,
+                probe_timeout: Duration::from_secs(1),
+                ..Policy::default()
+            });
+            let t0 = Instant::now();
+            let mut machine = Machine::new(t0, 1);
+            machine.trip(t0, 0, &policy, TripReason::ConsecutiveFailures);
+            let locked = Arc::new(Mutex::new(Locked { machine, ticks: 0 }));
+            let inside = Arc::new(AtomicUsize::new(0));
+            let caller = || {
+                let (locked, policy, inside) = (locked.clone(), policy.clone(), inside.clone());
+                thread::spawn(move || {
+                    let admission = {
+                        let mut locked = locked.lock().unwrap();
+                        let now = locked.now(t0);
+                        locked.machine.admit(now, &policy).0
+                    };
+                    if let Admission::Probe { generation, id } = admission {
+                        let before = inside.fetch_add(1, Ordering::SeqCst);
+                        assert!(before < policy.probes as usize, "more probes than places");
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        let mut locked = locked.lock().unwrap();
+                        let now = locked.now(t0);
+                        locked
+                            .machine
+                            .probe_done(now, generation, id, ProbeEnd::Failure, &policy);
+                    }
+                })
+            };
+            let callers = [caller(), caller(), caller()];
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert_eq!(locked.lock().unwrap().machine.probes_in_flight(), 0);
+        });
     }
 }

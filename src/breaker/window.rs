@@ -12,12 +12,29 @@
 //! Reading the clock costs more than the rest of a call, so successes do not read it. The window
 //! keeps the current epoch in an atomic; a ticker task on the tokio runtime (see
 //! [`ticker`](super::ticker)) moves it forward at every bucket boundary, failures and slow calls
-//! move it forward from the clock they read anyway, and while no ticker runs (no runtime yet, or
-//! its runtime shut down) successes read the clock themselves. The ticker sleeps on tokio's
-//! clock, so paused time drives it in tests. Whenever the epoch moves forward, the slots it
-//! skipped are emptied, so a slot never holds counts older than the window.
+//! move it forward from the clock they read anyway, and while no ticker runs (no runtime yet, its
+//! runtime shut down, or a runtime without timers) successes read the clock themselves. The
+//! ticker sleeps on tokio's clock, so paused time drives it in tests. Whenever the epoch moves
+//! forward, the slots it skipped are emptied, so a slot never holds counts older than the window.
+//!
+//! A ticker can stall without ending: its runtime is alive but nobody drives it (a
+//! `current_thread` runtime used once for a warm-up, a test's runtime). Successes notice: the
+//! first success in a bucket, and then every success whose count in its bucket is a power of two
+//! or a multiple of 64, reads the clock (about one read in 64 under load, so ~0.5 ns a call). If
+//! the epoch it finds is two or more buckets ahead of the one the ticker kept, the ticker has
+//! missed a whole bucket: it is dropped, successes read the clock again, and the next call starts
+//! a ticker on its own runtime. At most 64 successes land in a stale bucket before that.
+//!
+//! # Consistent totals
+//!
+//! A failure adds to the bucket's calls and then to its failures (slow calls likewise); a reader
+//! loads a bucket's slow calls and failures before its calls, and counts a bucket's failures only
+//! while they carry the same epoch as its calls, and never more than its calls. So every
+//! snapshot has `failures <= calls` and `slow <= calls`, whatever runs between the loads, and a
+//! failure is never counted without its call (which would raise the failure rate above what was
+//! recorded).
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -57,6 +74,58 @@ pub(crate) struct Totals {
     pub(crate) slow: u64,
 }
 
+/// The ticker that keeps the epoch current, as the window knows it.
+#[derive(Debug, Default)]
+pub(crate) struct TickerSeat {
+    /// The id of the ticker task believed to run, or [`NO_TICKER`].
+    id: AtomicU64,
+    /// The epoch in which a ticker was last started or tried, to try at most once per bucket
+    /// (0: try at once).
+    tried: AtomicU64,
+    /// A runtime without timers was met: no ticker can be started; successes read the clock.
+    timerless: AtomicBool,
+}
+
+/// The id of no ticker.
+pub(crate) const NO_TICKER: u64 = 0;
+
+impl TickerSeat {
+    /// Whether a ticker may be tried now (not yet in `epoch`, and timers were never missing).
+    pub(crate) fn may_try(&self, epoch: u64) -> bool {
+        !self.timerless.load(Ordering::Relaxed)
+            && self.tried.swap(epoch, Ordering::Relaxed) != epoch
+    }
+
+    /// Takes the seat for ticker `id`; false if another ticker has it.
+    pub(crate) fn claim(&self, id: u64) -> bool {
+        self.id
+            .compare_exchange(NO_TICKER, id, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Whether ticker `id` is still the one the window counts on.
+    pub(crate) fn is(&self, id: u64) -> bool {
+        self.id.load(Ordering::Acquire) == id
+    }
+
+    /// Frees the seat of ticker `id` (it ended, or stalled), so that the next call tries again at
+    /// once.
+    pub(crate) fn release(&self, id: u64) {
+        if self
+            .id
+            .compare_exchange(id, NO_TICKER, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.tried.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Remembers that timers are missing: never try again.
+    pub(crate) fn timers_missing(&self) {
+        self.timerless.store(true, Ordering::Relaxed);
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     calls: AtomicU64,
@@ -72,6 +141,8 @@ pub(crate) struct Window {
     /// the low bits, so that a success finds its slot with one load and no division. Epochs
     /// start at 1 so that a zero tag means "empty".
     current: AtomicU64,
+    /// The ticker that keeps `current` moving.
+    pub(crate) ticker: TickerSeat,
     /// Counts of buckets that were recycled, for the all-time totals.
     retired_calls: AtomicU64,
     retired_failures: AtomicU64,
@@ -86,6 +157,7 @@ impl Window {
             bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
             slots: (0..buckets).map(|_| Slot::default()).collect(),
             current: AtomicU64::new(Self::pack_current(1, buckets)),
+            ticker: TickerSeat::default(),
             retired_calls: AtomicU64::new(0),
             retired_failures: AtomicU64::new(0),
             retired_slow: AtomicU64::new(0),
@@ -98,20 +170,43 @@ impl Window {
         self.origin + Duration::from_nanos(nanos)
     }
 
-    /// The epoch of `now`, and remembers it if it is the newest seen.
+    /// The epoch of `now`, and remembers it if it is the newest seen. If the epoch had fallen
+    /// two or more buckets behind although a ticker should keep it current, the ticker has
+    /// stalled: its seat is freed.
     #[inline]
     pub(crate) fn observe(&self, now: Instant) -> u64 {
+        let (previous, epoch) = self.advance(now);
+        if epoch > previous.saturating_add(1) {
+            let ticker = self.ticker.id.load(Ordering::Acquire);
+            if ticker != NO_TICKER {
+                self.ticker.release(ticker);
+            }
+        }
+        epoch
+    }
+
+    /// For the ticker: the epoch of `now`, remembered if it is the newest seen.
+    pub(crate) fn tick(&self, now: Instant) -> u64 {
+        self.advance(now).1
+    }
+
+    /// Moves the epoch to that of `now` if it is newer; returns the epoch seen before, and that
+    /// of `now`.
+    #[inline]
+    fn advance(&self, now: Instant) -> (u64, u64) {
         let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
             .unwrap_or(u64::MAX);
         let epoch = nanos / self.bucket_nanos + 1;
-        if epoch > self.epoch() {
+        let seen = self.epoch();
+        if epoch > seen {
             let packed = Self::pack_current(epoch, self.slots.len() as u32);
             let previous = self.current.fetch_max(packed, Ordering::AcqRel) >> INDEX_BITS;
             if epoch > previous {
                 self.empty_skipped(previous, epoch);
             }
+            return (previous, epoch);
         }
-        epoch
+        (seen, epoch)
     }
 
     fn pack_current(epoch: u64, buckets: u32) -> u64 {
@@ -140,7 +235,7 @@ impl Window {
                 (&slot.slow, &self.retired_slow),
             ] {
                 if aliased {
-                    let old = counter.swap(pack(skipped as u32, 0), Ordering::Relaxed);
+                    let old = counter.swap(pack(skipped as u32, 0), Ordering::AcqRel);
                     retired.fetch_add(u64::from(count(old)), Ordering::Relaxed);
                 } else {
                     renew(counter, skipped, 0, retired);
@@ -154,21 +249,28 @@ impl Window {
         &self.slots[(epoch % self.slots.len() as u64) as usize]
     }
 
-    /// Records a success in the current epoch, or at `now()` when the epoch is not kept current
-    /// by a ticker.
+    /// Records a success in the current epoch, or at `now()` when no ticker keeps the epoch
+    /// current. Reads the clock at the sample points of the module docs to notice a stalled
+    /// ticker. Returns whether no ticker runs, for the caller to start one.
     #[inline]
-    pub(crate) fn record_success(&self, ticking: bool, now: impl FnOnce() -> Instant) {
-        if ticking {
-            let current = self.current.load(Ordering::Acquire);
-            let slot = &self.slots[(current & INDEX_MASK) as usize];
-            bump(&slot.calls, current >> INDEX_BITS, &self.retired_calls);
-        } else {
+    pub(crate) fn record_success(&self, now: impl FnOnce() -> Instant) -> bool {
+        if self.ticker.id.load(Ordering::Relaxed) == NO_TICKER {
             let epoch = self.observe(now());
             bump(&self.slot(epoch).calls, epoch, &self.retired_calls);
+            return true;
         }
+        let current = self.current.load(Ordering::Acquire);
+        let slot = &self.slots[(current & INDEX_MASK) as usize];
+        let count = bump(&slot.calls, current >> INDEX_BITS, &self.retired_calls);
+        if is_sample(count) {
+            self.observe(now());
+            return self.ticker.id.load(Ordering::Relaxed) == NO_TICKER;
+        }
+        false
     }
 
-    /// Records a call that failed or was slow (or both) at `now`.
+    /// Records a call that failed or was slow (or both) at `now`: its call first, then its
+    /// failure and slowness (see [Consistent totals](self#consistent-totals)).
     pub(crate) fn record(&self, now: Instant, sample: Sample) {
         let epoch = self.observe(now);
         let slot = self.slot(epoch);
@@ -194,9 +296,21 @@ impl Window {
         };
         let mut totals = Totals::default();
         for slot in self.slots.iter() {
-            totals.calls += live(slot.calls.load(Ordering::Relaxed));
-            totals.failures += live(slot.failures.load(Ordering::Relaxed));
-            totals.slow += live(slot.slow.load(Ordering::Relaxed));
+            // Failures and slow calls first, then the calls: a failure seen here has its call
+            // counted already (see the module docs).
+            let slow = slot.slow.load(Ordering::Acquire);
+            let failures = slot.failures.load(Ordering::Acquire);
+            let calls = slot.calls.load(Ordering::Acquire);
+            let within = |word: u64| {
+                if tag(word) == tag(calls) {
+                    live(word).min(live(calls))
+                } else {
+                    0
+                }
+            };
+            totals.calls += live(calls);
+            totals.failures += within(failures);
+            totals.slow += within(slow);
         }
         totals
     }
@@ -206,20 +320,23 @@ impl Window {
         self.totals(self.observe(now))
     }
 
-    /// Every call ever recorded, including those that have left the window.
+    /// Every call ever recorded, including those that have left the window. The counts of a
+    /// bucket being recycled may be missed (or, for calls, seen twice) by a reader that runs at
+    /// that moment; failures and slow calls are read first and never exceed the calls.
     pub(crate) fn all_time(&self) -> Totals {
-        let sum = |retired: &AtomicU64, pick: fn(&Slot) -> &AtomicU64| {
-            retired.load(Ordering::Relaxed)
-                + self
-                    .slots
-                    .iter()
-                    .map(|slot| u64::from(count(pick(slot).load(Ordering::Relaxed))))
-                    .sum::<u64>()
+        let in_slots = |pick: fn(&Slot) -> &AtomicU64| {
+            self.slots
+                .iter()
+                .map(|slot| u64::from(count(pick(slot).load(Ordering::Acquire))))
+                .sum::<u64>()
         };
+        let slow = in_slots(|s| &s.slow) + self.retired_slow.load(Ordering::Acquire);
+        let failures = in_slots(|s| &s.failures) + self.retired_failures.load(Ordering::Acquire);
+        let calls = self.retired_calls.load(Ordering::Acquire) + in_slots(|s| &s.calls);
         Totals {
-            calls: sum(&self.retired_calls, |s| &s.calls),
-            failures: sum(&self.retired_failures, |s| &s.failures),
-            slow: sum(&self.retired_slow, |s| &s.slow),
+            calls,
+            failures: failures.min(calls),
+            slow: slow.min(calls),
         }
     }
 
@@ -233,6 +350,13 @@ impl Window {
     }
 }
 
+/// Whether a success that brought its bucket's count to `count` reads the clock: the first ones
+/// of a bucket often, then one in 64.
+#[inline]
+fn is_sample(count: u32) -> bool {
+    count & (count.wrapping_sub(1)) == 0 || count % 64 == 0
+}
+
 /// Moves a counter's count to the retired total and zeroes it, keeping its epoch.
 fn retire(counter: &AtomicU64, retired: &AtomicU64) {
     let mut word = counter.load(Ordering::Relaxed);
@@ -243,7 +367,7 @@ fn retire(counter: &AtomicU64, retired: &AtomicU64) {
         match counter.compare_exchange_weak(
             word,
             pack(tag(word), 0),
-            Ordering::Relaxed,
+            Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
             Ok(_) => {
@@ -255,42 +379,40 @@ fn retire(counter: &AtomicU64, retired: &AtomicU64) {
     }
 }
 
-/// Adds one to `counter` for `epoch`.
+/// Adds one to `counter` for `epoch`; returns the count it reached there. Release, so that a
+/// reader that sees a failure (added after its call) sees the call too.
 #[inline]
-fn bump(counter: &AtomicU64, epoch: u64, retired: &AtomicU64) {
+fn bump(counter: &AtomicU64, epoch: u64, retired: &AtomicU64) -> u32 {
     let word = counter.load(Ordering::Relaxed);
     if tag(word) == epoch as u32 {
-        counter.fetch_add(1, Ordering::Relaxed);
+        count(counter.fetch_add(1, Ordering::Release)).wrapping_add(1)
     } else {
-        renew(counter, epoch, 1, retired);
+        renew(counter, epoch, 1, retired)
     }
 }
 
 /// Moves `counter` to `epoch` with `add` counted in it, retiring the counts of an older epoch.
 /// If the counter is already at `epoch` (or, for a thread whose epoch went stale, at a newer one),
-/// `add` is added there instead: a count is never lost.
-fn renew(counter: &AtomicU64, epoch: u64, add: u32, retired: &AtomicU64) {
+/// `add` is added there instead: a count is never lost. Returns the count reached.
+fn renew(counter: &AtomicU64, epoch: u64, add: u32, retired: &AtomicU64) -> u32 {
     let epoch = epoch as u32;
     let mut word = counter.load(Ordering::Relaxed);
     loop {
         let age = epoch.wrapping_sub(tag(word));
         if age == 0 || age > u32::MAX / 2 {
-            if add > 0 {
-                counter.fetch_add(u64::from(add), Ordering::Relaxed);
-            }
-            return;
+            return count(counter.fetch_add(u64::from(add), Ordering::Release)).wrapping_add(add);
         }
         match counter.compare_exchange_weak(
             word,
             pack(epoch, add),
-            Ordering::Relaxed,
+            Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
             Ok(_) => {
                 if count(word) > 0 {
                     retired.fetch_add(u64::from(count(word)), Ordering::Relaxed);
                 }
-                return;
+                return add;
             }
             Err(now) => word = now,
         }
@@ -319,7 +441,7 @@ mod tests {
     fn counts_within_the_window() {
         let (w, t0) = window();
         for _ in 0..3 {
-            w.record_success(false, || t0);
+            w.record_success(|| t0);
         }
         w.record(t0 + secs(1), FAIL);
         let totals = w.totals_at(t0 + secs(1));
@@ -331,7 +453,7 @@ mod tests {
     fn old_buckets_slide_out() {
         let (w, t0) = window();
         for _ in 0..100 {
-            w.record_success(false, || t0);
+            w.record_success(|| t0);
         }
         w.record(t0 + Duration::from_millis(9_500), FAIL);
         assert_eq!(w.totals_at(t0 + Duration::from_millis(9_500)).calls, 101);
@@ -355,7 +477,7 @@ mod tests {
         let (w, t0) = window();
         w.record(t0, FAIL);
         // Same slot index, ten buckets later.
-        w.record_success(false, || t0 + secs(10));
+        w.record_success(|| t0 + secs(10));
         assert_eq!(
             w.totals_at(t0 + secs(10)),
             Totals {
@@ -378,11 +500,13 @@ mod tests {
     fn a_ticking_window_records_successes_in_the_epoch_the_ticker_set() {
         let (w, t0) = window();
         w.observe(t0 + secs(3));
-        w.record_success(true, || {
-            unreachable!("a ticking window does not read the clock")
-        });
-        assert_eq!(w.totals_at(t0 + secs(3)).calls, 1);
-        assert_eq!(w.totals_at(t0 + secs(12)).calls, 1);
+        assert!(w.ticker.claim(7));
+        // The first two successes of a bucket are sample points, the third is not.
+        w.record_success(|| t0 + secs(3));
+        w.record_success(|| t0 + secs(3));
+        w.record_success(|| unreachable!("a ticking window does not read the clock here"));
+        assert_eq!(w.totals_at(t0 + secs(3)).calls, 3);
+        assert_eq!(w.totals_at(t0 + secs(12)).calls, 3);
         assert_eq!(w.totals_at(t0 + secs(13)).calls, 0);
     }
 
@@ -410,7 +534,7 @@ mod tests {
     fn clear_empties_the_window_but_keeps_all_time_totals() {
         let (w, t0) = window();
         w.record(t0, FAIL);
-        w.record_success(false, || t0);
+        w.record_success(|| t0);
         w.clear();
         assert_eq!(w.totals_at(t0), Totals::default());
         assert_eq!(
@@ -437,7 +561,7 @@ mod tests {
                         if i % 10 == 0 {
                             w.record(at, FAIL);
                         } else {
-                            w.record_success(false, || at);
+                            w.record_success(|| at);
                         }
                     }
                 })
@@ -454,5 +578,109 @@ mod tests {
                 slow: 0
             }
         );
+    }
+}
+
+/// Model checks of the window's lock-free protocol (run by `scripts/loom.sh`): epoch advances
+/// racing with writers and readers. The clock is passed in, so loom sees every interleaving of
+/// the atomics alone.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const FAIL: Sample = Sample {
+        failure: true,
+        slow: false,
+    };
+
+    fn window() -> (Arc<Window>, Instant) {
+        let origin = Instant::now();
+        (
+            Arc::new(Window::new(origin, Duration::from_secs(2), 2)),
+            origin,
+        )
+    }
+
+    /// A reader racing a failure and a success never sees more failures than calls.
+    #[test]
+    fn loom_totals_never_show_a_failure_without_its_call() {
+        loom::model(|| {
+            let (w, t0) = window();
+            let writer = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.record(t0, FAIL);
+                    w.record_success(|| t0);
+                })
+            };
+            let totals = w.totals(1);
+            assert!(totals.failures <= totals.calls, "{totals:?}");
+            let all = w.all_time();
+            assert!(all.failures <= all.calls, "{all:?}");
+            writer.join().unwrap();
+            assert_eq!(
+                w.totals(1),
+                Totals {
+                    calls: 2,
+                    failures: 1,
+                    slow: 0
+                }
+            );
+        });
+    }
+
+    /// Two writers, one of them moving the window a full turn on (recycling the slot of the
+    /// other's bucket): no count is lost. A writer whose epoch went stale adds to the newer
+    /// bucket it finds rather than lose its count (see `renew`).
+    #[test]
+    fn loom_an_epoch_advance_loses_no_count() {
+        loom::model(|| {
+            let (w, t0) = window();
+            let late = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    // Two buckets later: the same slot, a turn on.
+                    w.record(t0 + Duration::from_secs(2), FAIL);
+                })
+            };
+            w.record(t0, FAIL);
+            w.record_success(|| t0);
+            late.join().unwrap();
+            assert_eq!(
+                w.all_time(),
+                Totals {
+                    calls: 3,
+                    failures: 2,
+                    slow: 0
+                }
+            );
+            let now = w.totals(3);
+            assert!(now.failures <= now.calls, "{now:?}");
+            assert!(
+                now.calls >= 1 && now.failures >= 1,
+                "the late failure is there: {now:?}"
+            );
+        });
+    }
+
+    /// A success that finds the epoch moved under it counts once, in the bucket it read.
+    #[test]
+    fn loom_a_success_racing_an_advance_counts_once() {
+        loom::model(|| {
+            let (w, t0) = window();
+            assert!(w.ticker.claim(1));
+            let ticker = {
+                let w = w.clone();
+                thread::spawn(move || {
+                    w.tick(t0 + Duration::from_secs(1));
+                })
+            };
+            w.record_success(|| t0 + Duration::from_secs(1));
+            ticker.join().unwrap();
+            assert_eq!(w.all_time().calls, 1);
+            assert_eq!(w.totals(2).calls, 1);
+        });
     }
 }

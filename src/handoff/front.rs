@@ -1,3 +1,4 @@
+use crate::sync::Ordering;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Ready};

@@ -5,7 +5,7 @@ use tower::BoxError;
 use super::error::{Fault, KafkaError};
 use super::record::Delivery;
 use crate::breaker::{Classify, Outcome};
-use crate::bulkhead::BulkheadFull;
+use crate::Rejection;
 
 /// Counts Kafka's own failures (timeouts, brokers down, full queue) and ignores the caller's
 /// (record too large, unknown topic), so that a bad record cannot open the breaker on a healthy
@@ -13,8 +13,10 @@ use crate::bulkhead::BulkheadFull;
 ///
 /// Works directly over a [`KafkaService`](super::KafkaService) (`KafkaError`) and over a stack of
 /// layers that box errors (`BoxError`): there, a [`KafkaError`] is classified by its fault, a
-/// [`BulkheadFull`] is ignored (shedding is our own back-pressure, not evidence about Kafka), and
-/// any other error, such as tower's timeout, is a failure.
+/// refusal by tanker ([`Rejection::find`]: a bulkhead's `BulkheadFull` or an inner breaker's
+/// `BreakerOpen`, itself or as the source of another error) is ignored (it is our own
+/// back-pressure, and Kafka was not called), and any other error, such as tower's timeout, is a
+/// failure.
 ///
 /// ```
 /// use tanker::breaker::BreakerLayer;
@@ -49,7 +51,7 @@ impl<T> Classify<T, BoxError> for FaultClassifier {
             Err(error) => {
                 if let Some(kafka) = error.downcast_ref::<KafkaError>() {
                     by_fault(kafka)
-                } else if error.is::<BulkheadFull>() {
+                } else if Rejection::find(error.as_ref()).is_some() {
                     Outcome::Ignore
                 } else {
                     Outcome::Failure
