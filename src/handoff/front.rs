@@ -1,4 +1,3 @@
-use crate::sync::Ordering;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Ready};
