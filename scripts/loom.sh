@@ -10,4 +10,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-3}
 RUSTFLAGS="--cfg tanker_loom ${RUSTFLAGS:-}" \
-  cargo test --release --no-default-features --lib --target-dir "${CARGO_TARGET_DIR:-target}/loom" -- loom_ "$@"
+  cargo test --release --no-default-features --lib --target-dir "${CARGO_TARGET_DIR:-target}/loom" -- loom_

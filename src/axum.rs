@@ -98,6 +98,7 @@ use tower::BoxError;
 
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
+use crate::rejection::chain;
 use crate::Rejection;
 
 /// Turns an error of a tanker-protected service into a response: `503` for a [`Rejection`]
@@ -111,7 +112,7 @@ pub async fn handle_error(err: BoxError) -> Response {
     if let Some(rejection) = Rejection::find(err) {
         return rejection.into_response();
     }
-    if in_chain::<Elapsed>(err) {
+    if chain(err).any(|e| e.is::<Elapsed>()) {
         tracing::debug!(error = %err, "request timed out");
         return (StatusCode::GATEWAY_TIMEOUT, "request timed out\n").into_response();
     }
@@ -165,18 +166,6 @@ fn whole_seconds(after: Duration) -> u64 {
         secs
     };
     secs.max(1)
-}
-
-/// Whether `err` or an error of its source chain is an `E`.
-fn in_chain<E: StdError + 'static>(err: &(dyn StdError + 'static)) -> bool {
-    let mut next = Some(err);
-    while let Some(err) = next {
-        if err.is::<E>() {
-            return true;
-        }
-        next = err.source();
-    }
-    false
 }
 
 #[cfg(test)]

@@ -115,6 +115,7 @@ use tower::BoxError;
 
 use crate::breaker::{BreakerOpen, Classify, Outcome};
 use crate::bulkhead::BulkheadFull;
+use crate::rejection::chain;
 use crate::Rejection;
 
 /// The metadata key of gRPC's server pushback: how many milliseconds a client should wait before
@@ -186,13 +187,6 @@ fn pushback_millis(after: Duration) -> u64 {
 fn with_source(mut status: Status, source: BoxError) -> Status {
     status.set_source(Arc::from(source));
     status
-}
-
-/// `err` and its sources, nearest first.
-fn chain<'a>(
-    err: &'a (dyn StdError + 'static),
-) -> impl Iterator<Item = &'a (dyn StdError + 'static)> {
-    std::iter::successors(Some(err), |&e| e.source())
 }
 
 /// `UNAVAILABLE`, with the shed call's message; no pushback, since a slot may free up any moment.

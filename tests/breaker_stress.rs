@@ -74,7 +74,7 @@ fn echo_breaker(layer: &BreakerLayer) -> Echo {
 /// Makes 200 calls: a failure every `every`-th one (never, for 0).
 async fn calls(mut svc: Echo, thread: usize, every: usize) {
     for i in 0..200 {
-        let ok = every == 0 || (i + thread) % every != 0;
+        let ok = every == 0 || !(i + thread).is_multiple_of(every);
         let result: Result<u32, BoxError> = svc.ready().await.unwrap().call(ok).await;
         assert_eq!(result.is_ok(), ok, "every call reached the inner service");
     }

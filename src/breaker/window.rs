@@ -354,7 +354,7 @@ impl Window {
 /// of a bucket often, then one in 64.
 #[inline]
 fn is_sample(count: u32) -> bool {
-    count & (count.wrapping_sub(1)) == 0 || count % 64 == 0
+    count & (count.wrapping_sub(1)) == 0 || count.is_multiple_of(64)
 }
 
 /// Moves a counter's count to the retired total and zeroes it, keeping its epoch.
