@@ -77,10 +77,14 @@ fn assert_quiescent(counts: &HandoffCounts) {
     assert!(counts.is_balanced(), "{counts:?}");
 }
 
+/// A hand-off whose refusals and failures are final (no parking, no second try), so that each
+/// [`Fate`] has one outcome; `tests/handoff_parking.rs` covers parking.
 fn builder(capacity: usize, concurrency: usize) -> HandoffBuilder {
     HandoffBuilder::new()
         .capacity(capacity)
         .concurrency(concurrency)
+        .park(false)
+        .retry_failed(false)
         .name("test")
 }
 

@@ -232,9 +232,11 @@ async fn a_shed_wrapped_in_another_error_is_counted_as_shed() {
             }
             Ok::<_, BoxError>(())
         }));
+    // Parking off: the refusal is final, and counted by what it is.
     let handoff = HandoffBuilder::new()
         .capacity(16)
         .concurrency(8)
+        .park(false)
         .spawn(stack)
         .unwrap();
     assert_eq!(send_all(&handoff, 0..6), 6);
@@ -251,7 +253,11 @@ async fn a_breaker_rejection_wrapped_in_another_error_is_counted_as_rejected() {
         .map_err(|error: BoxError| BoxError::from(Wrapped(Box::new(Wrapped(error)))))
         .breaker(breaker)
         .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
-    let handoff = HandoffBuilder::new().capacity(16).spawn(stack).unwrap();
+    let handoff = HandoffBuilder::new()
+        .capacity(16)
+        .park(false)
+        .spawn(stack)
+        .unwrap();
     assert_eq!(send_all(&handoff, 0..5), 5);
     let counts = settle(&handoff).await;
     assert_balanced_and_quiet(&counts);

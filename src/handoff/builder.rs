@@ -1,6 +1,7 @@
 //! The hand-off's settings, checked before its worker is spawned.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower::BoxError;
 use tower_service::Service;
@@ -19,8 +20,31 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///
 /// | setting | default | why |
 /// |---|---|---|
-/// | [`capacity`](Self::capacity) | 10 000 | a few seconds of records at a typical stats rate; beyond that, dropping is the point |
+/// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: 25 s of an outage at 2000 records/s is kept whole, and only records beyond that are dropped (the newest). The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
 /// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
+/// | [`max_age`](Self::max_age) | 5 min | a record parked longer than that is discarded (counted as expired) when its turn comes, so that a long outage ends with fresh data, and a closed hand-off behind a breaker that never closes again still ends |
+/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the dependency instead of being lost; the queue, bounded, is the budget |
+/// | [`retry_failed`](Self::retry_failed) | on | a record the dependency failed (a timeout, brokers down) most likely was not written; one more try once the dependency takes records again keeps it. At least once: it may have been written after all |
+///
+/// # Parking
+///
+/// The worker keeps a copy of each record while it is in the stack (the request type must be
+/// `Clone`; for a Kafka [`Record`](crate::kafka::Record) that is a few reference counts). When
+/// the stack gives the record back without trying it, the record is *parked*, not lost:
+///
+/// - refused by an open breaker ([`BreakerOpen`](crate::breaker::BreakerOpen)), it waits in the
+///   worker, and the worker starts nothing until the breaker's
+///   [`retry_after`](crate::breaker::BreakerOpen::retry_after) has passed: a sick dependency
+///   gets only the breaker's probes, while new records wait in the queue;
+/// - refused by a full bulkhead, it is tried again a millisecond later;
+/// - failed with a dependency fault (a tower timeout, or a Kafka error whose
+///   [`Fault`](crate::kafka::Fault) is the dependency's), it gets one more try, unless
+///   [`retry_failed`](Self::retry_failed) is off. A caller's fault is never retried.
+///
+/// Parked records are sent again oldest first, before anything newer from the queue. They came
+/// out of calls in flight, so memory stays bounded by `capacity` queued plus `concurrency`
+/// records in the worker, whatever the dependency does. The queue fills while the worker
+/// waits; once it is full, `send` drops the newest records, as always.
 ///
 /// ```
 /// use tanker::handoff::HandoffBuilder;
@@ -37,14 +61,20 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 pub struct HandoffBuilder {
     capacity: usize,
     concurrency: usize,
+    max_age: Duration,
+    park: bool,
+    retry_failed: bool,
     name: Arc<str>,
 }
 
 impl Default for HandoffBuilder {
     fn default() -> Self {
         Self {
-            capacity: 10_000,
+            capacity: 50_000,
             concurrency: 1024,
+            max_age: Duration::from_secs(300),
+            park: true,
+            retry_failed: true,
             name: Arc::from("handoff"),
         }
     }
@@ -70,6 +100,35 @@ impl HandoffBuilder {
     /// slower than the burst.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// How long a record may wait, from `send` to the start of its last call, before it is
+    /// discarded unsent and counted as [`expired`](super::HandoffCounts::expired). More than
+    /// 1 ms; [`Duration::MAX`] (or anything over 49 days) means no limit.
+    ///
+    /// Ages are read on the hand-off's coarse clock, which the worker moves each time it runs
+    /// (at least every 100 ms while it has nothing to do): a record may be discarded up to that
+    /// much early.
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = age;
+        self
+    }
+
+    /// Whether records refused by an open breaker or a full bulkhead are parked and tried again
+    /// (see [Parking](Self#parking)). Default: on. Off, a refusal is final: the record is counted
+    /// as [`rejected`](super::HandoffCounts::rejected) or [`shed`](super::HandoffCounts::shed)
+    /// at once, and a sick dependency costs records instead of queue space.
+    pub fn park(mut self, park: bool) -> Self {
+        self.park = park;
+        self
+    }
+
+    /// Whether a record that failed with a fault of the dependency's gets one more try once the
+    /// stack takes records again (see [Parking](Self#parking)). Default: on. Off, every failure
+    /// is final, and nothing is ever written twice by the hand-off.
+    pub fn retry_failed(mut self, retry: bool) -> Self {
+        self.retry_failed = retry;
         self
     }
 
@@ -104,6 +163,16 @@ impl HandoffBuilder {
                 ),
             ));
         }
+        if self.max_age <= Duration::from_millis(1) {
+            return Err(ConfigError::new(
+                "max_age",
+                format!(
+                    "must be more than 1 ms (got {:?}): every record would expire before it is \
+                     sent; use Duration::MAX for no limit",
+                    self.max_age
+                ),
+            ));
+        }
         if self.concurrency == 0 {
             return Err(ConfigError::new(
                 "concurrency",
@@ -119,8 +188,9 @@ impl HandoffBuilder {
     /// The worker uses tokio's time driver when the runtime has one: after traffic it looks at
     /// the queue on a 1 ms tick for a while, then on a 100 ms tick, so that senders never wake
     /// it. On a runtime without it (no `enable_time`) the hand-off works too: the worker parks
-    /// as soon as it is idle, and the first sender after a pause wakes it. (Finding that out makes tokio's panic hook print its
-    /// "timers are disabled" message once.)
+    /// as soon as it is idle, and the first sender after a pause wakes it; records are not parked
+    /// (a refusal is final), since trying again needs a timer. (Finding that out makes tokio's
+    /// panic hook print its "timers are disabled" message once.)
     ///
     /// # Errors
     ///
@@ -132,7 +202,7 @@ impl HandoffBuilder {
         S::Future: Send + 'static,
         S::Error: Into<BoxError>,
         S::Response: Send + 'static,
-        Req: Send + 'static,
+        Req: Clone + Send + 'static,
     {
         self.check::<Req>()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
@@ -145,7 +215,17 @@ impl HandoffBuilder {
             );
         }
         let shared = Arc::new(Shared::new(self.capacity, self.name));
-        let worker = Worker::new(shared.clone(), service, self.concurrency, tick);
+        // Ages beyond the coarse clock's range (49 days) mean no limit.
+        let max_age = (self.max_age.as_millis() < u128::from(u32::MAX)).then_some(self.max_age);
+        let worker = Worker::new(
+            shared.clone(),
+            service,
+            self.concurrency,
+            tick,
+            max_age,
+            self.park,
+            self.retry_failed,
+        );
         // Each call ends on a channel that counts against tokio's cooperative budget; with
         // thousands of calls in flight that budget, not the work, would pace the worker. It keeps
         // its own budget instead (`worker::BUDGET`), and yields after that many records.

@@ -4,11 +4,12 @@ use std::sync::Arc;
 
 use crossbeam_utils::CachePadded;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::buffer::Buffer;
 use super::doorbell::{seq_cst_point, Doorbell};
 use crate::metrics as names;
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
 
 /// What became of a record handed off.
@@ -22,8 +23,20 @@ pub enum Sent {
     Dropped,
 }
 
+/// A record in the queue, with the hand-off's coarse time when it was accepted.
+pub(crate) struct Envelope<Req> {
+    pub(crate) request: Req,
+    /// Milliseconds after the hand-off's origin, from [`Shared::stamp`].
+    pub(crate) stamp: u32,
+}
+
 pub(crate) struct Shared<Req> {
-    buffer: Buffer<Req>,
+    buffer: Buffer<Envelope<Req>>,
+    /// The hand-off's coarse clock: milliseconds after `origin`, written by the worker each time
+    /// it runs (at least every 100 ms while it ticks), read by senders to stamp their records.
+    /// On a line of its own, so that the worker's writes do not take the senders' line.
+    clock: CachePadded<AtomicU32>,
+    origin: Instant,
     pub(crate) name: Arc<str>,
     /// What every `send` touches, on cache lines of its own so that the worker's counting does
     /// not take them away from senders.
@@ -105,8 +118,16 @@ struct Back {
     shed: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
-    /// Records taken out of the queue and not finished yet.
+    /// Records that outlived the hand-off's maximum age before they could be sent.
+    expired: AtomicU64,
+    /// Records taken out of the queue and not finished yet, in the stack or about to enter it.
     in_flight: AtomicU64,
+    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
+    /// an open breaker or a full bulkhead, or given one more try after a dependency fault.
+    parked: AtomicU64,
+    /// Records given one more try after a dependency fault (a statistic; they are counted
+    /// again by their next outcome).
+    retried: AtomicU64,
 }
 
 /// What became of an accepted record.
@@ -119,6 +140,10 @@ pub(crate) enum Outcome {
     Rejected,
     /// Any other error, a panic, or a broken service.
     Failed,
+    /// Older than the hand-off's maximum age when its turn came.
+    Expired,
+    /// Back in the worker's hands, to be tried again (see [`Back::parked`]).
+    Parked,
 }
 
 impl<Req> Shared<Req> {
@@ -126,6 +151,8 @@ impl<Req> Shared<Req> {
     pub(crate) fn new(capacity: usize, name: Arc<str>) -> Self {
         Self {
             buffer: Buffer::new(capacity),
+            clock: CachePadded::new(AtomicU32::new(0)),
+            origin: Instant::now(),
             metrics: Metrics::new(&name),
             name,
             front: CachePadded::new(Front {
@@ -140,7 +167,10 @@ impl<Req> Shared<Req> {
                 shed: AtomicU64::new(0),
                 rejected: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
                 in_flight: AtomicU64::new(0),
+                parked: AtomicU64::new(0),
+                retried: AtomicU64::new(0),
             }),
             drained: Notify::new(),
             finished: AtomicBool::new(false),
@@ -170,7 +200,8 @@ impl<Req> Shared<Req> {
             self.unreserve();
             return self.drop_closed();
         }
-        if self.buffer.push(request).is_err() {
+        let stamp = self.clock.load(Ordering::Relaxed);
+        if self.buffer.push(Envelope { request, stamp }).is_err() {
             // Another sender took the last place since `is_full`.
             self.unreserve();
             front.dropped_full.fetch_add(1, Ordering::Relaxed);
@@ -254,7 +285,7 @@ impl<Req> Shared<Req> {
     }
 
     /// Takes the oldest record, counted in flight until [`finish`](Self::finish).
-    pub(crate) fn take(&self) -> Option<Req> {
+    pub(crate) fn take(&self) -> Option<Envelope<Req>> {
         if self.buffer.is_empty() {
             return None;
         }
@@ -275,10 +306,38 @@ impl<Req> Shared<Req> {
             Outcome::Shed => &back.shed,
             Outcome::Rejected => &back.rejected,
             Outcome::Failed => &back.failed,
+            Outcome::Expired => &back.expired,
+            Outcome::Parked => &back.parked,
         };
         // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
         counter.fetch_add(1, Ordering::SeqCst);
         back.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A parked record goes back into the stack: in flight again.
+    pub(crate) fn unpark(&self) {
+        let back = &*self.back;
+        back.in_flight.fetch_add(1, Ordering::SeqCst);
+        back.parked.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Counts a record given one more try after a dependency fault.
+    pub(crate) fn count_retry(&self) {
+        self.back.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Moves the coarse clock to `now` (the worker, each time it runs).
+    pub(crate) fn set_clock(&self, now: Instant) -> u32 {
+        let millis = self.millis(now);
+        if self.clock.load(Ordering::Relaxed) != millis {
+            self.clock.store(millis, Ordering::Relaxed);
+        }
+        millis
+    }
+
+    /// Milliseconds from the origin to `now`, saturated (49 days of uptime fit).
+    pub(crate) fn millis(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u32::MAX)
     }
 
     /// Whether the hand-off is closed and every record it accepted is finished, with no sender
@@ -312,6 +371,7 @@ impl<Req> Shared<Req> {
             + self.back.shed.load(Ordering::SeqCst)
             + self.back.rejected.load(Ordering::SeqCst)
             + self.back.failed.load(Ordering::SeqCst)
+            + self.back.expired.load(Ordering::SeqCst)
     }
 
     pub(crate) fn counts(&self) -> HandoffCounts {
@@ -322,7 +382,12 @@ impl<Req> Shared<Req> {
         let shed = back.shed.load(Ordering::Acquire);
         let rejected = back.rejected.load(Ordering::Acquire);
         let failed = back.failed.load(Ordering::Acquire);
+        let expired = back.expired.load(Ordering::Acquire);
+        // `parked` before `in_flight`: a record moves from `parked` to `in_flight` by adding
+        // there first, so it is seen at least once.
+        let parked = back.parked.load(Ordering::Acquire);
         let in_flight = back.in_flight.load(Ordering::Acquire);
+        let retried = back.retried.load(Ordering::Relaxed);
         let queued = self.buffer.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
@@ -336,8 +401,11 @@ impl<Req> Shared<Req> {
             shed,
             rejected,
             failed,
+            expired,
             queued,
+            parked,
             in_flight,
+            retried,
         }
     }
 }
@@ -345,8 +413,8 @@ impl<Req> Shared<Req> {
 /// A snapshot of a hand-off's counters, from [`Handoff::counts`](super::Handoff::counts).
 ///
 /// Every record offered is counted exactly once: `offered = accepted + dropped`, and
-/// `accepted = delivered + shed + rejected + failed + pending`, where `pending = queued +
-/// in_flight`. At a quiescent moment (nothing being sent or finishing) both identities hold
+/// `accepted = delivered + expired + shed + rejected + failed + pending`, where `pending =
+/// queued + parked + in_flight`. At a quiescent moment (nothing being sent or finishing) both identities hold
 /// exactly; [`is_balanced`](Self::is_balanced) checks them. A snapshot taken while records move
 /// may be a few records apart.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -373,26 +441,37 @@ pub struct HandoffCounts {
     /// write may still have reached the dependency (for Kafka, a timed-out record a resumed
     /// broker writes after all).
     pub failed: u64,
+    /// Records that waited longer than the hand-off's
+    /// [`max_age`](super::HandoffBuilder::max_age) before the stack would take them: discarded
+    /// unsent.
+    pub expired: u64,
     /// Records waiting in the queue.
     pub queued: u64,
+    /// Records the stack gave back to wait for another try: refused by an open breaker or a
+    /// full bulkhead, or failed with a dependency fault and given one more try. They are sent
+    /// again, oldest first, once the stack takes them.
+    pub parked: u64,
     /// Records in the stack, not yet finished.
     pub in_flight: u64,
+    /// Records given one more try after a dependency fault (a statistic: each is also counted
+    /// by the outcome of that try).
+    pub retried: u64,
 }
 
 impl HandoffCounts {
-    /// Records accepted and not yet finished.
+    /// Records accepted and not yet finished: queued, parked or in flight.
     pub fn pending(&self) -> u64 {
-        self.queued + self.in_flight
+        self.queued + self.parked + self.in_flight
     }
 
     /// Records accepted and finished, one way or another.
     pub fn finished(&self) -> u64 {
-        self.delivered + self.shed + self.rejected + self.failed
+        self.delivered + self.expired + self.shed + self.rejected + self.failed
     }
 
-    /// Records not delivered: dropped, shed, rejected or failed.
+    /// Records not delivered: dropped, expired, shed, rejected or failed.
     pub fn ignored(&self) -> u64 {
-        self.dropped + self.shed + self.rejected + self.failed
+        self.dropped + self.expired + self.shed + self.rejected + self.failed
     }
 
     /// Whether both accounting identities hold in this snapshot.

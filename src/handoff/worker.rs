@@ -1,6 +1,7 @@
 //! The background task that drives the queued records through the stack.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,12 +12,14 @@ use std::time::Duration;
 
 use futures_util::future::{CatchUnwind, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
-use super::shared::{Outcome, Shared};
+use super::shared::{Envelope, Outcome, Shared};
+use crate::rejection::chain;
 #[cfg(feature = "metrics")]
 use crate::telemetry::Counter;
 use crate::telemetry::Throttle;
@@ -72,20 +75,83 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
-/// What became of a call that ended, by tanker's one definition of a refusal
-/// ([`Rejection::find`]), which also finds a refusal another layer wrapped.
-fn outcome<T>(result: Result<T, BoxError>) -> Result<Outcome, BoxError> {
+/// What the worker does with a call that ended.
+enum Ended {
+    Delivered,
+    /// Refused by an open breaker: wait `retry_after` (if it says), then try again.
+    BreakerOpen(Option<Duration>),
+    /// Refused by a full bulkhead: try again at the next tick.
+    BulkheadFull,
+    /// Failed with a fault of the dependency's (see [`is_dependency_fault`]).
+    DependencyFault,
+    /// Failed any other way (the caller's fault, or an error nobody classified).
+    Failed,
+}
+
+/// What became of a call, by tanker's one definition of a refusal ([`Rejection::find`], which
+/// also finds a refusal another layer wrapped).
+fn ended<T>(result: Result<T, BoxError>) -> Ended {
     match result {
-        Ok(_) => Ok(Outcome::Delivered),
+        Ok(_) => Ended::Delivered,
         Err(error) => match Rejection::find(&*error) {
-            Some(Rejection::BulkheadFull) => Ok(Outcome::Shed),
-            Some(Rejection::BreakerOpen { .. }) => Ok(Outcome::Rejected),
-            None => Err(error),
+            Some(Rejection::BulkheadFull) => Ended::BulkheadFull,
+            Some(Rejection::BreakerOpen { retry_after }) => Ended::BreakerOpen(retry_after),
+            None if is_dependency_fault(&*error) => Ended::DependencyFault,
+            None => Ended::Failed,
         },
     }
 }
 
-type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
+/// Whether an error is the dependency's fault, so that the record may be tried once more when
+/// the dependency is healthy again: a tower timeout, or a Kafka error whose
+/// [`Fault`](crate::kafka::Fault) is the dependency's, anywhere in the source chain. A caller's
+/// fault (a record too large, an unknown topic) and unknown errors are not retried.
+fn is_dependency_fault(error: &(dyn std::error::Error + 'static)) -> bool {
+    chain(error).any(|e| {
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return true;
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(kafka) = e.downcast_ref::<crate::kafka::KafkaError>() {
+            return kafka.fault() == crate::kafka::Fault::Dependency;
+        }
+        false
+    })
+}
+
+/// A record the worker holds: taken from the queue, in the stack, or parked.
+struct Held<Req> {
+    request: Req,
+    /// When it was accepted, on the hand-off's coarse clock.
+    stamp: u32,
+    /// Whether it already had its one more try after a dependency fault.
+    retried: bool,
+}
+
+pin_project! {
+    /// A call in the stack, with a copy of its record in case the stack gives it back.
+    struct Tracked<F, Req> {
+        #[pin]
+        call: F,
+        record: Option<Held<Req>>,
+    }
+}
+
+impl<F: Future, Req> Future for Tracked<F, Req> {
+    type Output = (F::Output, Held<Req>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.call.poll(cx));
+        let record = this
+            .record
+            .take()
+            .expect("a Tracked call is polled after it ended");
+        Poll::Ready((output, record))
+    }
+}
+
+type Call<F, Req> = Tracked<CatchUnwind<AssertUnwindSafe<F>>, Req>;
 
 /// What [`Worker::start`] did with a record.
 enum Start {
@@ -104,9 +170,23 @@ where
     /// the hand-off is closed.
     service: Option<S>,
     concurrency: usize,
-    calls: FuturesUnordered<Call<S::Future>>,
-    /// A request taken from the queue while the service was not ready.
-    held: Option<Req>,
+    calls: FuturesUnordered<Call<S::Future, Req>>,
+    /// A record taken while the service was not ready.
+    held: Option<Held<Req>>,
+    /// Records the stack gave back (parked), oldest first. They came out of calls in flight,
+    /// so calls and parked records together never exceed `concurrency`.
+    backlog: VecDeque<Held<Req>>,
+    /// Set while the worker waits before trying the stack again (an open breaker's cool-down,
+    /// a full bulkhead): it starts nothing until it fires.
+    pause: Option<Pin<Box<Sleep>>>,
+    /// Records older than this (milliseconds on the coarse clock) expire unsent.
+    max_age: Option<u32>,
+    /// Whether refused records are parked (and there is a timer to try them again).
+    park: bool,
+    /// Whether a record that failed with a dependency fault gets one more try.
+    retry: bool,
+    /// The coarse clock, as of this poll.
+    now: u32,
     bell: Pin<Box<OwnedNotified>>,
     /// `None` on a runtime without the time driver: the worker then parks as soon as it is
     /// idle, senders ring it, and it publishes its counters only when it wakes.
@@ -139,20 +219,31 @@ impl<S, Req> Worker<S, Req>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
+    Req: Clone,
 {
     pub(crate) fn new(
         shared: Arc<Shared<Req>>,
         service: S,
         concurrency: usize,
         tick: Option<Interval>,
+        max_age: Option<Duration>,
+        park: bool,
+        retry: bool,
     ) -> Self {
         let bell = Box::pin(shared.doorbell().notified());
+        let max_age = max_age.map(|age| u32::try_from(age.as_millis()).unwrap_or(u32::MAX));
         Self {
             shared,
             service: Some(service),
             concurrency,
             calls: FuturesUnordered::new(),
             held: None,
+            backlog: VecDeque::new(),
+            pause: None,
+            max_age,
+            park: park && tick.is_some(),
+            retry,
+            now: 0,
             bell,
             tick,
             slow: false,
@@ -222,19 +313,103 @@ where
         metrics.in_flight.set(counts.in_flight);
     }
 
-    /// Counts how a call ended.
-    fn finish(&self, result: Result<Result<S::Response, S::Error>, Box<dyn Any + Send>>) {
+    /// Counts how a call ended, or parks its record for another try.
+    fn finish(
+        &mut self,
+        (result, mut record): (
+            Result<Result<S::Response, S::Error>, Box<dyn Any + Send>>,
+            Held<Req>,
+        ),
+    ) {
         let outcome = match result {
-            Ok(result) => outcome(result.map_err(Into::into)).unwrap_or_else(|error| {
-                tracing::trace!(handoff = &*self.shared.name, %error, "hand-off call failed");
-                Outcome::Failed
-            }),
+            Ok(result) => match ended(result.map_err(Into::into)) {
+                Ended::Delivered => Outcome::Delivered,
+                // Parking needs a timer to try again; without one the refusal is final.
+                Ended::BreakerOpen(retry_after) if self.park => {
+                    self.pause_for(retry_after.unwrap_or(TICK).max(TICK));
+                    return self.park(record);
+                }
+                Ended::BulkheadFull if self.park => {
+                    self.pause_for(TICK);
+                    return self.park(record);
+                }
+                Ended::BreakerOpen(_) => Outcome::Rejected,
+                Ended::BulkheadFull => Outcome::Shed,
+                Ended::DependencyFault if self.retry && !record.retried => {
+                    record.retried = true;
+                    self.shared.count_retry();
+                    return self.park(record);
+                }
+                Ended::DependencyFault | Ended::Failed => {
+                    tracing::trace!(handoff = &*self.shared.name, "hand-off call failed");
+                    Outcome::Failed
+                }
+            },
             Err(panic) => {
                 self.panicked("response future", &*panic);
                 Outcome::Failed
             }
         };
         self.shared.finish(outcome);
+    }
+
+    /// Gives a record back to the backlog, in the order of acceptance.
+    fn park(&mut self, record: Held<Req>) {
+        let at = self
+            .backlog
+            .partition_point(|held| held.stamp <= record.stamp);
+        self.backlog.insert(at, record);
+        self.shared.finish(Outcome::Parked);
+    }
+
+    /// Starts nothing for `wait` (a breaker's cool-down, a bulkhead's next free slot). Calls in
+    /// flight still finish; a longer pause already set is kept.
+    fn pause_for(&mut self, wait: Duration) {
+        let until = Instant::now() + wait;
+        match &mut self.pause {
+            Some(pause) if pause.deadline() >= until => {}
+            Some(pause) => pause.as_mut().reset(until),
+            None => self.pause = Some(Box::pin(tokio::time::sleep_until(until))),
+        }
+    }
+
+    /// Whether the worker waits before starting anything (and registers to be woken when the
+    /// wait is over).
+    fn paused(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(pause) = &mut self.pause else {
+            return false;
+        };
+        if pause.as_mut().poll(cx).is_ready() {
+            self.pause = None;
+            return false;
+        }
+        true
+    }
+
+    /// The next record to start: one held back, the oldest parked, or the queue's oldest.
+    /// Records past their maximum age are counted as expired on the way.
+    fn next_record(&mut self) -> Option<Held<Req>> {
+        loop {
+            let record = if let Some(held) = self.held.take() {
+                held
+            } else if let Some(parked) = self.backlog.pop_front() {
+                self.shared.unpark();
+                parked
+            } else {
+                let Envelope { request, stamp } = self.shared.take()?;
+                Held {
+                    request,
+                    stamp,
+                    retried: false,
+                }
+            };
+            match self.max_age {
+                Some(age) if self.now.saturating_sub(record.stamp) > age => {
+                    self.shared.finish(Outcome::Expired);
+                }
+                _ => return Some(record),
+            }
+        }
     }
 
     fn panicked(&self, place: &str, payload: &(dyn Any + Send)) {
@@ -264,15 +439,21 @@ where
     }
 
     /// Drives one record into the stack: readiness, then the call.
-    fn start(&mut self, cx: &mut Context<'_>, request: Req) -> Start {
+    fn start(&mut self, cx: &mut Context<'_>, record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
             self.shared.finish(Outcome::Failed);
             return Start::Done;
         };
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
             Ok(Poll::Ready(Ok(()))) => {
-                match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-                    Ok(call) => self.calls.push(AssertUnwindSafe(call).catch_unwind()),
+                // The stack gets a copy: the record stays here in case the stack gives it back
+                // (parked by a refusal, or one more try after a dependency fault).
+                let request = &record.request;
+                match catch_unwind(AssertUnwindSafe(|| service.call(request.clone()))) {
+                    Ok(call) => self.calls.push(Tracked {
+                        call: AssertUnwindSafe(call).catch_unwind(),
+                        record: Some(record),
+                    }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
                         self.shared.finish(Outcome::Failed);
@@ -280,7 +461,7 @@ where
                 }
             }
             Ok(Poll::Pending) => {
-                self.held = Some(request);
+                self.held = Some(record);
                 return Start::Held;
             }
             Ok(Poll::Ready(Err(error))) => {
@@ -332,6 +513,7 @@ where
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.doorbell().awake();
+        self.now = self.shared.set_clock(Instant::now());
         // The task runs outside tokio's cooperative budget (see `HandoffBuilder::spawn`), so it
         // keeps its own: after this many records it yields, and other tasks get the thread.
         let mut budget = BUDGET;
@@ -344,12 +526,13 @@ where
 
             // Start new calls, up to the concurrency bound, and poll them as they start: a call
             // that answers at once gives its place back (in a bulkhead, say) before the next.
-            while self.calls.len() < self.concurrency && budget > 0 {
-                let Some(request) = self.held.take().or_else(|| self.shared.take()) else {
+            // While paused (the stack refused and said when to come back), nothing starts.
+            while self.calls.len() < self.concurrency && budget > 0 && !self.paused(cx) {
+                let Some(record) = self.next_record() else {
                     break;
                 };
                 budget -= 1;
-                if let Start::Held = self.start(cx, request) {
+                if let Start::Held = self.start(cx, record) {
                     break;
                 }
                 progress = true;
@@ -366,8 +549,10 @@ where
                 return Poll::Ready(());
             }
 
-            // Nothing to do until something happens. Could a new record be started now?
-            let idle = self.held.is_none() && self.calls.len() < self.concurrency;
+            // Nothing to do until something happens. Could a new record be started now? Not while
+            // paused: the pause's timer wakes the worker, and senders need not ring.
+            let idle =
+                self.held.is_none() && self.pause.is_none() && self.calls.len() < self.concurrency;
             let doorbell = self.shared.doorbell();
             // Without timers nothing but the bell can wake an idle worker: it parks, and the next
             // sender rings. With timers it ticks, and senders ring only for a half-full queue.
@@ -397,7 +582,9 @@ where
                 // Also while blocked, so that the counters and warnings keep going out.
                 if let Some(tick) = &mut self.tick {
                     if tick.poll_tick(cx).is_ready() {
-                        if idle {
+                        // The coarse clock follows, so that senders' stamps stay within a tick.
+                        self.now = self.shared.set_clock(Instant::now());
+                        if idle || self.pause.is_some() {
                             self.idle_tick();
                         }
                         continue;
