@@ -1,0 +1,411 @@
+//! Parking: what the stack gives back waits in the hand-off instead of being lost. Records refused
+//! by an open breaker or a full bulkhead wait (the dependency gets only probes), a dependency
+//! fault gets one more try, the queue drops the newest only when full, and records past their
+//! maximum age expire. All on paused time.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time;
+use tower::{service_fn, BoxError, ServiceBuilder};
+
+use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
+use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
+use tanker::ServiceBuilderExt;
+
+/// Lets the worker run without moving paused time.
+async fn run_worker() {
+    for _ in 0..32 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Moves paused time by `by`, a millisecond at a time, letting the worker run at each step.
+async fn run_for(by: Duration) {
+    let steps = by.as_millis() as u64;
+    for _ in 0..steps {
+        run_worker().await;
+        time::advance(Duration::from_millis(1)).await;
+    }
+    run_worker().await;
+}
+
+/// Runs until nothing is pending (at most a minute of paused time).
+async fn settle<Req>(handoff: &Handoff<Req>) -> HandoffCounts {
+    for _ in 0..60_000 {
+        run_worker().await;
+        let counts = handoff.counts();
+        if counts.pending() == 0 {
+            return counts;
+        }
+        time::advance(Duration::from_millis(1)).await;
+    }
+    panic!("the hand-off did not settle: {:?}", handoff.counts());
+}
+
+#[track_caller]
+fn assert_identity(counts: &HandoffCounts) {
+    assert_eq!(
+        counts.offered,
+        counts.accepted + counts.dropped,
+        "{counts:?}"
+    );
+    assert_eq!(
+        counts.accepted,
+        counts.delivered
+            + counts.expired
+            + counts.shed
+            + counts.rejected
+            + counts.failed
+            + counts.pending(),
+        "{counts:?}"
+    );
+}
+
+fn send_all(handoff: &Handoff<u32>, records: std::ops::Range<u32>) -> u32 {
+    records
+        .map(|n| handoff.send(n))
+        .filter(|sent| *sent == Sent::Accepted)
+        .count() as u32
+}
+
+/// A dependency that records the requests it got, in order, and times out (never answers)
+/// while `down` is set.
+#[derive(Clone, Default)]
+struct Dependency {
+    seen: Arc<Mutex<Vec<u32>>>,
+    calls: Arc<AtomicU64>,
+    down: Arc<AtomicBool>,
+}
+
+impl Dependency {
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn delivered(&self) -> Vec<u32> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// breaker (five consecutive failures, 1 s cool-down) → 100 ms timeout → `dependency`.
+fn stack(
+    dependency: &Dependency,
+) -> (
+    BreakerHandle,
+    impl tower::Service<u32, Response = (), Error = BoxError, Future = impl Send> + Send + 'static,
+) {
+    let breaker = BreakerLayer::builder()
+        .consecutive_failures(5)
+        .open_for(Duration::from_secs(1))
+        .backoff(2.0, Duration::from_secs(1))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let dependency = dependency.clone();
+    let service = ServiceBuilder::new()
+        .breaker(breaker)
+        .timeout(Duration::from_millis(100))
+        .service(service_fn(move |n: u32| {
+            let dependency = dependency.clone();
+            async move {
+                dependency.calls.fetch_add(1, Ordering::SeqCst);
+                if dependency.down.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                dependency.seen.lock().unwrap().push(n);
+                Ok::<_, BoxError>(())
+            }
+        }));
+    (handle, service)
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_refused_by_an_open_breaker_wait_and_are_delivered_oldest_first() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new().capacity(100).spawn(service).unwrap();
+    breaker.force_open();
+
+    assert_eq!(send_all(&handoff, 0..20), 20);
+    run_for(Duration::from_secs(3)).await;
+    let counts = handoff.counts();
+    assert_eq!(counts.pending(), 20, "nothing lost while open: {counts:?}");
+    assert_eq!(counts.rejected, 0, "{counts:?}");
+    assert!(counts.parked >= 1, "the refused record waits: {counts:?}");
+    assert_eq!(
+        dependency.calls(),
+        0,
+        "an open breaker keeps every call away"
+    );
+    assert_identity(&counts);
+
+    breaker.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, 20, "{counts:?}");
+    assert_identity(&counts);
+    assert_eq!(
+        dependency.delivered(),
+        (0..20).collect::<Vec<_>>(),
+        "oldest first"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sick_dependency_gets_only_probes_and_every_record_is_delivered_after_the_heal() {
+    let dependency = Dependency::default();
+    let (_breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new()
+        .capacity(1000)
+        .concurrency(8)
+        .spawn(service)
+        .unwrap();
+
+    dependency.down.store(true, Ordering::SeqCst);
+    // 10 s of outage, 10 records a second.
+    for second in 0..10 {
+        assert_eq!(send_all(&handoff, second * 10..second * 10 + 10), 10);
+        run_for(Duration::from_secs(1)).await;
+    }
+    let during = dependency.calls();
+    let counts = handoff.counts();
+    // Before the breaker opened: at most the worker's concurrency, plus one more try each for
+    // the first failures. Then one probe per cool-down (1 s, plus the probe's 100 ms timeout).
+    assert!(
+        during <= 8 + 8 + 10,
+        "the dependency saw {during} calls in a 10 s outage"
+    );
+    // A probe is a record: one that fails its one more try as a probe too is lost. That is the
+    // whole cost of probing, about one record per two probes.
+    assert!(counts.failed <= 5, "{counts:?}");
+    assert_eq!(counts.pending() + counts.failed, 100, "{counts:?}");
+
+    dependency.down.store(false, Ordering::SeqCst);
+    let counts = settle(&handoff).await;
+    assert_identity(&counts);
+    assert_eq!(
+        counts.delivered + counts.failed,
+        100,
+        "every record delivered but failed probes: {counts:?}"
+    );
+    assert!(counts.failed <= 5, "{counts:?}");
+    assert_eq!(
+        counts.rejected + counts.expired + counts.shed,
+        0,
+        "{counts:?}"
+    );
+    assert!(
+        counts.retried >= 5,
+        "the first timeouts got one more try: {counts:?}"
+    );
+    let mut delivered = dependency.delivered();
+    delivered.sort_unstable();
+    delivered.dedup();
+    assert_eq!(
+        delivered.len() as u64,
+        counts.delivered,
+        "each exactly once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn delivery_resumes_within_a_cool_down_of_the_heal() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new().capacity(1000).spawn(service).unwrap();
+
+    dependency.down.store(true, Ordering::SeqCst);
+    assert_eq!(send_all(&handoff, 0..50), 50);
+    run_for(Duration::from_secs(20)).await;
+    assert_ne!(breaker.state(), BreakerState::Closed);
+
+    dependency.down.store(false, Ordering::SeqCst);
+    let healed = time::Instant::now();
+    let counts = settle(&handoff).await;
+    // The cool-down is capped at 1 s; then a probe succeeds and the backlog drains.
+    assert!(
+        healed.elapsed() <= Duration::from_millis(1200),
+        "{:?}",
+        healed.elapsed()
+    );
+    // Every record but the probes that failed twice (about one per two probes over 20 s).
+    assert_eq!(counts.delivered + counts.failed, 50, "{counts:?}");
+    assert!(counts.failed <= 10, "{counts:?}");
+    assert_identity(&counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_drops_the_newest_only_when_full() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new()
+        .capacity(10)
+        .concurrency(4)
+        .spawn(service)
+        .unwrap();
+    breaker.force_open();
+
+    let accepted = send_all(&handoff, 0..10);
+    assert_eq!(accepted, 10, "room for every record so far");
+    run_for(Duration::from_millis(50)).await;
+    // The worker took the first record and parked it: one place came free.
+    let more = send_all(&handoff, 10..30);
+    let counts = handoff.counts();
+    assert_eq!(counts.dropped, u64::from(20 - more), "{counts:?}");
+    assert!(
+        more <= 4,
+        "at most the worker's concurrency more: {counts:?}"
+    );
+    assert_identity(&counts);
+
+    breaker.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, u64::from(accepted + more), "{counts:?}");
+    // What got in is the oldest: the records dropped were the newest.
+    let delivered = dependency.delivered();
+    assert_eq!(delivered[..10], (0..10).collect::<Vec<_>>()[..]);
+    assert!(delivered.iter().all(|&n| n < 10 + more));
+    assert_identity(&counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_older_than_max_age_expire_unsent() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new()
+        .max_age(Duration::from_secs(2))
+        .spawn(service)
+        .unwrap();
+    breaker.force_open();
+    assert_eq!(send_all(&handoff, 0..5), 5);
+    run_for(Duration::from_secs(1)).await;
+    assert_eq!(send_all(&handoff, 5..8), 3);
+    run_for(Duration::from_millis(1500)).await;
+
+    breaker.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(
+        counts.expired, 5,
+        "the first five are 2.5 s old: {counts:?}"
+    );
+    assert_eq!(counts.delivered, 3, "{counts:?}");
+    assert_eq!(dependency.delivered(), vec![5, 6, 7]);
+    assert_identity(&counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dependency_fault_gets_exactly_one_more_try() {
+    let dependency = Dependency::default();
+    dependency.down.store(true, Ordering::SeqCst);
+    let dep = dependency.clone();
+    // No breaker: every try times out.
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .service(service_fn(move |_: u32| {
+            let dep = dep.clone();
+            async move {
+                dep.calls.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<()>().await;
+                Ok::<_, BoxError>(())
+            }
+        }));
+    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    assert_eq!(send_all(&handoff, 0..10), 10);
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.failed, 10, "{counts:?}");
+    assert_eq!(counts.retried, 10, "{counts:?}");
+    assert_eq!(dependency.calls(), 20, "two tries each, no more");
+    assert_identity(&counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_failed_off_makes_a_dependency_fault_final() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .service(service_fn(move |_: u32| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<(), BoxError>>()
+        }));
+    let handoff = HandoffBuilder::new()
+        .retry_failed(false)
+        .spawn(service)
+        .unwrap();
+    assert_eq!(send_all(&handoff, 0..10), 10);
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.failed, counts.retried), (10, 0), "{counts:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_callers_fault_is_never_retried() {
+    #[derive(Debug)]
+    struct TooLarge;
+    impl std::fmt::Display for TooLarge {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("record too large")
+        }
+    }
+    impl std::error::Error for TooLarge {}
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let service = service_fn(move |_: u32| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { Err::<(), BoxError>(TooLarge.into()) }
+    });
+    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    assert_eq!(send_all(&handoff, 0..10), 10);
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.failed, counts.retried), (10, 0), "{counts:?}");
+    assert_eq!(calls.load(Ordering::SeqCst), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn parking_off_counts_refusals_at_once() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new().park(false).spawn(service).unwrap();
+    breaker.force_open();
+    assert_eq!(send_all(&handoff, 0..10), 10);
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.rejected, counts.parked), (10, 0), "{counts:?}");
+    assert_identity(&counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_max_age_of_a_millisecond_or_less_is_refused() {
+    let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
+    let err = HandoffBuilder::new()
+        .max_age(Duration::from_millis(1))
+        .spawn(service)
+        .unwrap_err();
+    assert_eq!(err.config().unwrap().setting(), "max_age");
+    assert!(err.to_string().contains("Duration::MAX"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_drains_parked_records_once_the_dependency_takes_them() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    breaker.force_open();
+    assert_eq!(send_all(&handoff, 0..5), 5);
+    run_for(Duration::from_millis(10)).await;
+
+    let closing = tokio::spawn({
+        let handoff = handoff.clone();
+        async move { handoff.close(Duration::from_secs(10)).await }
+    });
+    run_for(Duration::from_secs(1)).await;
+    assert!(!closing.is_finished(), "still waiting for the breaker");
+    breaker.reset();
+    run_for(Duration::from_millis(10)).await;
+    let report = closing.await.unwrap();
+    assert!(report.drained, "{report:?}");
+    assert_eq!(report.counts.delivered, 5);
+    assert_identity(&report.counts);
+}
