@@ -66,12 +66,12 @@ impl Default for Policy {
             buckets: 10,
             minimum_calls: 20,
             slow_calls: None,
-            open_for: Duration::from_secs(5),
+            open_for: Duration::from_secs(1),
             backoff: 2.0,
-            max_open_for: Duration::from_secs(60),
+            max_open_for: Duration::from_secs(2),
             jitter: 0.1,
             probes: 1,
-            probe_timeout: Duration::from_secs(10),
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -366,7 +366,7 @@ mod tests {
             ("open_for", |p| p.open_for = Duration::ZERO),
             ("backoff", |p| p.backoff = 0.5),
             ("backoff", |p| p.backoff = f64::INFINITY),
-            ("backoff", |p| p.max_open_for = Duration::from_secs(1)),
+            ("backoff", |p| p.max_open_for = Duration::from_millis(500)),
             ("jitter", |p| p.jitter = 1.0),
             ("jitter", |p| p.jitter = -0.1),
             ("probes", |p| p.probes = 0),
