@@ -1,33 +1,22 @@
 //! The state shared by every service built from one [`BulkheadLayer`](super::BulkheadLayer).
 
-use std::fmt;
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use crate::sync::{AtomicU64, Ordering};
 
+use super::room::{Place, WaitingRoom};
+use super::slots::Slots;
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 
-/// One compartment: its capacity and its counters.
+/// One compartment: its slots, its optional waiting room and its counters.
 ///
-/// The number of slots taken is `taken - released`. Keeping two monotonic counters instead
-/// of one up-down counter gives the `admitted` statistic for free: admission is one
-/// compare-and-swap, release is one fetch-add, and neither takes a lock or allocates.
+/// Every admission decision reads one atomic word ([`Slots`]); admission is one compare-and-swap
+/// and release one fetch-sub, with no lock and no allocation.
 pub(crate) struct Compartment {
-    taken: AtomicU64,
-    released: AtomicU64,
-    /// Slots taken by a waiting caller and given back without a call.
-    unused: AtomicU64,
-    /// Until when (nanoseconds after `origin`) the callers in the waiting room may still claim a
-    /// freed slot: the latest end of their maximum waits.
-    claim_until: AtomicU64,
-    origin: Instant,
+    slots: Slots,
     shed: AtomicU64,
-    waiting: AtomicUsize,
-    max_in_flight: u64,
     room: Option<WaitingRoom>,
     pub(crate) name: Arc<str>,
     metrics: Metrics,
@@ -64,10 +53,23 @@ impl Metrics {
     }
 }
 
-pub(crate) struct WaitingRoom {
-    pub(crate) capacity: usize,
-    pub(crate) max_wait: Duration,
-    pub(crate) notify: Arc<Notify>,
+/// Publishes `value`, an absolute reading of a counter that `read` reads again, to `gauge`.
+///
+/// Gauges are set to absolute values (a StatsD exporter drops increments). Two threads may set
+/// their readings in the other order than they took them; so each reads again after setting, and
+/// sets once more if the count has moved. The last thread to set a value has then read the
+/// latest count after its last change, so once the compartment is quiet the gauge shows it.
+#[cfg(feature = "metrics")]
+#[inline]
+fn publish(gauge: &Gauge, mut value: u64, read: impl Fn() -> u64) {
+    loop {
+        gauge.set(value);
+        let now = read();
+        if now == value {
+            return;
+        }
+        value = now;
+    }
 }
 
 impl Compartment {
@@ -80,91 +82,69 @@ impl Compartment {
             metrics: Metrics::new(&name, max_in_flight),
             name,
             shed_reports: Throttle::new(),
-            taken: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            unused: AtomicU64::new(0),
-            claim_until: AtomicU64::new(0),
-            origin: Instant::now(),
+            slots: Slots::new(max_in_flight),
             shed: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            max_in_flight: max_in_flight as u64,
-            room: room.map(|(capacity, max_wait)| WaitingRoom {
-                capacity,
-                max_wait,
-                notify: Arc::new(Notify::new()),
-            }),
+            room: room.map(|(capacity, max_wait)| WaitingRoom::new(capacity, max_wait)),
         }
     }
 
-    /// Takes a slot if one is free. Never waits.
+    /// Takes a slot for a call made now, and counts the call, if a slot is free. Never waits.
     #[inline]
-    pub(crate) fn try_admit(&self) -> bool {
-        loop {
-            // Read `released` before `taken`: every release follows its taking, so this order
-            // can only overestimate the slots in use, never admit one too many.
-            let released = self.released.load(Ordering::SeqCst);
-            let taken = self.taken.load(Ordering::Relaxed);
-            if taken.wrapping_sub(released) >= self.max_in_flight {
-                return false;
+    pub(crate) fn admit(&self) -> bool {
+        match self.slots.admit() {
+            Some(_taken) => {
+                #[cfg(feature = "metrics")]
+                self.publish_in_flight(_taken);
+                self.metrics.admitted.increment();
+                true
             }
-            if self
-                .taken
-                .compare_exchange_weak(taken, taken + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.metrics.in_flight.increment();
-                return true;
-            }
+            None => false,
         }
     }
 
-    /// Gives a slot back, and wakes one waiter if anybody waits.
+    /// Takes a slot to hold for a caller until its call, if one is free.
+    pub(crate) fn reserve(&self) -> bool {
+        match self.slots.reserve() {
+            Some(_taken) => {
+                #[cfg(feature = "metrics")]
+                self.publish_in_flight(_taken);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Counts the call made with a held slot.
+    pub(crate) fn count_admission(&self) {
+        self.slots.count_admission();
+        self.metrics.admitted.increment();
+    }
+
+    /// Gives a slot back, and wakes the waiters if anybody waits.
     #[inline]
     pub(crate) fn release(&self) {
-        // SeqCst pairs with the waiter's SeqCst increment of `waiting` followed by its
-        // `try_admit`: either the waiter sees this release, or this release sees the waiter.
-        self.released.fetch_add(1, Ordering::SeqCst);
-        self.metrics.in_flight.decrement();
-        self.wake_one();
-    }
-
-    /// Whether callers wait in the waiting room: a freed slot is theirs, not a newcomer's. The
-    /// clock is read only when somebody waits.
-    #[inline]
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.room.is_some()
-            && self.waiting.load(Ordering::SeqCst) > 0
-            && self.nanos(Instant::now()) < self.claim_until.load(Ordering::SeqCst)
-    }
-
-    /// Whether every slot looks taken (a snapshot, for shedding early).
-    #[inline]
-    pub(crate) fn looks_full(&self) -> bool {
-        let released = self.released.load(Ordering::SeqCst);
-        let taken = self.taken.load(Ordering::Relaxed);
-        taken.wrapping_sub(released) >= self.max_in_flight
-    }
-
-    /// Gives back a slot a waiting caller took but never used for a call (the inner service was
-    /// not ready, or the service holding it was dropped). It is not counted as admitted.
-    pub(crate) fn give_back_unused(&self) {
-        self.unused.fetch_add(1, Ordering::Relaxed);
-        self.release();
-    }
-
-    #[inline]
-    fn wake_one(&self) {
+        // SeqCst in both: the fetch-sub, then the load of the room's places, pairs with a
+        // waiter's entry (SeqCst) followed by its attempt to take a slot.
+        let _taken = self.slots.release();
+        #[cfg(feature = "metrics")]
+        self.publish_in_flight(_taken);
         if let Some(room) = &self.room {
-            if self.waiting.load(Ordering::SeqCst) > 0 {
-                room.notify.notify_one();
+            if room.occupied() {
+                room.wake_all();
             }
         }
     }
 
-    /// Counts a call made with the slot it took.
+    #[cfg(feature = "metrics")]
     #[inline]
-    pub(crate) fn record_admitted(&self) {
-        self.metrics.admitted.increment();
+    fn publish_in_flight(&self, taken: u64) {
+        publish(&self.metrics.in_flight, taken, || self.slots.taken());
+    }
+
+    /// Whether every slot is taken (a snapshot of the one word, for shedding early).
+    #[inline]
+    pub(crate) fn full(&self) -> bool {
+        self.slots.full()
     }
 
     pub(crate) fn record_shed(&self) {
@@ -179,7 +159,7 @@ impl Compartment {
                     shed = since,
                     shed_total = shed,
                     in_flight = self.in_flight(),
-                    max_in_flight = self.max_in_flight,
+                    max_in_flight = self.slots.max(),
                     "bulkhead is full, shedding calls"
                 );
             }
@@ -190,117 +170,58 @@ impl Compartment {
         self.room.as_ref()
     }
 
-    /// Takes a place in the waiting room if there is one free, and says whether others were
-    /// already waiting (then the newcomer waits for its turn rather than grabbing a slot).
-    pub(crate) fn try_enter_room(&self) -> Option<bool> {
-        let room = self.room.as_ref()?;
-        let mut waiting = self.waiting.load(Ordering::Relaxed);
-        loop {
-            if waiting >= room.capacity {
-                return None;
-            }
-            match self.waiting.compare_exchange_weak(
-                waiting,
-                waiting + 1,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => waiting = now,
+    /// Takes a place in the waiting room, if there is a room with a place free.
+    pub(crate) fn enter_room(&self) -> Option<Place> {
+        let (place, _waiting) = self.room.as_ref()?.enter()?;
+        #[cfg(feature = "metrics")]
+        self.publish_waiting(_waiting);
+        Some(place)
+    }
+
+    /// Gives a place in the waiting room back.
+    pub(crate) fn leave_room(&self, place: &Place) {
+        if let Some(room) = &self.room {
+            if let Some(_waiting) = room.leave(place) {
+                #[cfg(feature = "metrics")]
+                self.publish_waiting(_waiting);
             }
         }
-        self.metrics.waiting.increment();
-        // Waiters have a claim on freed slots only until their maximum wait is over, so that a
-        // caller that gave up without dropping its handle cannot keep newcomers out.
-        let until = self.nanos(Instant::now() + room.max_wait);
-        self.claim_until.fetch_max(until, Ordering::SeqCst);
-        Some(waiting > 0)
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    #[cfg(feature = "metrics")]
+    fn publish_waiting(&self, waiting: u64) {
+        publish(&self.metrics.waiting, waiting, || self.waiting());
     }
 
-    /// A waiter got a slot: if slots are still free and others wait, wake the next one, since
-    /// no release will.
+    /// A waiter took a slot: if slots are still free and others wait, wake them, since no
+    /// release will.
     pub(crate) fn pass_on(&self) {
         if let Some(room) = &self.room {
-            if self.has_waiters() && !self.looks_full() {
-                room.notify.notify_one();
+            if !self.slots.full() && room.has_waiters() {
+                room.wake_all();
             }
         }
     }
 
-    pub(crate) fn leave_room(&self) {
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.waiting.decrement();
+    /// Slots taken now, never more than the capacity.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.slots.taken()
     }
 
-    fn in_flight(&self) -> u64 {
-        let released = self.released.load(Ordering::SeqCst);
-        let taken = self.taken.load(Ordering::SeqCst);
-        taken.saturating_sub(released)
-    }
-}
-
-/// A read-only view of a compartment's counters, for metrics and health checks.
-///
-/// Obtained from [`BulkheadLayer::handle`](super::BulkheadLayer::handle) or
-/// [`Bulkhead::handle`](super::Bulkhead::handle); cheap to clone. Every service built from the same
-/// layer value reports through the same handle.
-#[derive(Clone)]
-pub struct BulkheadHandle {
-    pub(crate) compartment: Arc<Compartment>,
-}
-
-impl BulkheadHandle {
-    /// The compartment's name, as given to the builder (it labels log events and metrics).
-    pub fn name(&self) -> &str {
-        &self.compartment.name
+    /// Callers in the waiting room whose maximum wait is not over.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.room.as_ref().map_or(0, WaitingRoom::waiting)
     }
 
-    /// Calls admitted and not yet finished (and slots held by callers that waited in the waiting
-    /// room, between their `poll_ready` and their `call`).
-    pub fn in_flight(&self) -> usize {
-        self.compartment.in_flight() as usize
+    pub(crate) fn admitted(&self) -> u64 {
+        self.slots.admitted()
     }
 
-    /// Callers waiting in the waiting room for a slot.
-    pub fn waiting(&self) -> usize {
-        self.compartment.waiting.load(Ordering::Relaxed)
+    pub(crate) fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
     }
 
-    /// Calls admitted to the inner service since the compartment was built.
-    ///
-    /// Without a waiting room this counts exactly the calls made. With one, a caller that waited
-    /// holds its slot from `poll_ready` to `call` and is counted from `poll_ready`; if it drops
-    /// the slot unused, the count goes back down by one.
-    pub fn admitted(&self) -> u64 {
-        let unused = self.compartment.unused.load(Ordering::Relaxed);
-        self.compartment.taken.load(Ordering::Relaxed) - unused
-    }
-
-    /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was
-    /// built.
-    pub fn shed(&self) -> u64 {
-        self.compartment.shed.load(Ordering::Relaxed)
-    }
-
-    /// The configured maximum number of calls in flight.
-    pub fn max_in_flight(&self) -> usize {
-        self.compartment.max_in_flight as usize
-    }
-}
-
-impl fmt::Debug for BulkheadHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BulkheadHandle")
-            .field("name", &self.name())
-            .field("in_flight", &self.in_flight())
-            .field("max_in_flight", &self.max_in_flight())
-            .field("waiting", &self.waiting())
-            .field("admitted", &self.admitted())
-            .field("shed", &self.shed())
-            .finish()
+    pub(crate) fn max_in_flight(&self) -> u64 {
+        self.slots.max()
     }
 }

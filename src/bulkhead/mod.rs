@@ -72,10 +72,13 @@
 mod compartment;
 mod error;
 pub mod future;
+mod handle;
 mod layer;
+mod room;
 mod service;
+mod slots;
 
-pub use self::compartment::BulkheadHandle;
 pub use self::error::BulkheadFull;
+pub use self::handle::BulkheadHandle;
 pub use self::layer::{BulkheadBuilder, BulkheadLayer};
 pub use self::service::Bulkhead;
