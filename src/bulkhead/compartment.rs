@@ -120,18 +120,20 @@ impl Compartment {
         self.metrics.admitted.increment();
     }
 
-    /// Gives a slot back, and wakes the waiters if anybody waits.
+    /// Gives a slot back, and wakes the waiters if anybody waits. Returns whether it woke them.
     #[inline]
-    pub(crate) fn release(&self) {
+    pub(crate) fn release(&self) -> bool {
         // SeqCst in both: the fetch-sub, then the load of the room's places, pairs with a
         // waiter's entry (SeqCst) followed by its attempt to take a slot.
         let _taken = self.slots.release();
         #[cfg(feature = "metrics")]
         self.publish_in_flight(_taken);
-        if let Some(room) = &self.room {
-            if room.occupied() {
+        match &self.room {
+            Some(room) if room.occupied() => {
                 room.wake_all();
+                true
             }
+            _ => false,
         }
     }
 
@@ -223,5 +225,157 @@ impl Compartment {
 
     pub(crate) fn max_in_flight(&self) -> u64 {
         self.slots.max()
+    }
+}
+
+/// Model checks of the compartment's atomics (`scripts/loom.sh`). tokio's `Notify` and the clock
+/// are not loom's: the models check what the atomics decide (who gets a slot, whether a releaser
+/// sees a waiter), not the wake-up itself, and no place goes stale within a model.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::AtomicUsize;
+    use loom::thread;
+
+    fn compartment(max: usize, room: Option<(usize, Duration)>) -> Arc<Compartment> {
+        Arc::new(Compartment::new(Arc::from("loom"), max, room))
+    }
+
+    /// Callers fewer than the slots never see a shed, and the slots taken never exceed the
+    /// capacity, whatever the interleaving of admissions, releases and readers.
+    #[test]
+    fn loom_admit_release_under_capacity_never_sheds() {
+        loom::model(|| {
+            let c = compartment(2, None);
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let c = c.clone();
+                    thread::spawn(move || {
+                        for _ in 0..2 {
+                            assert!(c.admit(), "shed with a slot free");
+                            c.release();
+                        }
+                    })
+                })
+                .collect();
+            let before = c.admitted();
+            assert!(c.in_flight() <= 2);
+            assert!(c.admitted() >= before, "admitted went backwards");
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert_eq!(c.in_flight(), 0);
+            assert_eq!(c.admitted(), 4);
+        });
+    }
+
+    /// More callers than slots: never more inside than the capacity, and a caller is refused
+    /// only when the slot is really taken.
+    #[test]
+    fn loom_admit_never_exceeds_max_in_flight() {
+        loom::model(|| {
+            let c = compartment(1, None);
+            let inside = Arc::new(AtomicUsize::new(0));
+            let admitted = Arc::new(AtomicUsize::new(0));
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (c, inside, admitted) = (c.clone(), inside.clone(), admitted.clone());
+                    thread::spawn(move || {
+                        if c.admit() {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            c.release();
+                        }
+                    })
+                })
+                .collect();
+            assert!(c.in_flight() <= 1, "a handle read more than max in flight");
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert!(admitted.load(Ordering::SeqCst) >= 1);
+            assert_eq!(c.admitted(), admitted.load(Ordering::SeqCst) as u64);
+            assert_eq!(c.in_flight(), 0);
+        });
+    }
+
+    /// A slot held for a waiter and used for a call later is counted once, when used; the count
+    /// never goes backwards and the slots taken stay within the capacity.
+    #[test]
+    fn loom_reserved_slots_count_once_and_reads_stay_within_max() {
+        loom::model(|| {
+            let c = compartment(1, Some((1, Duration::from_secs(1))));
+            let reserver = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if c.reserve() {
+                        c.count_admission();
+                        c.release();
+                    }
+                })
+            };
+            let caller = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if c.admit() {
+                        c.release();
+                    }
+                })
+            };
+            let first = c.admitted();
+            assert!(c.in_flight() <= 1);
+            let second = c.admitted();
+            assert!(second >= first, "admitted went backwards");
+            reserver.join().unwrap();
+            caller.join().unwrap();
+            assert!((1..=2).contains(&c.admitted()));
+            assert_eq!(c.in_flight(), 0);
+        });
+    }
+
+    /// The waiting room's handshake: a caller enters the room and then tries for a slot, while
+    /// the last call releases its slot and then looks for waiters. Either the caller gets the
+    /// slot, or the releaser sees the caller (and wakes it); never neither.
+    #[test]
+    fn loom_release_sees_the_waiter_or_the_waiter_sees_the_slot() {
+        loom::model(|| {
+            let c = compartment(1, Some((2, Duration::from_secs(3600))));
+            assert!(c.admit());
+            let releaser = {
+                let c = c.clone();
+                thread::spawn(move || c.release())
+            };
+            let place = c.enter_room().expect("the room has a place");
+            let got_slot = c.reserve();
+            let woke = releaser.join().unwrap();
+            assert!(got_slot || woke, "a free slot and a waiter nobody wakes");
+            c.leave_room(&place);
+            assert_eq!(c.waiting(), 0);
+        });
+    }
+
+    /// Two waiters entering and leaving at once: the room ends empty, and never counts more
+    /// places than its capacity.
+    #[test]
+    fn loom_room_places_come_back() {
+        loom::model(|| {
+            let c = compartment(1, Some((1, Duration::from_secs(3600))));
+            let other = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if let Some(place) = c.enter_room() {
+                        assert!(c.waiting() <= 1);
+                        c.leave_room(&place);
+                    }
+                })
+            };
+            if let Some(place) = c.enter_room() {
+                assert!(c.waiting() <= 1);
+                c.leave_room(&place);
+            }
+            other.join().unwrap();
+            assert_eq!(c.waiting(), 0);
+        });
     }
 }
