@@ -1,8 +1,8 @@
 //! The state shared by every service built from one [`BreakerLayer`](super::BreakerLayer), and
 //! the handle that reads and controls it.
 
-use std::fmt;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 

@@ -4,6 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::sync::{AtomicU64, Ordering};
+// The fence of the waiting room's handshake; loom's under `--cfg tanker_loom`, since loom models
+// SeqCst fences but treats SeqCst loads and stores as acquire/release.
+#[cfg(tanker_loom)]
+use loom::sync::atomic::fence;
+#[cfg(not(tanker_loom))]
+use std::sync::atomic::fence;
 
 use super::room::{Place, WaitingRoom};
 use super::slots::Slots;
@@ -123,13 +129,20 @@ impl Compartment {
     /// Gives a slot back, and wakes the waiters if anybody waits. Returns whether it woke them.
     #[inline]
     pub(crate) fn release(&self) -> bool {
-        // SeqCst in both: the fetch-sub, then the load of the room's places, pairs with a
-        // waiter's entry (SeqCst) followed by its attempt to take a slot.
         let _taken = self.slots.release();
         #[cfg(feature = "metrics")]
         self.publish_in_flight(_taken);
         match &self.room {
-            Some(room) if room.occupied() => {
+            // The releaser writes the slots then reads the room; a waiter writes the room then
+            // reads the slots. A SeqCst fence between the two on each side makes sure that one
+            // of them sees the other: the waiter takes the freed slot, or the releaser wakes it.
+            // Only compartments with a waiting room pay for it.
+            Some(room)
+                if {
+                    fence(Ordering::SeqCst);
+                    room.occupied()
+                } =>
+            {
                 room.wake_all();
                 true
             }
@@ -175,6 +188,9 @@ impl Compartment {
     /// Takes a place in the waiting room, if there is a room with a place free.
     pub(crate) fn enter_room(&self) -> Option<Place> {
         let (place, _waiting) = self.room.as_ref()?.enter()?;
+        // The waiter's side of the handshake in `release`: its entry is seen by a releaser, or
+        // the slot that releaser freed is seen by its next attempt.
+        fence(Ordering::SeqCst);
         #[cfg(feature = "metrics")]
         self.publish_waiting(_waiting);
         Some(place)

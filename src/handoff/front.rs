@@ -1,7 +1,7 @@
+use crate::sync::Ordering;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{ready, Ready};
-use crate::sync::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;

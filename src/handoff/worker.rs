@@ -1,8 +1,8 @@
 //! The background task that drains the queue through the stack.
 
+use crate::sync::Ordering;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use crate::sync::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
