@@ -34,7 +34,10 @@ pub(crate) struct Compartment {
 struct Metrics {
     admitted: Counter,
     shed: Counter,
+    // Published from the slots' and the room's words, only with the `metrics` feature.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     in_flight: Gauge,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     waiting: Gauge,
 }
 
