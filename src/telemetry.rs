@@ -113,18 +113,6 @@ impl Counter {
 }
 
 impl Gauge {
-    #[inline]
-    pub(crate) fn increment(&self) {
-        #[cfg(feature = "metrics")]
-        self.inner.increment(1.0);
-    }
-
-    #[inline]
-    pub(crate) fn decrement(&self) {
-        #[cfg(feature = "metrics")]
-        self.inner.decrement(1.0);
-    }
-
     /// Publishes the value `read` returns, as an absolute value (exporters such as StatsD drop a
     /// gauge's increments and decrements). Reads again after publishing, and publishes again
     /// until the two agree: when two threads race, the one that publishes last has read the

@@ -1069,6 +1069,212 @@ async fn admitted_waiter_whose_inner_service_is_not_ready_is_shed() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Waiting room: readiness for one free slot, abandoned waiters, extreme waits
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn two_handles_readied_for_one_free_slot_the_second_waits_instead_of_being_shed() {
+    let bulkhead = layer_with_room(1, 1, MAX_WAIT);
+    let (mut a, mut handle) = spawn(&bulkhead);
+    let mut b = a.clone();
+
+    assert_ready_ok!(a.poll_ready());
+    assert_pending!(
+        b.poll_ready(),
+        "the only slot is a's: b must wait in the empty room, not be readied to be shed"
+    );
+    assert_eq!(bulkhead.handle().waiting(), 1);
+
+    let mut fut_a = task::spawn(a.call("a"));
+    assert_pending!(fut_a.poll());
+    request!(handle, "a").send_response("done");
+    assert_ready_ok!(fut_a.poll());
+
+    assert!(b.is_woken());
+    assert_ready_ok!(b.poll_ready());
+    let mut fut_b = task::spawn(b.call("b"));
+    assert_pending!(fut_b.poll());
+    request!(handle, "b").send_response("done");
+    assert_ready_ok!(fut_b.poll());
+    let counters = bulkhead.handle();
+    assert_eq!((counters.admitted(), counters.shed()), (2, 0));
+    assert_eq!((counters.in_flight(), counters.waiting()), (0, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_that_stopped_polling_does_not_swallow_the_wakeup_of_the_one_behind() {
+    let bulkhead = layer_with_room(1, 2, MAX_WAIT);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (mut first, send) = admit(&mut svc, &mut handle, "first").await;
+
+    // `abandoned` waits, then its `ready()` future is dropped (a timeout, a select!) and the
+    // handle is kept but never polled again.
+    let mut abandoned = svc.clone();
+    assert_pending!(abandoned.poll_ready());
+    let mut behind = svc.clone();
+    assert_pending!(behind.poll_ready());
+    assert_eq!(bulkhead.handle().waiting(), 2);
+
+    send.send_response("ok");
+    assert_ready_ok!(first.poll());
+    assert!(
+        behind.is_woken(),
+        "the freed slot's wake-up went to the waiter that stopped polling"
+    );
+    assert_ready_ok!(behind.poll_ready());
+    let mut fut = task::spawn(behind.call("behind"));
+    assert_pending!(fut.poll());
+    let _send = request!(handle, "behind");
+    assert_eq!(bulkhead.handle().shed(), 0);
+    drop(abandoned);
+    assert_eq!(bulkhead.handle().waiting(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_waiter_holds_its_place_no_longer_than_its_max_wait() {
+    // A room of one, taken by a waiter that stopped polling: once its maximum wait is over, the
+    // next caller gets the place and waits, instead of everybody being shed.
+    let bulkhead = layer_with_room(1, 1, MAX_WAIT);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (mut first, send) = admit(&mut svc, &mut handle, "first").await;
+    let mut abandoned = svc.clone();
+    assert_pending!(abandoned.poll_ready());
+
+    time::advance(MAX_WAIT).await;
+    assert_eq!(
+        bulkhead.handle().waiting(),
+        0,
+        "a place past its max wait is not a waiter"
+    );
+    let mut next = svc.clone();
+    assert_pending!(
+        next.poll_ready(),
+        "the stale place must be free for a new waiter"
+    );
+    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().shed(), 0);
+
+    send.send_response("ok");
+    assert_ready_ok!(first.poll());
+    assert!(next.is_woken());
+    assert_ready_ok!(next.poll_ready());
+    let mut fut = task::spawn(next.call("next"));
+    assert_pending!(fut.poll());
+    let _send = request!(handle, "next");
+
+    // The abandoned handle comes back late: its wait is over, its place gone, and leaving the
+    // room again changes nobody's count.
+    assert_ready_ok!(abandoned.poll_ready());
+    assert_full(assert_ready_err!(task::spawn(abandoned.call("late")).poll()));
+    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().in_flight(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_newcomer_behind_an_abandoned_waiter_takes_the_free_slot_when_the_claim_ends() {
+    // The freed slot woke the abandoned waiter, which never runs. A newcomer queues behind it (it
+    // cannot tell an abandoned waiter from one about to run), but only until that waiter's claim
+    // ends: then it takes the free slot, well before its own maximum wait.
+    let bulkhead = layer_with_room(1, 2, MAX_WAIT);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (first, _send) = admit(&mut svc, &mut handle, "first").await;
+    let mut abandoned = svc.clone();
+    assert_pending!(abandoned.poll_ready());
+    time::advance(MAX_WAIT / 2).await;
+    drop(first);
+
+    let mut newcomer = svc.clone();
+    assert_pending!(newcomer.poll_ready());
+    time::advance(MAX_WAIT / 2).await;
+    assert!(newcomer.is_woken());
+    assert_ready_ok!(newcomer.poll_ready());
+    let mut fut = task::spawn(newcomer.call("newcomer"));
+    assert_pending!(fut.poll());
+    let _send = request!(handle, "newcomer");
+    assert_eq!(bulkhead.handle().shed(), 0);
+    drop(abandoned);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_longest_max_wait_is_clamped_not_a_panic() {
+    let bulkhead = layer_with_room(1, 1, Duration::MAX);
+    let (mut svc, mut handle) = spawn(&bulkhead);
+    let (mut first, send) = admit(&mut svc, &mut handle, "first").await;
+    let mut waiter = svc.clone();
+    assert_pending!(waiter.poll_ready());
+    time::advance(Duration::from_secs(86_400 * 365)).await;
+    assert_pending!(waiter.poll_ready(), "a year is well within the wait");
+    assert_eq!(bulkhead.handle().waiting(), 1);
+
+    send.send_response("ok");
+    assert_ready_ok!(first.poll());
+    assert_ready_ok!(waiter.poll_ready());
+    let mut fut = task::spawn(waiter.call("waiter"));
+    assert_pending!(fut.poll());
+    let _send = request!(handle, "waiter");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Panics in the inner service
+// ---------------------------------------------------------------------------------------------
+
+/// An inner service whose `call` panics for a request of `true`.
+fn panicking_inner() -> impl Service<
+    bool,
+    Response = (),
+    Error = Infallible,
+    Future = std::future::Ready<Result<(), Infallible>>,
+> + Clone {
+    service_fn(|boom: bool| {
+        assert!(!boom, "the inner call panicked");
+        std::future::ready(Ok(()))
+    })
+}
+
+async fn panic_in_inner_call_gives_the_slot_back(bulkhead: BulkheadLayer) {
+    let cap = bulkhead.handle().max_in_flight();
+    let mut svc = bulkhead.layer(panicking_inner());
+    for _ in 0..cap + 2 {
+        svc.ready().await.expect("never an error");
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(true)));
+        assert!(unwound.is_err(), "the inner call should have panicked");
+        assert_eq!(bulkhead.handle().in_flight(), 0, "a panic leaked a slot");
+    }
+    svc.ready().await.expect("never an error");
+    svc.call(false)
+        .await
+        .expect("after panics, calls must still get through");
+    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().admitted(), cap as u64 + 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_call_gives_the_slot_back() {
+    panic_in_inner_call_gives_the_slot_back(layer(2)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_call_gives_a_held_slot_back() {
+    panic_in_inner_call_gives_the_slot_back(layer_with_room(2, 1, MAX_WAIT)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_the_inner_future_gives_the_slot_back() {
+    let bulkhead = layer(1);
+    let mut svc = bulkhead.layer(service_fn(|boom: bool| async move {
+        assert!(!boom, "the inner future panicked");
+        Ok::<_, Infallible>(())
+    }));
+    for _ in 0..3 {
+        let fut = svc.ready().await.expect("never an error").call(true);
+        let unwound = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(fut)).await;
+        assert!(unwound.is_err());
+    }
+    svc.ready().await.unwrap().call(false).await.unwrap();
+    assert_eq!(bulkhead.handle().in_flight(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration
 // ---------------------------------------------------------------------------------------------
 
@@ -1434,6 +1640,116 @@ mod model {
                 prop_assert_eq!(counters.admitted(), admitted);
                 prop_assert_eq!(counters.shed(), shed);
                 prop_assert_eq!(counters.waiting(), 0);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Extreme settings
+// ---------------------------------------------------------------------------------------------
+
+mod extremes {
+    //! Every builder setting at its extremes: the builder refuses it with a `ConfigError` naming
+    //! the setting, or the compartment works, and no call panics later.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn count() -> impl Strategy<Value = usize> {
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(2),
+            Just(u32::MAX as usize),
+            Just(u32::MAX as usize + 1),
+            Just(usize::MAX),
+            1..5usize,
+        ]
+    }
+
+    fn wait() -> impl Strategy<Value = Duration> {
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(Duration::from_nanos(1)),
+            Just(MAX_WAIT),
+            Just(Duration::from_secs(u64::MAX)),
+            Just(Duration::MAX),
+        ]
+    }
+
+    /// What the builder must say of these settings: `None` when they are valid.
+    fn refused(max: usize, room: Option<(usize, Duration)>) -> Option<&'static str> {
+        if max == 0 || max > u32::MAX as usize {
+            return Some("max_in_flight");
+        }
+        match room {
+            Some((capacity, max_wait))
+                if capacity == 0 || capacity > u32::MAX as usize || max_wait.is_zero() =>
+            {
+                Some("waiting_room")
+            }
+            _ => None,
+        }
+    }
+
+    /// Fills the compartment (at most a few slots), makes one caller more wait or be shed, lets
+    /// time pass, frees everything, and checks the counters.
+    async fn exercise(bulkhead: BulkheadLayer, room: Option<(usize, Duration)>) {
+        let counters = bulkhead.handle();
+        let fill = counters.max_in_flight().min(3);
+        let (mut svc, mut handle) = spawn(&bulkhead);
+        let mut calls = Vec::new();
+        for _ in 0..fill {
+            calls.push(admit(&mut svc, &mut handle, "fill").await);
+        }
+        let mut extra = svc.clone();
+        let extra_ready = extra.poll_ready();
+        time::advance(Duration::from_secs(86_400)).await;
+        let _ = extra.poll_ready();
+        for (fut, send) in calls.drain(..) {
+            send.send_response("ok");
+            drop(fut);
+        }
+        let _ = extra.poll_ready();
+        drop(extra);
+        assert_eq!(counters.in_flight(), 0);
+        assert_eq!(counters.waiting(), 0);
+        assert_eq!(counters.admitted(), fill as u64);
+        if counters.max_in_flight() > fill {
+            assert!(extra_ready.is_ready(), "a free slot, yet the caller waited");
+        } else if room.is_none() {
+            assert!(extra_ready.is_ready(), "no room, yet the caller waited");
+        }
+        // The compartment still works afterwards.
+        let (_f, _s) = admit(&mut svc, &mut handle, "after").await;
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn extreme_settings_are_refused_or_work(
+            max in count(),
+            room in prop::option::of((count(), wait())),
+        ) {
+            let mut builder = BulkheadLayer::builder().max_in_flight(max);
+            if let Some((capacity, max_wait)) = room {
+                builder = builder.waiting_room(capacity, max_wait);
+            }
+            match (builder.build(), refused(max, room)) {
+                (Err(err), Some(setting)) => {
+                    prop_assert_eq!(err.setting(), setting);
+                    prop_assert!(!err.to_string().is_empty());
+                }
+                (Ok(bulkhead), None) => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .start_paused(true)
+                        .build()
+                        .unwrap();
+                    runtime.block_on(exercise(bulkhead, room));
+                }
+                (Ok(_), Some(setting)) => prop_assert!(false, "{} was accepted", setting),
+                (Err(err), None) => prop_assert!(false, "valid settings refused: {}", err),
             }
         }
     }

@@ -95,8 +95,15 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
             .sum()
     };
     assert_eq!(during(|s| s.delivered), 0, "{:#?}", protected.seconds);
-    assert_eq!(counts.rejected + counts.dropped + counts.shed, 0, "{counts:?}");
-    assert!(counts.retried > 0, "records in flight when Kafka froze got one more try");
+    assert_eq!(
+        counts.rejected + counts.dropped + counts.shed,
+        0,
+        "{counts:?}"
+    );
+    assert!(
+        counts.retried > 0,
+        "records in flight when Kafka froze got one more try"
+    );
     assert!(
         counts.delivered * 100 >= counts.offered * 99,
         "at least 99 % delivered: {counts:?}"

@@ -212,6 +212,95 @@ async fn bulkhead_waiting_gauge_drops_when_a_waiter_times_out_or_leaves() {
     assert_eq!(layer.handle().waiting(), 0);
 }
 
+/// A recorder whose gauges keep only absolute values and drop increments and decrements, as
+/// a StatsD exporter does: the bulkhead's gauges must read right through it.
+#[derive(Clone, Default)]
+struct AbsoluteGauges {
+    gauges: Arc<Mutex<BTreeMap<String, Arc<AbsoluteGauge>>>>,
+}
+
+#[derive(Default)]
+struct AbsoluteGauge(AtomicU64);
+
+impl metrics::GaugeFn for AbsoluteGauge {
+    fn increment(&self, _: f64) {}
+    fn decrement(&self, _: f64) {}
+    fn set(&self, value: f64) {
+        self.0.store(value.to_bits(), Ordering::SeqCst);
+    }
+}
+
+impl AbsoluteGauges {
+    fn gauge(&self, id: &str) -> f64 {
+        match self.gauges.lock().unwrap().get(id) {
+            Some(gauge) => f64::from_bits(gauge.0.load(Ordering::SeqCst)),
+            None => panic!("no gauge {id}"),
+        }
+    }
+}
+
+impl Recorder for AbsoluteGauges {
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::noop()
+    }
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        let gauge = self
+            .gauges
+            .lock()
+            .unwrap()
+            .entry(Store::id(key))
+            .or_default()
+            .clone();
+        Gauge::from_arc(gauge)
+    }
+    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::noop()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn bulkhead_gauges_are_absolute_values_for_exporters_that_drop_increments() {
+    let recorder = AbsoluteGauges::default();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        BulkheadLayer::builder()
+            .name("statsd")
+            .max_in_flight(2)
+            .waiting_room(4, Duration::from_millis(100))
+            .build()
+            .unwrap()
+    });
+    let labels = [("bulkhead", "statsd")];
+    let in_flight = || recorder.gauge(&id(names::BULKHEAD_IN_FLIGHT, &labels));
+    let waiting = || recorder.gauge(&id(names::BULKHEAD_WAITING, &labels));
+
+    let (inner, mut handle) = mock::pair::<&str, &str>();
+    let svc = layer.layer(inner);
+    let mut calls = Vec::new();
+    for request in ["a", "b"] {
+        let mut svc = svc.clone();
+        svc.ready().await.unwrap();
+        calls.push(task::spawn(svc.call(request)));
+    }
+    assert_eq!(in_flight(), 2.0);
+    let mut waiter = mock::Spawn::new(svc.clone());
+    assert_pending!(waiter.poll_ready());
+    assert_eq!(waiting(), 1.0);
+
+    for (call, request) in calls.iter_mut().zip(["a", "b"]) {
+        assert_request_eq!(handle, request).send_response("ok");
+        assert_eq!(assert_ready_ok!(call.poll()), "ok");
+    }
+    assert_eq!(in_flight(), 0.0);
+    assert_ready_ok!(waiter.poll_ready());
+    assert_eq!(waiting(), 0.0);
+    assert_eq!(in_flight(), 1.0, "the waiter holds a slot until its call");
+    drop(waiter);
+    assert_eq!(in_flight(), 0.0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn breaker_reports_state_transitions_outcomes_and_rejections() {
     let store = Store::default();

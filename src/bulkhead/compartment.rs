@@ -1,33 +1,28 @@
 //! The state shared by every service built from one [`BulkheadLayer`](super::BulkheadLayer).
 
-use crate::sync::{AtomicU64, AtomicUsize, Ordering};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::time::Instant;
+use crate::sync::{AtomicU64, Ordering};
+// The fence of the waiting room's handshake; loom's under `--cfg tanker_loom`, since loom models
+// SeqCst fences but treats SeqCst loads and stores as acquire/release.
+#[cfg(tanker_loom)]
+use loom::sync::atomic::fence;
+#[cfg(not(tanker_loom))]
+use std::sync::atomic::fence;
 
+use super::room::{Place, WaitingRoom};
+use super::slots::Slots;
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 
-/// One compartment: its capacity and its counters.
+/// One compartment: its slots, its optional waiting room and its counters.
 ///
-/// The number of slots taken is `taken - released`. Keeping two monotonic counters instead
-/// of one up-down counter gives the `admitted` statistic for free: admission is one
-/// compare-and-swap, release is one fetch-add, and neither takes a lock or allocates.
+/// Every admission decision reads one atomic word ([`Slots`]); admission is one compare-and-swap
+/// and release one fetch-sub, with no lock and no allocation.
 pub(crate) struct Compartment {
-    taken: AtomicU64,
-    released: AtomicU64,
-    /// Slots taken by a waiting caller and given back without a call.
-    unused: AtomicU64,
-    /// Until when (nanoseconds after `origin`) the callers in the waiting room may still claim a
-    /// freed slot: the latest end of their maximum waits.
-    claim_until: AtomicU64,
-    origin: Instant,
+    slots: Slots,
     shed: AtomicU64,
-    waiting: AtomicUsize,
-    max_in_flight: u64,
     room: Option<WaitingRoom>,
     pub(crate) name: Arc<str>,
     metrics: Metrics,
@@ -39,7 +34,10 @@ pub(crate) struct Compartment {
 struct Metrics {
     admitted: Counter,
     shed: Counter,
+    // Published from the slots' and the room's words, only with the `metrics` feature.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     in_flight: Gauge,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     waiting: Gauge,
 }
 
@@ -64,10 +62,23 @@ impl Metrics {
     }
 }
 
-pub(crate) struct WaitingRoom {
-    pub(crate) capacity: usize,
-    pub(crate) max_wait: Duration,
-    pub(crate) notify: Arc<Notify>,
+/// Publishes `value`, an absolute reading of a counter that `read` reads again, to `gauge`.
+///
+/// Gauges are set to absolute values (a StatsD exporter drops increments). Two threads may set
+/// their readings in the other order than they took them; so each reads again after setting, and
+/// sets once more if the count has moved. The last thread to set a value has then read the
+/// latest count after its last change, so once the compartment is quiet the gauge shows it.
+#[cfg(feature = "metrics")]
+#[inline]
+fn publish(gauge: &Gauge, mut value: u64, read: impl Fn() -> u64) {
+    loop {
+        gauge.set(value);
+        let now = read();
+        if now == value {
+            return;
+        }
+        value = now;
+    }
 }
 
 impl Compartment {
@@ -80,91 +91,78 @@ impl Compartment {
             metrics: Metrics::new(&name, max_in_flight),
             name,
             shed_reports: Throttle::new(),
-            taken: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            unused: AtomicU64::new(0),
-            claim_until: AtomicU64::new(0),
-            origin: Instant::now(),
+            slots: Slots::new(max_in_flight),
             shed: AtomicU64::new(0),
-            waiting: AtomicUsize::new(0),
-            max_in_flight: max_in_flight as u64,
-            room: room.map(|(capacity, max_wait)| WaitingRoom {
-                capacity,
-                max_wait,
-                notify: Arc::new(Notify::new()),
-            }),
+            room: room.map(|(capacity, max_wait)| WaitingRoom::new(capacity, max_wait)),
         }
     }
 
-    /// Takes a slot if one is free. Never waits.
+    /// Takes a slot for a call made now, and counts the call, if a slot is free. Never waits.
     #[inline]
-    pub(crate) fn try_admit(&self) -> bool {
-        loop {
-            // Read `released` before `taken`: every release follows its taking, so this order
-            // can only overestimate the slots in use, never admit one too many.
-            let released = self.released.load(Ordering::SeqCst);
-            let taken = self.taken.load(Ordering::Relaxed);
-            if taken.wrapping_sub(released) >= self.max_in_flight {
-                return false;
+    pub(crate) fn admit(&self) -> bool {
+        match self.slots.admit() {
+            Some(_taken) => {
+                #[cfg(feature = "metrics")]
+                self.publish_in_flight(_taken);
+                self.metrics.admitted.increment();
+                true
             }
-            if self
-                .taken
-                .compare_exchange_weak(taken, taken + 1, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                self.metrics.in_flight.increment();
-                return true;
-            }
+            None => false,
         }
     }
 
-    /// Gives a slot back, and wakes one waiter if anybody waits.
-    #[inline]
-    pub(crate) fn release(&self) {
-        // SeqCst pairs with the waiter's SeqCst increment of `waiting` followed by its
-        // `try_admit`: either the waiter sees this release, or this release sees the waiter.
-        self.released.fetch_add(1, Ordering::SeqCst);
-        self.metrics.in_flight.decrement();
-        self.wake_one();
-    }
-
-    /// Whether callers wait in the waiting room: a freed slot is theirs, not a newcomer's. The
-    /// clock is read only when somebody waits.
-    #[inline]
-    pub(crate) fn has_waiters(&self) -> bool {
-        self.room.is_some()
-            && self.waiting.load(Ordering::SeqCst) > 0
-            && self.nanos(Instant::now()) < self.claim_until.load(Ordering::SeqCst)
-    }
-
-    /// Whether every slot looks taken (a snapshot, for shedding early).
-    #[inline]
-    pub(crate) fn looks_full(&self) -> bool {
-        let released = self.released.load(Ordering::SeqCst);
-        let taken = self.taken.load(Ordering::Relaxed);
-        taken.wrapping_sub(released) >= self.max_in_flight
-    }
-
-    /// Gives back a slot a waiting caller took but never used for a call (the inner service was
-    /// not ready, or the service holding it was dropped). It is not counted as admitted.
-    pub(crate) fn give_back_unused(&self) {
-        self.unused.fetch_add(1, Ordering::Relaxed);
-        self.release();
-    }
-
-    #[inline]
-    fn wake_one(&self) {
-        if let Some(room) = &self.room {
-            if self.waiting.load(Ordering::SeqCst) > 0 {
-                room.notify.notify_one();
+    /// Takes a slot to hold for a caller until its call, if one is free.
+    pub(crate) fn reserve(&self) -> bool {
+        match self.slots.reserve() {
+            Some(_taken) => {
+                #[cfg(feature = "metrics")]
+                self.publish_in_flight(_taken);
+                true
             }
+            None => false,
         }
     }
 
-    /// Counts a call made with the slot it took.
-    #[inline]
-    pub(crate) fn record_admitted(&self) {
+    /// Counts the call made with a held slot.
+    pub(crate) fn count_admission(&self) {
+        self.slots.count_admission();
         self.metrics.admitted.increment();
+    }
+
+    /// Gives a slot back, and wakes the waiters if anybody waits. Returns whether it woke them.
+    #[inline]
+    pub(crate) fn release(&self) -> bool {
+        let _taken = self.slots.release();
+        #[cfg(feature = "metrics")]
+        self.publish_in_flight(_taken);
+        match &self.room {
+            // The releaser writes the slots then reads the room; a waiter writes the room then
+            // reads the slots. A SeqCst fence between the two on each side makes sure that one
+            // of them sees the other: the waiter takes the freed slot, or the releaser wakes it.
+            // Only compartments with a waiting room pay for it.
+            Some(room)
+                if {
+                    fence(Ordering::SeqCst);
+                    room.occupied()
+                } =>
+            {
+                room.wake_all();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn publish_in_flight(&self, taken: u64) {
+        publish(&self.metrics.in_flight, taken, || self.slots.taken());
+    }
+
+    /// Whether every slot is taken (a snapshot of the one word, for shedding early).
+    #[inline]
+    pub(crate) fn full(&self) -> bool {
+        self.slots.full()
     }
 
     pub(crate) fn record_shed(&self) {
@@ -179,7 +177,7 @@ impl Compartment {
                     shed = since,
                     shed_total = shed,
                     in_flight = self.in_flight(),
-                    max_in_flight = self.max_in_flight,
+                    max_in_flight = self.slots.max(),
                     "bulkhead is full, shedding calls"
                 );
             }
@@ -190,117 +188,213 @@ impl Compartment {
         self.room.as_ref()
     }
 
-    /// Takes a place in the waiting room if there is one free, and says whether others were
-    /// already waiting (then the newcomer waits for its turn rather than grabbing a slot).
-    pub(crate) fn try_enter_room(&self) -> Option<bool> {
-        let room = self.room.as_ref()?;
-        let mut waiting = self.waiting.load(Ordering::Relaxed);
-        loop {
-            if waiting >= room.capacity {
-                return None;
-            }
-            match self.waiting.compare_exchange_weak(
-                waiting,
-                waiting + 1,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => break,
-                Err(now) => waiting = now,
+    /// Takes a place in the waiting room, if there is a room with a place free.
+    pub(crate) fn enter_room(&self) -> Option<Place> {
+        let (place, _waiting) = self.room.as_ref()?.enter()?;
+        // The waiter's side of the handshake in `release`: its entry is seen by a releaser, or
+        // the slot that releaser freed is seen by its next attempt.
+        fence(Ordering::SeqCst);
+        #[cfg(feature = "metrics")]
+        self.publish_waiting(_waiting);
+        Some(place)
+    }
+
+    /// Gives a place in the waiting room back.
+    pub(crate) fn leave_room(&self, place: &Place) {
+        if let Some(room) = &self.room {
+            if let Some(_waiting) = room.leave(place) {
+                #[cfg(feature = "metrics")]
+                self.publish_waiting(_waiting);
             }
         }
-        self.metrics.waiting.increment();
-        // Waiters have a claim on freed slots only until their maximum wait is over, so that a
-        // caller that gave up without dropping its handle cannot keep newcomers out.
-        let until = self.nanos(Instant::now() + room.max_wait);
-        self.claim_until.fetch_max(until, Ordering::SeqCst);
-        Some(waiting > 0)
     }
 
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    #[cfg(feature = "metrics")]
+    fn publish_waiting(&self, waiting: u64) {
+        publish(&self.metrics.waiting, waiting, || self.waiting());
     }
 
-    /// A waiter got a slot: if slots are still free and others wait, wake the next one, since
-    /// no release will.
+    /// A waiter took a slot: if slots are still free and others wait, wake them, since no
+    /// release will.
     pub(crate) fn pass_on(&self) {
         if let Some(room) = &self.room {
-            if self.has_waiters() && !self.looks_full() {
-                room.notify.notify_one();
+            if !self.slots.full() && room.has_waiters() {
+                room.wake_all();
             }
         }
     }
 
-    pub(crate) fn leave_room(&self) {
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        self.metrics.waiting.decrement();
+    /// Slots taken now, never more than the capacity.
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.slots.taken()
     }
 
-    fn in_flight(&self) -> u64 {
-        let released = self.released.load(Ordering::SeqCst);
-        let taken = self.taken.load(Ordering::SeqCst);
-        taken.saturating_sub(released)
-    }
-}
-
-/// A read-only view of a compartment's counters, for metrics and health checks.
-///
-/// Obtained from [`BulkheadLayer::handle`](super::BulkheadLayer::handle) or
-/// [`Bulkhead::handle`](super::Bulkhead::handle); cheap to clone. Every service built from the same
-/// layer value reports through the same handle.
-#[derive(Clone)]
-pub struct BulkheadHandle {
-    pub(crate) compartment: Arc<Compartment>,
-}
-
-impl BulkheadHandle {
-    /// The compartment's name, as given to the builder (it labels log events and metrics).
-    pub fn name(&self) -> &str {
-        &self.compartment.name
+    /// Callers in the waiting room whose maximum wait is not over.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.room.as_ref().map_or(0, WaitingRoom::waiting)
     }
 
-    /// Calls admitted and not yet finished (and slots held by callers that waited in the waiting
-    /// room, between their `poll_ready` and their `call`).
-    pub fn in_flight(&self) -> usize {
-        self.compartment.in_flight() as usize
+    pub(crate) fn admitted(&self) -> u64 {
+        self.slots.admitted()
     }
 
-    /// Callers waiting in the waiting room for a slot.
-    pub fn waiting(&self) -> usize {
-        self.compartment.waiting.load(Ordering::Relaxed)
+    pub(crate) fn shed(&self) -> u64 {
+        self.shed.load(Ordering::Relaxed)
     }
 
-    /// Calls admitted to the inner service since the compartment was built.
-    ///
-    /// Without a waiting room this counts exactly the calls made. With one, a caller that waited
-    /// holds its slot from `poll_ready` to `call` and is counted from `poll_ready`; if it drops
-    /// the slot unused, the count goes back down by one.
-    pub fn admitted(&self) -> u64 {
-        let unused = self.compartment.unused.load(Ordering::Relaxed);
-        self.compartment.taken.load(Ordering::Relaxed) - unused
-    }
-
-    /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was
-    /// built.
-    pub fn shed(&self) -> u64 {
-        self.compartment.shed.load(Ordering::Relaxed)
-    }
-
-    /// The configured maximum number of calls in flight.
-    pub fn max_in_flight(&self) -> usize {
-        self.compartment.max_in_flight as usize
+    pub(crate) fn max_in_flight(&self) -> u64 {
+        self.slots.max()
     }
 }
 
-impl fmt::Debug for BulkheadHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BulkheadHandle")
-            .field("name", &self.name())
-            .field("in_flight", &self.in_flight())
-            .field("max_in_flight", &self.max_in_flight())
-            .field("waiting", &self.waiting())
-            .field("admitted", &self.admitted())
-            .field("shed", &self.shed())
-            .finish()
+/// Model checks of the compartment's atomics (`scripts/loom.sh`). tokio's `Notify` and the clock
+/// are not loom's: the models check what the atomics decide (who gets a slot, whether a releaser
+/// sees a waiter), not the wake-up itself, and no place goes stale within a model.
+#[cfg(all(test, tanker_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::AtomicUsize;
+    use loom::thread;
+
+    fn compartment(max: usize, room: Option<(usize, Duration)>) -> Arc<Compartment> {
+        Arc::new(Compartment::new(Arc::from("loom"), max, room))
+    }
+
+    /// Callers fewer than the slots never see a shed, and the slots taken never exceed the
+    /// capacity, whatever the interleaving of admissions, releases and readers.
+    #[test]
+    fn loom_admit_release_under_capacity_never_sheds() {
+        loom::model(|| {
+            let c = compartment(2, None);
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let c = c.clone();
+                    thread::spawn(move || {
+                        for _ in 0..2 {
+                            assert!(c.admit(), "shed with a slot free");
+                            c.release();
+                        }
+                    })
+                })
+                .collect();
+            let before = c.admitted();
+            assert!(c.in_flight() <= 2);
+            assert!(c.admitted() >= before, "admitted went backwards");
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert_eq!(c.in_flight(), 0);
+            assert_eq!(c.admitted(), 4);
+        });
+    }
+
+    /// More callers than slots: never more inside than the capacity, and a caller is refused
+    /// only when the slot is really taken.
+    #[test]
+    fn loom_admit_never_exceeds_max_in_flight() {
+        loom::model(|| {
+            let c = compartment(1, None);
+            let inside = Arc::new(AtomicUsize::new(0));
+            let admitted = Arc::new(AtomicUsize::new(0));
+            let callers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (c, inside, admitted) = (c.clone(), inside.clone(), admitted.clone());
+                    thread::spawn(move || {
+                        if c.admit() {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0);
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            c.release();
+                        }
+                    })
+                })
+                .collect();
+            assert!(c.in_flight() <= 1, "a handle read more than max in flight");
+            for caller in callers {
+                caller.join().unwrap();
+            }
+            assert!(admitted.load(Ordering::SeqCst) >= 1);
+            assert_eq!(c.admitted(), admitted.load(Ordering::SeqCst) as u64);
+            assert_eq!(c.in_flight(), 0);
+        });
+    }
+
+    /// A slot held for a waiter and used for a call later is counted once, when used; the count
+    /// never goes backwards and the slots taken stay within the capacity.
+    #[test]
+    fn loom_reserved_slots_count_once_and_reads_stay_within_max() {
+        loom::model(|| {
+            let c = compartment(1, Some((1, Duration::from_secs(1))));
+            let reserver = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if c.reserve() {
+                        c.count_admission();
+                        c.release();
+                    }
+                })
+            };
+            let caller = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if c.admit() {
+                        c.release();
+                    }
+                })
+            };
+            let first = c.admitted();
+            assert!(c.in_flight() <= 1);
+            let second = c.admitted();
+            assert!(second >= first, "admitted went backwards");
+            reserver.join().unwrap();
+            caller.join().unwrap();
+            assert!((1..=2).contains(&c.admitted()));
+            assert_eq!(c.in_flight(), 0);
+        });
+    }
+
+    /// The waiting room's handshake: a caller enters the room and then tries for a slot, while
+    /// the last call releases its slot and then looks for waiters. Either the caller gets the
+    /// slot, or the releaser sees the caller (and wakes it); never neither.
+    #[test]
+    fn loom_release_sees_the_waiter_or_the_waiter_sees_the_slot() {
+        loom::model(|| {
+            let c = compartment(1, Some((2, Duration::from_secs(3600))));
+            assert!(c.admit());
+            let releaser = {
+                let c = c.clone();
+                thread::spawn(move || c.release())
+            };
+            let place = c.enter_room().expect("the room has a place");
+            let got_slot = c.reserve();
+            let woke = releaser.join().unwrap();
+            assert!(got_slot || woke, "a free slot and a waiter nobody wakes");
+            c.leave_room(&place);
+            assert_eq!(c.waiting(), 0);
+        });
+    }
+
+    /// Two waiters entering and leaving at once: the room ends empty, and never counts more
+    /// places than its capacity.
+    #[test]
+    fn loom_room_places_come_back() {
+        loom::model(|| {
+            let c = compartment(1, Some((1, Duration::from_secs(3600))));
+            let other = {
+                let c = c.clone();
+                thread::spawn(move || {
+                    if let Some(place) = c.enter_room() {
+                        assert!(c.waiting() <= 1);
+                        c.leave_room(&place);
+                    }
+                })
+            };
+            if let Some(place) = c.enter_room() {
+                assert!(c.waiting() <= 1);
+                c.leave_room(&place);
+            }
+            other.join().unwrap();
+            assert_eq!(c.waiting(), 0);
+        });
     }
 }

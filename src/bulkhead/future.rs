@@ -12,47 +12,26 @@ use tower::BoxError;
 use super::compartment::Compartment;
 use super::error::BulkheadFull;
 
-/// A slot of the compartment.
+/// A slot of the compartment, given back when dropped.
 ///
-/// Taken by `call` (or by `poll_ready`, for a caller that waited for it). Dropping a slot gives it
-/// back: a slot that was never used for a call is not counted as admitted.
+/// Made before the inner service's `call` runs (or by `poll_ready`, for a slot held for a caller
+/// until its call), so that a panic unwinding through `call` still gives the slot back.
 pub(crate) struct Slot {
     compartment: Arc<Compartment>,
-    used: bool,
 }
 
 impl Slot {
-    /// A slot taken ahead of its call, by a caller that waited for it.
-    pub(crate) fn reserved(compartment: Arc<Compartment>) -> Self {
-        Self {
-            compartment,
-            used: false,
-        }
-    }
-
-    /// A slot taken for a call being made now.
+    /// The guard of a slot just taken from `compartment`.
     #[inline]
-    pub(crate) fn for_call(compartment: Arc<Compartment>) -> Self {
-        Self {
-            compartment,
-            used: true,
-        }
-    }
-
-    pub(crate) fn use_for_call(mut self) -> Self {
-        self.used = true;
-        self
+    pub(crate) fn taken(compartment: Arc<Compartment>) -> Self {
+        Self { compartment }
     }
 }
 
 impl Drop for Slot {
     #[inline]
     fn drop(&mut self) {
-        if self.used {
-            self.compartment.release();
-        } else {
-            self.compartment.give_back_unused();
-        }
+        self.compartment.release();
     }
 }
 

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::compartment::{BulkheadHandle, Compartment};
+use super::compartment::Compartment;
+use super::handle::BulkheadHandle;
+use super::room::{LONGEST_WAIT, MAX_PLACES};
 use super::service::Bulkhead;
+use super::slots::MAX_SLOTS;
 use crate::ConfigError;
 
 /// Wraps services in a [`Bulkhead`]: one compartment per layer value.
@@ -91,7 +94,8 @@ impl BulkheadBuilder {
         self
     }
 
-    /// The most calls in flight to the inner service at once. Must be at least 1.
+    /// The most calls in flight to the inner service at once. Must be at least 1, and at most
+    /// `u32::MAX` (4 294 967 295).
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max;
         self
@@ -103,9 +107,17 @@ impl BulkheadBuilder {
     ///
     /// The wait happens in `poll_ready`, so a caller with a waiting room may wait up to `max_wait`
     /// for readiness; without one (the default) `poll_ready` never waits because the compartment
-    /// is full. Waiting costs one allocation and one timer; admission without waiting costs
-    /// neither. Callers in the room are served in the order they came; a caller arriving while
-    /// others wait queues behind them.
+    /// is full. With a waiting room, `poll_ready` takes the slot and holds it for the handle until
+    /// its `call` (or until the handle is dropped), so that a handle polled ready is never shed
+    /// by its `call`. Waiting costs one allocation and one timer; admission without waiting costs
+    /// neither.
+    ///
+    /// A freed slot wakes every caller in the room, and the first to run takes it; a caller
+    /// arriving while others wait queues behind them until they are served or their maximum wait
+    /// is over. A caller that stops polling its handle without dropping it (a `ready()` future
+    /// dropped by a timeout) keeps nobody from a freed slot, and holds its place at most
+    /// `max_wait`. `capacity` is at most `u32::MAX`; a `max_wait` beyond 30 years is clamped to
+    /// 30 years, as tokio clamps a `sleep`.
     ///
     /// # Panics
     ///
@@ -126,8 +138,9 @@ impl BulkheadBuilder {
     ///
     /// # Errors
     ///
-    /// Returns a [`ConfigError`] if `max_in_flight` is zero, or if a waiting room has a zero
-    /// capacity or a zero maximum wait (use [`no_waiting_room`](Self::no_waiting_room) instead).
+    /// Returns a [`ConfigError`] if `max_in_flight` is zero or above `u32::MAX`, or if a waiting
+    /// room has a zero capacity, a capacity above `u32::MAX`, or a zero maximum wait (use
+    /// [`no_waiting_room`](Self::no_waiting_room) instead).
     pub fn build(self) -> Result<BulkheadLayer, ConfigError> {
         if self.max_in_flight == 0 {
             return Err(ConfigError::new(
@@ -135,13 +148,27 @@ impl BulkheadBuilder {
                 "must be at least 1; a compartment of 0 would shed every call",
             ));
         }
-        if let Some((capacity, max_wait)) = self.waiting_room {
-            if capacity == 0 {
+        if self.max_in_flight > MAX_SLOTS {
+            return Err(ConfigError::new(
+                "max_in_flight",
+                "must be at most 4294967295 (u32::MAX); no dependency takes more calls at once",
+            ));
+        }
+        let mut waiting_room = self.waiting_room;
+        if let Some((capacity, max_wait)) = &mut waiting_room {
+            if *capacity == 0 {
                 return Err(ConfigError::new(
                     "waiting_room",
                     "capacity must be at least 1; call `no_waiting_room()` for none",
                 ));
             }
+            if *capacity > MAX_PLACES {
+                return Err(ConfigError::new(
+                    "waiting_room",
+                    "capacity must be at most 4294967295 (u32::MAX)",
+                ));
+            }
+            *max_wait = (*max_wait).min(LONGEST_WAIT);
             if max_wait.is_zero() {
                 return Err(ConfigError::new(
                     "waiting_room",
@@ -153,7 +180,7 @@ impl BulkheadBuilder {
             compartment: Arc::new(Compartment::new(
                 self.name,
                 self.max_in_flight,
-                self.waiting_room,
+                waiting_room,
             )),
         })
     }

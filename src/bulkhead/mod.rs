@@ -44,25 +44,30 @@
 //!
 //! # Readiness
 //!
-//! `poll_ready` looks at the compartment and polls the inner service; `call` takes the slot, as
-//! tower's `LoadShed` decides at `call`. When the compartment is full, or the inner service is not
-//! ready, `poll_ready` still returns `Ready(Ok(()))` and `call` returns an immediately ready
-//! `BulkheadFull` error: `poll_ready` never returns an error for a temporary condition, and never
-//! makes the caller wait because the compartment is full. So a handle that was polled ready but
-//! never called holds no slot. Errors of the inner `poll_ready` are passed through.
+//! Without a waiting room (the default), `poll_ready` looks at the compartment and polls the inner
+//! service; `call` takes the slot, as tower's `LoadShed` decides at `call`. When the compartment
+//! is full, or the inner service is not ready, `poll_ready` still returns `Ready(Ok(()))` and
+//! `call` returns an immediately ready `BulkheadFull` error: `poll_ready` never returns an error
+//! for a temporary condition, and never makes the caller wait because the compartment is full. So
+//! a handle that was polled ready but never called holds no slot. Errors of the inner
+//! `poll_ready` are passed through.
 //!
-//! With a [waiting room](BulkheadBuilder::waiting_room), a caller that finds the compartment full
-//! waits in `poll_ready`, at most the room's maximum wait, and the slot it gets is held for it
-//! until its `call`, or given back if the handle is dropped first.
+//! With a [waiting room](BulkheadBuilder::waiting_room), `poll_ready` takes the slot itself and
+//! holds it for the handle until its `call` (or gives it back if the handle is dropped first), so
+//! that two handles polled ready for one free slot are not both promised it: the second waits in
+//! the room, at most the room's maximum wait, instead of being shed by its `call`.
 //!
-//! A slot is given back the moment the inner future completes, or when the response future is
-//! dropped before that (cancellation).
+//! A slot is given back the moment the inner future completes, when the response future is
+//! dropped before that (cancellation), or when a panic unwinds out of the inner service's `call`:
+//! the slot's guard exists before the inner `call` runs.
 //!
 //! # Cost
 //!
-//! Admission is one compare-and-swap and release one atomic add on the shared compartment, plus
-//! one reference count for the response future: no lock, no allocation, no timer. A shed call
-//! allocates nothing either ([`BulkheadFull`] is zero-sized).
+//! Every admission decision reads one atomic word, which holds both the slots taken and the
+//! count of calls admitted: admission is one compare-and-swap and release one atomic subtract,
+//! plus one reference count for the response future. No lock, no allocation, no clock read, no
+//! timer. A shed call allocates nothing either ([`BulkheadFull`] is zero-sized). With the
+//! `metrics` feature, the in-flight gauge is set to the absolute count read from that word.
 //!
 //! # Counters
 //!
@@ -72,10 +77,13 @@
 mod compartment;
 mod error;
 pub mod future;
+mod handle;
 mod layer;
+mod room;
 mod service;
+mod slots;
 
-pub use self::compartment::BulkheadHandle;
 pub use self::error::BulkheadFull;
+pub use self::handle::BulkheadHandle;
 pub use self::layer::{BulkheadBuilder, BulkheadLayer};
 pub use self::service::Bulkhead;

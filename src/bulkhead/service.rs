@@ -7,12 +7,14 @@ use std::task::{ready, Context, Poll};
 
 use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
-use super::compartment::{BulkheadHandle, Compartment};
+use super::compartment::Compartment;
 use super::future::{ResponseFuture, Slot};
+use super::handle::BulkheadHandle;
+use super::room::Place;
 
 /// Bounds the calls in flight to the inner service and sheds the rest at once.
 ///
@@ -20,18 +22,19 @@ use super::future::{ResponseFuture, Slot};
 /// behaviour and an example. Every `Bulkhead` built from one layer value, and every clone of it,
 /// shares one compartment.
 ///
-/// `poll_ready` looks at the compartment and polls the inner service; `call` takes the slot. If
-/// no slot is free (and the waiting room, if any, is full or its maximum wait has passed), or if
-/// the inner service is not ready, `poll_ready` still returns `Ready(Ok(()))` and the following
-/// `call` fails at once with [`BulkheadFull`](super::BulkheadFull). A slot waited for in the
-/// waiting room is held by this handle until `call`; a clone starts without one.
+/// Without a waiting room, `poll_ready` looks at the compartment and polls the inner service;
+/// `call` takes the slot. If no slot is free, or if the inner service is not ready, `poll_ready`
+/// still returns `Ready(Ok(()))` and the following `call` fails at once with
+/// [`BulkheadFull`](super::BulkheadFull). With a waiting room, `poll_ready` takes the slot (after
+/// waiting for it, at most the room's maximum wait) and this handle holds it until `call`; a
+/// clone starts without one.
 pub struct Bulkhead<S> {
     inner: S,
     compartment: Arc<Compartment>,
     /// One byte, written by `poll_ready` and read by `call`: the hot path touches nothing else
     /// of this handle's state.
     state: State,
-    /// The slot a waiting caller got, held until `call` (state `Reserved`).
+    /// The slot held for this handle until `call` (state `Reserved`).
     reserved: Option<Slot>,
     /// The place in the waiting room (state `Waiting`).
     wait: Option<Pin<Box<Wait>>>,
@@ -43,7 +46,7 @@ enum State {
     Idle,
     /// The compartment had room and the inner service is ready; `call` takes the slot.
     Ready,
-    /// A slot was waited for and is held in `reserved` until `call`.
+    /// A slot is held in `reserved` until `call`.
     Reserved,
     /// The next call is shed.
     Shed,
@@ -53,13 +56,17 @@ enum State {
 
 pin_project! {
     struct Wait {
+        // Made before each attempt to take a slot: `notify_waiters` wakes every `Notified` made
+        // before it, polled or not, so a slot freed after a failed attempt always wakes us.
         #[pin]
         notified: OwnedNotified,
+        // The end of the wait, or, while `queued`, the end of the claim of those ahead.
         #[pin]
-        deadline: Sleep,
+        timer: Sleep,
         place: RoomPlace,
-        // Others were waiting when this caller came in: it takes a slot only once woken, so that
-        // callers are served in the order they came.
+        // Others were waiting when this caller came in: it takes a slot only once woken by a
+        // freed slot, or once the claim of those ahead has run out, so that a newcomer does not
+        // take the slot freed for a caller that was woken and has not run yet.
         queued: bool,
     }
 }
@@ -67,11 +74,12 @@ pin_project! {
 /// A place in the waiting room, given back on drop.
 struct RoomPlace {
     compartment: Arc<Compartment>,
+    place: Place,
 }
 
 impl Drop for RoomPlace {
     fn drop(&mut self) {
-        self.compartment.leave_room();
+        self.compartment.leave_room(&self.place);
     }
 }
 
@@ -113,30 +121,68 @@ impl<S> Bulkhead<S> {
     /// Returns `Ready(true)` with a slot taken, `Ready(false)` when the wait is over without one.
     fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let compartment = &self.compartment;
-        let Some(wait) = &mut self.wait else {
+        let (Some(wait), Some(room)) = (&mut self.wait, compartment.room()) else {
             return Poll::Ready(false);
         };
         loop {
             let mut wait = wait.as_mut().project();
-            // Registered before trying, so that a slot freed in between still wakes us.
-            wait.notified.as_mut().enable();
-            if !*wait.queued && compartment.try_admit() {
+            if !*wait.queued && compartment.reserve() {
                 compartment.pass_on();
                 return Poll::Ready(true);
             }
             if wait.notified.as_mut().poll(cx).is_ready() {
-                // Our turn: try again, with a fresh registration for the next release.
+                // A slot was freed: try for it, with a fresh registration for the next one.
                 *wait.queued = false;
-                if let Some(room) = compartment.room() {
-                    wait.notified.set(room.notify.clone().notified_owned());
-                }
+                wait.notified.set(room.notify.clone().notified_owned());
                 continue;
             }
-            return match wait.deadline.poll(cx) {
-                Poll::Ready(()) => Poll::Ready(false),
-                Poll::Pending => Poll::Pending,
-            };
+            match wait.timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if *wait.queued => {
+                    // Those ahead have had their chance: wait on our own account now.
+                    *wait.queued = false;
+                    let deadline = wait.place.place.deadline;
+                    wait.timer.as_mut().reset(deadline);
+                    continue;
+                }
+                Poll::Ready(()) => return Poll::Ready(false),
+            }
         }
+    }
+
+    /// Takes the slot for a handle of a compartment with a waiting room, or a place in the room.
+    fn reserve_or_wait(&mut self) {
+        let Some(room) = self.compartment.room() else {
+            return;
+        };
+        // While others wait with a claim on freed slots, a newcomer queues behind them.
+        if !room.has_waiters() && self.compartment.reserve() {
+            self.reserved = Some(Slot::taken(self.compartment.clone()));
+            self.state = State::Reserved;
+        } else if let Some(wait) = self.enter_waiting_room() {
+            self.wait = Some(wait);
+            self.state = State::Waiting;
+        } else {
+            self.state = State::Shed;
+        }
+    }
+
+    fn enter_waiting_room(&self) -> Option<Pin<Box<Wait>>> {
+        let room = self.compartment.room()?;
+        // Registered before entering, so that a slot freed from now on wakes us.
+        let notified = room.notify.clone().notified_owned();
+        let place = self.compartment.enter_room()?;
+        let queued = place.behind_until.is_some();
+        let until: Instant = place.behind_until.unwrap_or(place.deadline);
+        Some(Box::pin(Wait {
+            notified,
+            timer: tokio::time::sleep_until(until.min(place.deadline)),
+            place: RoomPlace {
+                compartment: self.compartment.clone(),
+                place,
+            },
+            queued,
+        }))
     }
 }
 
@@ -153,17 +199,18 @@ where
         match self.state {
             State::Ready | State::Reserved => {}
             State::Shed => return Poll::Ready(Ok(())),
-            State::Idle => {
-                if !self.compartment.looks_full() && !self.compartment.has_waiters() {
-                    // The slot itself is taken by `call`, so a caller that polls and never
-                    // calls holds nothing. While others wait, a freed slot is theirs: a
-                    // newcomer queues behind them (or is shed if the room is full).
-                    self.state = State::Ready;
-                } else if let Some(wait) = self.enter_waiting_room() {
-                    self.wait = Some(wait);
-                    self.state = State::Waiting;
-                } else {
+            State::Idle if self.compartment.room().is_none() => {
+                // The slot itself is taken by `call`, so a caller that polls and never calls
+                // holds nothing.
+                if self.compartment.full() {
                     self.state = State::Shed;
+                    return Poll::Ready(Ok(()));
+                }
+                self.state = State::Ready;
+            }
+            State::Idle => {
+                self.reserve_or_wait();
+                if self.state == State::Shed {
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -176,7 +223,7 @@ where
             // `call`, so that nobody takes it in between.
             self.wait = None;
             if admitted {
-                self.reserved = Some(Slot::reserved(self.compartment.clone()));
+                self.reserved = Some(Slot::taken(self.compartment.clone()));
                 self.state = State::Reserved;
             } else {
                 self.state = State::Shed;
@@ -206,27 +253,24 @@ where
     /// tower contract allows.
     #[inline]
     fn call(&mut self, request: Request) -> Self::Future {
-        match mem::replace(&mut self.state, State::Idle) {
-            State::Ready if self.compartment.try_admit() => {
-                self.compartment.record_admitted();
-                ResponseFuture::called(
-                    self.inner.call(request),
-                    Slot::for_call(self.compartment.clone()),
-                )
-            }
+        // The slot's guard exists before the inner `call` runs: a panic unwinding from it drops
+        // the guard, which gives the slot back.
+        let slot = match mem::replace(&mut self.state, State::Idle) {
+            State::Ready if self.compartment.admit() => Slot::taken(self.compartment.clone()),
             State::Reserved => match self.reserved.take() {
                 Some(slot) => {
-                    self.compartment.record_admitted();
-                    ResponseFuture::called(self.inner.call(request), slot.use_for_call())
+                    self.compartment.count_admission();
+                    slot
                 }
-                None => self.shed(),
+                None => return self.shed(),
             },
             // `Ready`: the last slot went to another caller since `poll_ready`.
-            State::Ready | State::Shed => self.shed(),
+            State::Ready | State::Shed => return self.shed(),
             State::Idle | State::Waiting => {
                 panic!("Bulkhead::call without a successful poll_ready: poll_ready must be called first")
             }
-        }
+        };
+        ResponseFuture::called(self.inner.call(request), slot)
     }
 }
 
@@ -235,25 +279,6 @@ impl<S> Bulkhead<S> {
     fn shed<F>(&self) -> ResponseFuture<F> {
         self.compartment.record_shed();
         ResponseFuture::shed()
-    }
-}
-
-impl<S> Bulkhead<S> {
-    fn enter_waiting_room(&self) -> Option<Pin<Box<Wait>>> {
-        let room = self.compartment.room()?;
-        if room.max_wait.is_zero() {
-            return None;
-        }
-        let queued = self.compartment.try_enter_room()?;
-        let place = RoomPlace {
-            compartment: self.compartment.clone(),
-        };
-        Some(Box::pin(Wait {
-            notified: room.notify.clone().notified_owned(),
-            deadline: tokio::time::sleep(room.max_wait),
-            place,
-            queued,
-        }))
     }
 }
 

@@ -153,6 +153,9 @@ impl<F: Future, Req> Future for Tracked<F, Req> {
 
 type Call<F, Req> = Tracked<CatchUnwind<AssertUnwindSafe<F>>, Req>;
 
+/// How a call ended (its result, or the panic it raised), with its record.
+type CallEnd<R, E, Req> = (Result<Result<R, E>, Box<dyn Any + Send>>, Held<Req>);
+
 /// What [`Worker::start`] did with a record.
 enum Start {
     /// The call is in flight, or finished (failed, panicked) and counted.
@@ -314,13 +317,7 @@ where
     }
 
     /// Counts how a call ended, or parks its record for another try.
-    fn finish(
-        &mut self,
-        (result, mut record): (
-            Result<Result<S::Response, S::Error>, Box<dyn Any + Send>>,
-            Held<Req>,
-        ),
-    ) {
+    fn finish(&mut self, (result, mut record): CallEnd<S::Response, S::Error, Req>) {
         let outcome = match result {
             Ok(result) => match ended(result.map_err(Into::into)) {
                 Ended::Delivered => Outcome::Delivered,
