@@ -30,9 +30,10 @@
 //! | `tanker_handoff_accepted_total` | counter | | records put in the queue |
 //! | `tanker_handoff_dropped_total` | counter | `reason` | records refused by `send`: `full` (queue full) or `closed` (sent after close) |
 //! | `tanker_handoff_delivered_total` | counter | | records the stack handled successfully |
-//! | `tanker_handoff_failed_total` | counter | `reason` | accepted records not delivered: `shed` (bulkhead full), `rejected` (breaker open) or `error` (any other error, or a panic) |
+//! | `tanker_handoff_failed_total` | counter | `reason` | accepted records not delivered: `shed` (bulkhead full), `rejected` (breaker open; both only with parking off), `expired` (older than the hand-off's maximum age) or `error` (any other error, or a panic) |
 //! | `tanker_handoff_queued` | gauge | | records waiting in the queue |
 //! | `tanker_handoff_in_flight` | gauge | | records in the stack, not yet finished |
+//! | `tanker_handoff_parked` | gauge | | records the stack gave back (an open breaker, a full bulkhead, one more try), waiting in the worker |
 //! | `tanker_kafka_delivered_total` | counter | | records Kafka confirmed |
 //! | `tanker_kafka_errors_total` | counter | `kind` | records that failed, by [`KafkaErrorKind`] in snake case: `queue_full`, `message_timed_out`, `broker_down`, `broker_error`, `fatal`, `closed`, `message_too_large`, `invalid_record`, `unknown_topic`, `unknown_partition`, `config`, `other` |
 //! | `tanker_kafka_in_flight` | gauge | | records handed to librdkafka and not yet reported |
@@ -113,6 +114,8 @@ pub const HANDOFF_FAILED: &str = "tanker_handoff_failed_total";
 pub const HANDOFF_QUEUED: &str = "tanker_handoff_queued";
 /// Gauge: records in a hand-off's stack.
 pub const HANDOFF_IN_FLIGHT: &str = "tanker_handoff_in_flight";
+/// Gauge: records parked in a hand-off's worker, waiting for the stack to take them again.
+pub const HANDOFF_PARKED: &str = "tanker_handoff_parked";
 /// Counter: records a Kafka producer delivered.
 pub const KAFKA_DELIVERED: &str = "tanker_kafka_delivered_total";
 /// Counter, label `kind`: records a Kafka producer failed to deliver.

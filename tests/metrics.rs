@@ -459,6 +459,8 @@ async fn handoff_publishes_its_counts_by_outcome_and_reason() {
         HandoffBuilder::new()
             .name("events")
             .capacity(8)
+            // Refusals final, so that each reason is counted once.
+            .park(false)
             .spawn(service)
             .unwrap()
     });

@@ -63,8 +63,10 @@ pub(crate) struct Metrics {
     pub(crate) shed: Counter,
     pub(crate) rejected: Counter,
     pub(crate) failed: Counter,
+    pub(crate) expired: Counter,
     pub(crate) queued: Gauge,
     pub(crate) in_flight: Gauge,
+    pub(crate) parked: Gauge,
 }
 
 impl Metrics {
@@ -95,8 +97,13 @@ impl Metrics {
             shed: failed("shed"),
             rejected: failed("rejected"),
             failed: failed("error"),
+            expired: failed("expired"),
             queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
             in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
+            parked: labels.gauge(
+                names::HANDOFF_PARKED,
+                "records parked in a hand-off, waiting for the stack",
+            ),
         }
     }
 }

@@ -216,6 +216,7 @@ struct Published {
     shed: u64,
     rejected: u64,
     failed: u64,
+    expired: u64,
 }
 
 impl<S, Req> Worker<S, Req>
@@ -308,12 +309,14 @@ where
             (&metrics.shed, counts.shed, &mut last.shed),
             (&metrics.rejected, counts.rejected, &mut last.rejected),
             (&metrics.failed, counts.failed, &mut last.failed),
+            (&metrics.expired, counts.expired, &mut last.expired),
         ] {
             add_since(counter, now, then);
         }
         // Absolute values, which every exporter keeps.
         metrics.queued.set(counts.queued);
         metrics.in_flight.set(counts.in_flight);
+        metrics.parked.set(counts.parked);
     }
 
     /// Counts how a call ended, or parks its record for another try.
