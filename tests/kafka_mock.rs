@@ -439,6 +439,11 @@ async fn healthy_cluster_delivers_every_accepted_record() {
 
 // ------------------------------------------------------------------------------------------
 // 2. Broker down
+//
+// The breaker's own story (trips, rejects, probes, closes) is told with parking off, so that
+// every refusal is counted as it happens; `tests/incident.rs` and `benches/faults.rs` run the
+// default, parking hand-off against the same mock cluster, and tests/handoff_parking.rs checks
+// parking itself.
 // ------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,7 +461,11 @@ async fn broker_down_opens_the_breaker_and_send_never_blocks() {
             .open_for(Duration::from_secs(60)),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        HandoffBuilder::new()
+            .capacity(1000)
+            .concurrency(256)
+            .park(false)
+            .retry_failed(false),
     );
 
     // Healthy first.
@@ -561,7 +570,11 @@ async fn slow_broker_trips_the_breaker_on_slow_calls() {
             .open_for(Duration::from_secs(60)),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        HandoffBuilder::new()
+            .capacity(1000)
+            .concurrency(256)
+            .park(false)
+            .retry_failed(false),
     );
 
     // Healthy first: fast calls, nothing slow.
@@ -831,7 +844,11 @@ async fn flapping_broker_opens_and_closes_the_breaker_by_itself_each_time() {
             .backoff(1.0, Duration::from_millis(400)),
         PROBES,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        HandoffBuilder::new()
+            .capacity(1000)
+            .concurrency(256)
+            .park(false)
+            .retry_failed(false),
     );
     rig.offer(record(TOPIC, "warm".into()));
     wait_until("the warm-up delivery", || rig.log.delivered() == 1).await;
@@ -908,7 +925,11 @@ async fn breaker_closes_after_one_probe_when_the_broker_returns_and_delivery_res
             .backoff(2.0, Duration::from_secs(10)),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        HandoffBuilder::new()
+            .capacity(1000)
+            .concurrency(256)
+            .park(false)
+            .retry_failed(false),
     );
     for j in 0..5 {
         rig.offer(record(TOPIC, format!("warm-{j}")));
