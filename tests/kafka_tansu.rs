@@ -369,10 +369,14 @@ impl Stack {
                 kafka: kafka.clone(),
                 outcomes: outcomes.clone(),
             });
+        // Parking off: these tests tell the breaker's story against a real broker, refusal by
+        // refusal (tests/incident.rs and benches/faults.rs run the parking default).
         let handoff = HandoffBuilder::new()
             .name(topic)
             .capacity(10_000)
             .concurrency(256)
+            .park(false)
+            .retry_failed(false)
             .spawn(service)
             .expect("a valid hand-off");
         Self {

@@ -128,10 +128,13 @@ async fn ignored_records_and_kafka_errors_reach_statsd_as_graphite_names() {
             )
             .bulkhead(BulkheadLayer::builder().name("stats").build().unwrap())
             .service(kafka.clone());
-        // One record at a time: two time out, the breaker opens, the rest are rejected.
+        // One record at a time: two time out, the breaker opens, the rest are rejected (parking
+        // off, so that the refusals are counted as ignored at once).
         let stats = HandoffBuilder::new()
             .name("stats")
             .concurrency(1)
+            .park(false)
+            .retry_failed(false)
             .spawn(stack)
             .unwrap();
         (kafka, stats)
