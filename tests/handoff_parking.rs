@@ -409,3 +409,82 @@ async fn closing_drains_parked_records_once_the_dependency_takes_them() {
     assert_eq!(report.counts.delivered, 5);
     assert_identity(&report.counts);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_byte_budget_drops_what_would_not_fit_and_gets_its_bytes_back() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    // Each record weighs its own value, in bytes.
+    let handoff = HandoffBuilder::new()
+        .max_bytes(100, |n: &u32| *n as usize)
+        .spawn(service)
+        .unwrap();
+    breaker.force_open();
+
+    assert_eq!(handoff.send(40), Sent::Accepted);
+    assert_eq!(handoff.send(40), Sent::Accepted);
+    assert_eq!(
+        handoff.send(40),
+        Sent::Dropped,
+        "120 bytes would not fit in 100"
+    );
+    assert_eq!(handoff.send(20), Sent::Accepted, "100 bytes do");
+    assert_eq!(
+        handoff.send(101),
+        Sent::Dropped,
+        "heavier than the budget alone"
+    );
+    run_for(Duration::from_secs(2)).await;
+    let counts = handoff.counts();
+    assert_eq!((counts.bytes, counts.dropped), (100, 2), "{counts:?}");
+    assert_identity(&counts);
+
+    breaker.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.delivered, counts.bytes), (3, 0), "{counts:?}");
+    assert_eq!(
+        handoff.send(100),
+        Sent::Accepted,
+        "the budget is whole again"
+    );
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.delivered, counts.bytes), (4, 0), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_and_failed_records_give_their_bytes_back() {
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let service = ServiceBuilder::new()
+        .timeout(Duration::from_millis(100))
+        .service(service_fn(move |_: u32| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            std::future::pending::<Result<(), BoxError>>()
+        }));
+    let handoff = HandoffBuilder::new()
+        .max_bytes(1000, |n: &u32| *n as usize)
+        .spawn(service)
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(handoff.send(100), Sent::Accepted);
+    }
+    assert_eq!(handoff.send(1), Sent::Dropped, "the budget is spent");
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.failed, counts.bytes), (10, 0), "{counts:?}");
+    assert_eq!(handoff.send(1000), Sent::Accepted);
+}
+
+#[test]
+fn a_byte_budget_of_zero_is_refused() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
+    let err = HandoffBuilder::new()
+        .max_bytes(0, |n: &u32| *n as usize)
+        .spawn(service)
+        .unwrap_err();
+    assert_eq!(err.config().unwrap().setting(), "max_bytes");
+}

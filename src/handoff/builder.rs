@@ -1,5 +1,6 @@
 //! The hand-off's settings, checked before its worker is spawned.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tower_service::Service;
 use super::error::SpawnError;
 use super::front::Handoff;
 use super::shared::Shared;
+use super::weigh::{Unweighed, Weigher};
 use super::worker::{self, Worker};
 use crate::ConfigError;
 
@@ -23,6 +25,7 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: 25 s of an outage at 2000 records/s is kept whole, and only records beyond that are dropped (the newest). The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
 /// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
 /// | [`max_age`](Self::max_age) | 5 min | a record parked longer than that is discarded (counted as expired) when its turn comes, so that a long outage ends with fresh data, and a closed hand-off behind a breaker that never closes again still ends |
+/// | [`max_bytes`](Self::max_bytes) | none | bounding by bytes needs to know what a record weighs: give a weight function (for Kafka, `.max_bytes(64 << 20, Record::weight)`, as the README's quick start does) |
 /// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the dependency instead of being lost; the queue, bounded, is the budget |
 /// | [`retry_failed`](Self::retry_failed) | on | a record the dependency failed (a timeout, brokers down) most likely was not written; one more try once the dependency takes records again keeps it. At least once: it may have been written after all |
 ///
@@ -57,13 +60,15 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// assert_eq!(err.config().unwrap().setting(), "concurrency");
 /// # }
 /// ```
-#[derive(Debug, Clone)]
-pub struct HandoffBuilder {
+#[derive(Clone)]
+pub struct HandoffBuilder<W = Unweighed> {
     capacity: usize,
     concurrency: usize,
     max_age: Duration,
     park: bool,
     retry_failed: bool,
+    max_bytes: usize,
+    weigher: W,
     name: Arc<str>,
 }
 
@@ -75,8 +80,25 @@ impl Default for HandoffBuilder {
             max_age: Duration::from_secs(300),
             park: true,
             retry_failed: true,
+            max_bytes: usize::MAX,
+            weigher: Unweighed,
             name: Arc::from("handoff"),
         }
+    }
+}
+
+impl<W> fmt::Debug for HandoffBuilder<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HandoffBuilder")
+            .field("capacity", &self.capacity)
+            .field("concurrency", &self.concurrency)
+            .field("max_age", &self.max_age)
+            .field("park", &self.park)
+            .field("retry_failed", &self.retry_failed)
+            .field("max_bytes", &self.max_bytes)
+            .field("weigher", &std::any::type_name::<W>())
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -84,6 +106,47 @@ impl HandoffBuilder {
     /// A builder with the defaults.
     pub fn new() -> Self {
         Self::default()
+    }
+}
+
+impl<W> HandoffBuilder<W> {
+    /// Bounds the records the hand-off holds (queued, parked and in the stack) by their total
+    /// weight as well as by their number: a `send` that would go over `bytes` drops the record,
+    /// counted as dropped because the hand-off is full. `weigh` tells what a record weighs:
+    /// [`Record::weight`](crate::kafka::Record::weight) for Kafka records (payload, key and
+    /// headers), or any `Fn(&Req) -> usize`. A record heavier than `bytes` on its own is always
+    /// dropped. At least 1.
+    ///
+    /// Memory then stays within `capacity` places plus `bytes` of what the records point to,
+    /// whatever the dependency does. It costs `send` one call of `weigh` and one atomic add.
+    ///
+    /// ```
+    /// use tanker::handoff::{HandoffBuilder, Sent};
+    /// use tower::{service_fn, BoxError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let never = service_fn(|_: String| std::future::pending::<Result<(), BoxError>>());
+    /// let lines = HandoffBuilder::new()
+    ///     .max_bytes(10, |line: &String| line.len())
+    ///     .spawn(never)
+    ///     .unwrap();
+    /// assert_eq!(lines.send("0123456".to_owned()), Sent::Accepted);
+    /// assert_eq!(lines.send("0123456".to_owned()), Sent::Dropped); // 14 bytes > 10
+    /// assert_eq!(lines.send("012".to_owned()), Sent::Accepted);
+    /// # }
+    /// ```
+    pub fn max_bytes<V>(self, bytes: usize, weigh: V) -> HandoffBuilder<V> {
+        HandoffBuilder {
+            capacity: self.capacity,
+            concurrency: self.concurrency,
+            max_age: self.max_age,
+            park: self.park,
+            retry_failed: self.retry_failed,
+            max_bytes: bytes,
+            weigher: weigh,
+            name: self.name,
+        }
     }
 
     /// The most requests waiting in the queue; beyond it, `send` drops. Between 1 and
@@ -173,6 +236,12 @@ impl HandoffBuilder {
                 ),
             ));
         }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::new(
+                "max_bytes",
+                "must be at least 1: a hand-off that may hold no bytes would drop everything",
+            ));
+        }
         if self.concurrency == 0 {
             return Err(ConfigError::new(
                 "concurrency",
@@ -203,6 +272,7 @@ impl HandoffBuilder {
         S::Error: Into<BoxError>,
         S::Response: Send + 'static,
         Req: Clone + Send + 'static,
+        W: Weigher<Req>,
     {
         self.check::<Req>()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| SpawnError::NoRuntime)?;
@@ -214,7 +284,8 @@ impl HandoffBuilder {
                  is idle, and the first sender after a pause wakes it"
             );
         }
-        let shared = Arc::new(Shared::new(self.capacity, self.name));
+        let weigh = self.weigher.into_weigh();
+        let shared = Arc::new(Shared::new(self.capacity, self.name, weigh, self.max_bytes));
         // Ages beyond the coarse clock's range (49 days) mean no limit.
         let max_age = (self.max_age.as_millis() < u128::from(u32::MAX)).then_some(self.max_age);
         let worker = Worker::new(

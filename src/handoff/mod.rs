@@ -87,9 +87,11 @@ mod doorbell;
 mod error;
 mod front;
 mod shared;
+mod weigh;
 mod worker;
 
 pub use self::builder::{HandoffBuilder, MAX_CAPACITY};
 pub use self::error::SpawnError;
 pub use self::front::{CloseReport, Handoff};
 pub use self::shared::{HandoffCounts, Sent};
+pub use self::weigh::{Unweighed, Weigher};

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::buffer::Buffer;
 use super::doorbell::{seq_cst_point, Doorbell};
+use super::weigh::Weigh;
 use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
@@ -26,8 +27,10 @@ pub enum Sent {
 /// A record in the queue, with the hand-off's coarse time when it was accepted.
 pub(crate) struct Envelope<Req> {
     pub(crate) request: Req,
-    /// Milliseconds after the hand-off's origin, from [`Shared::stamp`].
+    /// Milliseconds after the hand-off's origin, on the coarse clock.
     pub(crate) stamp: u32,
+    /// What it weighs (0 without a weigher), given back when it is finished.
+    pub(crate) weight: usize,
 }
 
 pub(crate) struct Shared<Req> {
@@ -37,6 +40,11 @@ pub(crate) struct Shared<Req> {
     /// On a line of its own, so that the worker's writes do not take the senders' line.
     clock: CachePadded<AtomicU32>,
     origin: Instant,
+    /// What a record weighs, when the hand-off is bounded by bytes.
+    weigh: Option<Weigh<Req>>,
+    max_bytes: usize,
+    /// The weight of the records held: reserved by `send`, given back when a record finishes.
+    bytes: CachePadded<AtomicUsize>,
     pub(crate) name: Arc<str>,
     /// What every `send` touches, on cache lines of its own so that the worker's counting does
     /// not take them away from senders.
@@ -155,8 +163,16 @@ pub(crate) enum Outcome {
 
 impl<Req> Shared<Req> {
     /// `capacity` has been checked by the builder.
-    pub(crate) fn new(capacity: usize, name: Arc<str>) -> Self {
+    pub(crate) fn new(
+        capacity: usize,
+        name: Arc<str>,
+        weigh: Option<Weigh<Req>>,
+        max_bytes: usize,
+    ) -> Self {
         Self {
+            weigh,
+            max_bytes,
+            bytes: CachePadded::new(AtomicUsize::new(0)),
             buffer: Buffer::new(capacity),
             clock: CachePadded::new(AtomicU32::new(0)),
             origin: Instant::now(),
@@ -207,9 +223,30 @@ impl<Req> Shared<Req> {
             self.unreserve();
             return self.drop_closed();
         }
+        let weight = match &self.weigh {
+            None => 0,
+            Some(weigh) => {
+                let weight = weigh(&request);
+                if !self.reserve_bytes(weight) {
+                    self.unreserve();
+                    front.dropped_full.fetch_add(1, Ordering::Relaxed);
+                    return Sent::Dropped;
+                }
+                weight
+            }
+        };
         let stamp = self.clock.load(Ordering::Relaxed);
-        if self.buffer.push(Envelope { request, stamp }).is_err() {
+        if self
+            .buffer
+            .push(Envelope {
+                request,
+                stamp,
+                weight,
+            })
+            .is_err()
+        {
             // Another sender took the last place since `is_full`.
+            self.release_bytes(weight);
             self.unreserve();
             front.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
@@ -220,6 +257,23 @@ impl<Req> Shared<Req> {
             .doorbell
             .after_push(|| self.buffer.len() * 2 >= self.buffer.capacity());
         Sent::Accepted
+    }
+
+    /// Reserves `weight` bytes within `max_bytes`, or says there is no room.
+    fn reserve_bytes(&self, weight: usize) -> bool {
+        let before = self.bytes.fetch_add(weight, Ordering::Relaxed);
+        if before.saturating_add(weight) <= self.max_bytes {
+            return true;
+        }
+        self.bytes.fetch_sub(weight, Ordering::Relaxed);
+        false
+    }
+
+    /// Gives back the bytes of a record that is finished (or never got in).
+    pub(crate) fn release_bytes(&self, weight: usize) {
+        if weight > 0 {
+            self.bytes.fetch_sub(weight, Ordering::Relaxed);
+        }
     }
 
     /// Takes back a reservation whose record did not get in. A worker waiting to finish after
@@ -395,6 +449,7 @@ impl<Req> Shared<Req> {
         let parked = back.parked.load(Ordering::Acquire);
         let in_flight = back.in_flight.load(Ordering::Acquire);
         let retried = back.retried.load(Ordering::Relaxed);
+        let bytes = self.bytes.load(Ordering::Relaxed) as u64;
         let queued = self.buffer.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
@@ -413,6 +468,7 @@ impl<Req> Shared<Req> {
             parked,
             in_flight,
             retried,
+            bytes,
         }
     }
 }
@@ -463,6 +519,9 @@ pub struct HandoffCounts {
     /// Records given one more try after a dependency fault (a statistic: each is also counted
     /// by the outcome of that try).
     pub retried: u64,
+    /// The weight of the records pending, for a hand-off bounded by
+    /// [`max_bytes`](super::HandoffBuilder::max_bytes) (0 otherwise).
+    pub bytes: u64,
 }
 
 impl HandoffCounts {

@@ -126,6 +126,8 @@ struct Held<Req> {
     stamp: u32,
     /// Whether it already had its one more try after a dependency fault.
     retried: bool,
+    /// Its weight, given back to the byte budget when it is finished.
+    weight: usize,
 }
 
 pin_project! {
@@ -350,6 +352,12 @@ where
                 Outcome::Failed
             }
         };
+        self.done(&record, outcome);
+    }
+
+    /// Counts a record's final outcome and gives its weight back.
+    fn done(&self, record: &Held<Req>, outcome: Outcome) {
+        self.shared.release_bytes(record.weight);
         self.shared.finish(outcome);
     }
 
@@ -396,16 +404,21 @@ where
                 self.shared.unpark();
                 parked
             } else {
-                let Envelope { request, stamp } = self.shared.take()?;
+                let Envelope {
+                    request,
+                    stamp,
+                    weight,
+                } = self.shared.take()?;
                 Held {
                     request,
                     stamp,
                     retried: false,
+                    weight,
                 }
             };
             match self.max_age {
                 Some(age) if self.now.saturating_sub(record.stamp) > age => {
-                    self.shared.finish(Outcome::Expired);
+                    self.done(&record, Outcome::Expired);
                 }
                 _ => return Some(record),
             }
@@ -441,7 +454,7 @@ where
     /// Drives one record into the stack: readiness, then the call.
     fn start(&mut self, cx: &mut Context<'_>, record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
-            self.shared.finish(Outcome::Failed);
+            self.done(&record, Outcome::Failed);
             return Start::Done;
         };
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
@@ -456,7 +469,7 @@ where
                     }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
-                        self.shared.finish(Outcome::Failed);
+                        self.done(&record, Outcome::Failed);
                     }
                 }
             }
@@ -467,12 +480,12 @@ where
             Ok(Poll::Ready(Err(error))) => {
                 let error: BoxError = error.into();
                 self.broke(&format_args!("poll_ready failed: {error}"));
-                self.shared.finish(Outcome::Failed);
+                self.done(&record, Outcome::Failed);
             }
             Err(panic) => {
                 let message = panic_message(&*panic).to_owned();
                 self.broke(&format_args!("poll_ready panicked: {message}"));
-                self.shared.finish(Outcome::Failed);
+                self.done(&record, Outcome::Failed);
             }
         }
         Start::Done

@@ -84,6 +84,36 @@ impl Record {
     pub fn headers(&self) -> &[(Cow<'static, str>, Bytes)] {
         &self.headers
     }
+
+    /// What the record weighs in memory, in bytes: its payload, key, headers and an owned topic
+    /// name, plus the record itself. For a hand-off bounded by bytes:
+    /// `HandoffBuilder::new().max_bytes(64 << 20, Record::weight)`.
+    ///
+    /// Payloads that share one buffer (`Bytes` clones) are each counted whole, so the weight
+    /// errs on the heavy side.
+    ///
+    /// ```
+    /// use tanker::kafka::Record;
+    ///
+    /// let record = Record::new("stats", vec![0u8; 100]).key("k1").header("h", "v");
+    /// assert!(record.weight() >= 100 + 2 + 1 + 1);
+    /// ```
+    pub fn weight(&self) -> usize {
+        let topic = match &self.topic {
+            Cow::Borrowed(_) => 0,
+            Cow::Owned(name) => name.len(),
+        };
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum();
+        std::mem::size_of::<Self>()
+            + topic
+            + self.payload.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + headers
+    }
 }
 
 /// Where Kafka stored a record: the response of [`KafkaService`](super::KafkaService).
