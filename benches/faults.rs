@@ -6,7 +6,8 @@
 //! stderr; the report is also saved to `target/faults-bench.md`) and takes about 40 s a
 //! scenario. The phases can be changed with `TANKER_FAULTS_RATE` (records/s, 2000),
 //! `TANKER_FAULTS_HEALTHY` (s, 5), `TANKER_FAULTS_FAULT` (s, 15), `TANKER_FAULTS_HEALED` (s, 10)
-//! and `TANKER_FAULTS_SETTLE` (s, 6).
+//! and `TANKER_FAULTS_SETTLE` (s, 6). `-- long` runs an outage longer than the hand-off's budget
+//! (`TANKER_FAULTS_LONG`, 120 s), which is left out of the default run.
 //!
 //! Each scenario starts two fresh mock clusters of 3 brokers with a topic of 6 partitions, one
 //! per variant, and one sender thread offers the same keyless 100-byte records to both at the
@@ -93,16 +94,28 @@ enum Fault {
     OneDown,
     /// Half the partitions get a new leader (`partition_leader`), for good.
     LeaderMoved,
+    /// Every broker down for longer than the hand-off's budget (2 minutes by default,
+    /// `TANKER_FAULTS_LONG`); run only when asked for by name (`-- long`).
+    LongDown,
 }
 
 impl Fault {
-    const ALL: [Fault; 5] = [
+    const ALL: [Fault; 6] = [
         Fault::ClusterDown,
         Fault::ClusterFrozen,
         Fault::OneFrozen,
         Fault::OneDown,
         Fault::LeaderMoved,
+        Fault::LongDown,
     ];
+
+    /// How long this fault lasts.
+    fn lasts(self, phases: &Phases) -> u64 {
+        match self {
+            Fault::LongDown => env_or("TANKER_FAULTS_LONG", 120),
+            _ => phases.fault,
+        }
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -111,6 +124,7 @@ impl Fault {
             Fault::OneFrozen => "one-frozen",
             Fault::OneDown => "one-down",
             Fault::LeaderMoved => "leader-moved",
+            Fault::LongDown => "long-down",
         }
     }
 
@@ -121,12 +135,13 @@ impl Fault {
             Fault::OneFrozen => "one broker of three frozen",
             Fault::OneDown => "one broker of three down",
             Fault::LeaderMoved => "three partitions' leader moved (no heal)",
+            Fault::LongDown => "every broker down, longer than the budget",
         }
     }
 
     fn start(self, cluster: &Cluster) {
         match self {
-            Fault::ClusterDown => cluster.broker_down(-1),
+            Fault::ClusterDown | Fault::LongDown => cluster.broker_down(-1),
             Fault::ClusterFrozen => cluster.broker_round_trip_time(-1, FROZEN_RTT),
             Fault::OneFrozen => cluster.broker_round_trip_time(2, FROZEN_RTT),
             Fault::OneDown => cluster.broker_down(2),
@@ -139,7 +154,7 @@ impl Fault {
 
     fn heal(self, cluster: &Cluster) {
         match self {
-            Fault::ClusterDown => cluster.broker_up(-1),
+            Fault::ClusterDown | Fault::LongDown => cluster.broker_up(-1),
             Fault::ClusterFrozen => cluster.broker_round_trip_time(-1, Duration::ZERO),
             Fault::OneFrozen => cluster.broker_round_trip_time(2, Duration::ZERO),
             Fault::OneDown => cluster.broker_up(2),
@@ -310,11 +325,22 @@ struct Outcome {
     per_second: Vec<u64>,
     /// Whatever else the variant reports about its records, for the report.
     detail: String,
+    /// The duration of each of its `send` calls, in nanoseconds, sorted.
+    sends: Vec<u32>,
 }
 
 impl Outcome {
     fn share(&self) -> f64 {
         100.0 * self.delivered as f64 / self.offered.max(1) as f64
+    }
+
+    /// The `q` quantile of its sends, in nanoseconds.
+    fn send_ns(&self, q: f64) -> u32 {
+        if self.sends.is_empty() {
+            return 0;
+        }
+        let at = ((self.sends.len() - 1) as f64 * q).round() as usize;
+        self.sends[at]
     }
 
     /// Seconds from the heal to the end of the first second that delivered at least `FULL` of
@@ -331,14 +357,38 @@ impl Outcome {
 
 struct ScenarioRun {
     fault: Fault,
+    phases: Phases,
+    /// The process's resident memory during the fault, lowest and highest, in MiB.
+    rss_mib: (f64, f64),
     raw: Outcome,
     tanker: Outcome,
     balanced: bool,
     breaker_opened: u64,
 }
 
+/// The process's resident memory, in MiB (0 where `/proc` is not there).
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Runs `send` and adds its duration to `sends`.
+fn timed(sends: &mut Vec<u32>, send: impl FnOnce()) {
+    let start = Instant::now();
+    send();
+    sends.push(u32::try_from(start.elapsed().as_nanos()).unwrap_or(u32::MAX));
+}
+
 fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     progress(format!("{}: {}", fault.name(), fault.describe()));
+    let phases = &Phases {
+        fault: fault.lasts(phases),
+        ..*phases
+    };
     let raw_cluster = cluster();
     let tanker_cluster = cluster();
     let mut raw = Raw::new(&raw_cluster);
@@ -348,6 +398,9 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     let mut raw_seconds = Vec::with_capacity(total as usize);
     let mut tanker_seconds = Vec::with_capacity(total as usize);
     let (mut raw_mark, mut tanker_mark) = (0, 0);
+    let (mut raw_sends, mut tanker_sends) = (Vec::new(), Vec::new());
+    let (mut rss_low, mut rss_high) = (f64::MAX, 0.0f64);
+    let mut peak_backlog = 0;
     let start = Instant::now();
     let mut sent = 0u64;
     for second in 0..total {
@@ -367,14 +420,22 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
             if second < phases.sending() {
                 let due = (start.elapsed().as_secs_f64() * phases.rate as f64) as u64;
                 while sent < due.min(phases.sending() * phases.rate) {
-                    raw.send();
-                    let _ = tanker.handoff.send(record());
+                    timed(&mut raw_sends, || raw.send());
+                    timed(&mut tanker_sends, || {
+                        let _ = tanker.handoff.send(record());
+                    });
                     sent += 1;
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let (raw_now, tanker_now) = (raw.delivered(), tanker.handoff.counts().delivered);
+        let counts = tanker.handoff.counts();
+        peak_backlog = peak_backlog.max(counts.queued + counts.parked);
+        if (phases.healthy..phases.heal_at()).contains(&second) {
+            let rss = rss_mib();
+            (rss_low, rss_high) = (rss_low.min(rss), rss_high.max(rss));
+        }
+        let (raw_now, tanker_now) = (raw.delivered(), counts.delivered);
         raw_seconds.push(raw_now - raw_mark);
         tanker_seconds.push(tanker_now - tanker_mark);
         (raw_mark, tanker_mark) = (raw_now, tanker_now);
@@ -393,6 +454,7 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
             raw.refused,
             raw.producer.in_flight_count()
         ),
+        sends: sorted(raw_sends),
     };
 
     let Tanker {
@@ -408,13 +470,18 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
         delivered: counts.delivered,
         per_second: tanker_seconds,
         detail: format!(
-            "dropped {}, shed {}, rejected {}, failed {}, pending {}",
+            "dropped {}, expired {}, shed {}, rejected {}, failed {}, pending {} \
+             (one more try for {}; at most {} records held at once)",
             counts.dropped,
+            counts.expired,
             counts.shed,
             counts.rejected,
             counts.failed,
-            counts.pending()
+            counts.pending(),
+            counts.retried,
+            peak_backlog,
         ),
+        sends: sorted(tanker_sends),
     };
     let breaker_opened = breaker.metrics().times_opened;
     drop(raw);
@@ -422,11 +489,18 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     drop(tanker_cluster);
     ScenarioRun {
         fault,
+        phases: *phases,
+        rss_mib: (rss_low, rss_high),
         raw: raw_outcome,
         tanker: tanker_outcome,
         balanced,
         breaker_opened,
     }
+}
+
+fn sorted(mut sends: Vec<u32>) -> Vec<u32> {
+    sends.sort_unstable();
+    sends
 }
 
 // ------------------------------------------------------------------------------------------
@@ -461,8 +535,9 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
     for run in runs {
         let _ = writeln!(
             out,
-            "| {} | {:.1} % ({}/{}) | {:.1} % ({}/{}) | {:.3} | {} | {} | {} | {} |",
+            "| {} ({} s) | {:.1} % ({}/{}) | {:.1} % ({}/{}) | {:.3} | {} | {} | {} | {} |",
             run.fault.describe(),
+            run.phases.fault,
             run.raw.share(),
             run.raw.delivered,
             run.raw.offered,
@@ -470,10 +545,32 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
             run.tanker.delivered,
             run.tanker.offered,
             run.tanker.delivered as f64 / run.raw.delivered.max(1) as f64,
-            resumed(&run.raw, phases, run.fault),
-            resumed(&run.tanker, phases, run.fault),
+            resumed(&run.raw, &run.phases, run.fault),
+            resumed(&run.tanker, &run.phases, run.fault),
             run.breaker_opened,
             if run.balanced { "exact" } else { "UNBALANCED" },
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n`send` latency over the whole run (ns, two clock reads included), and the process's \
+         resident memory during the fault (both variants share the process):\n\n\
+         | fault | raw: p50 / p99 / p99.9 | tanker: p50 / p99 / p99.9 | RSS during the fault (MiB) |\n\
+         |---|---|---|---|"
+    );
+    for run in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {} / {} / {} | {} / {} / {} | {:.1} – {:.1} |",
+            run.fault.describe(),
+            run.raw.send_ns(0.5),
+            run.raw.send_ns(0.99),
+            run.raw.send_ns(0.999),
+            run.tanker.send_ns(0.5),
+            run.tanker.send_ns(0.99),
+            run.tanker.send_ns(0.999),
+            run.rss_mib.0,
+            run.rss_mib.1,
         );
     }
     let _ = writeln!(out, "\nWhat became of the rest:\n");
@@ -514,7 +611,11 @@ fn main() {
         .expect("runtime");
     let runs: Vec<ScenarioRun> = Fault::ALL
         .into_iter()
-        .filter(|f| filters.is_empty() || filters.iter().any(|x| f.name().contains(x.as_str())))
+        .filter(|f| match filters.is_empty() {
+            // The long outage takes minutes: only when asked for.
+            true => !matches!(f, Fault::LongDown),
+            false => filters.iter().any(|x| f.name().contains(x.as_str())),
+        })
         .map(|fault| scenario(&rt, fault, &phases))
         .collect();
     let out = report(&runs, &phases);
