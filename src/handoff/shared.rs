@@ -259,14 +259,26 @@ impl<Req> Shared<Req> {
         Sent::Accepted
     }
 
-    /// Reserves `weight` bytes within `max_bytes`, or says there is no room.
+    /// Reserves `weight` bytes within `max_bytes`, or says there is no room. A compare-and-swap
+    /// from what it read, not an add and an undo: another sender's reservation that is being
+    /// undone can never make this one look over the budget.
     fn reserve_bytes(&self, weight: usize) -> bool {
-        let before = self.bytes.fetch_add(weight, Ordering::Relaxed);
-        if before.saturating_add(weight) <= self.max_bytes {
-            return true;
+        let mut held = self.bytes.load(Ordering::Relaxed);
+        loop {
+            let after = held.saturating_add(weight);
+            if after > self.max_bytes {
+                return false;
+            }
+            match self.bytes.compare_exchange_weak(
+                held,
+                after,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => held = now,
+            }
         }
-        self.bytes.fetch_sub(weight, Ordering::Relaxed);
-        false
     }
 
     /// Gives back the bytes of a record that is finished (or never got in).
@@ -587,7 +599,12 @@ mod loom_tests {
     #[test]
     fn loom_a_sender_racing_close_is_counted_and_drained() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(4, std::sync::Arc::from("loom")));
+            let shared = Arc::new(Shared::<u32>::new(
+                4,
+                std::sync::Arc::from("loom"),
+                None,
+                usize::MAX,
+            ));
             assert_eq!(shared.offer(0), Sent::Accepted);
             let sender = {
                 let shared = shared.clone();
@@ -613,7 +630,12 @@ mod loom_tests {
     #[test]
     fn loom_a_full_queue_and_close_lose_nothing() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(1, std::sync::Arc::from("loom")));
+            let shared = Arc::new(Shared::<u32>::new(
+                1,
+                std::sync::Arc::from("loom"),
+                None,
+                usize::MAX,
+            ));
             let sender = {
                 let shared = shared.clone();
                 thread::spawn(move || {
@@ -630,6 +652,43 @@ mod loom_tests {
             assert_balanced(&counts);
             assert_eq!(counts.accepted, accepted);
             assert_eq!(counts.dropped, 2 - accepted);
+        });
+    }
+
+    /// Two senders race for a byte budget that fits exactly one of them, while the worker gives
+    /// back the bytes of a third record: never more than the budget is held, a sender is refused
+    /// only when the other really holds the room, and every byte comes back.
+    #[test]
+    fn loom_the_byte_budget_is_exact_under_racing_senders() {
+        loom::model(|| {
+            let weigh: super::Weigh<u32> = std::sync::Arc::new(|n: &u32| *n as usize);
+            let shared = Arc::new(Shared::<u32>::new(
+                4,
+                std::sync::Arc::from("loom"),
+                Some(weigh),
+                10,
+            ));
+            assert_eq!(shared.offer(4), Sent::Accepted);
+            let senders: Vec<_> = (0..2)
+                .map(|_| {
+                    let shared = shared.clone();
+                    thread::spawn(move || shared.offer(6))
+                })
+                .collect();
+            // The worker finishes the first record and gives its 4 bytes back.
+            let first = shared.take().expect("the first record");
+            shared.release_bytes(first.weight);
+            shared.finish(Outcome::Delivered);
+            let sent: Vec<Sent> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+            let accepted = sent.iter().filter(|s| **s == Sent::Accepted).count();
+            // 6 + 6 > 10: at most one gets in; and once the 4 bytes are back, one always can.
+            assert_eq!(accepted, 1, "{sent:?}");
+            assert!(shared.bytes.load(Ordering::Relaxed) <= 10);
+            while let Some(envelope) = shared.take() {
+                shared.release_bytes(envelope.weight);
+                shared.finish(Outcome::Delivered);
+            }
+            assert_eq!(shared.bytes.load(Ordering::Relaxed), 0);
         });
     }
 }
