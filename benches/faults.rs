@@ -16,8 +16,8 @@
 //! - **raw**: a `ThreadedProducer` and `send`, errors ignored, never awaited: what a reviewer
 //!   names first. It gets the same librdkafka properties as `KafkaConfig`'s defaults (read from
 //!   `KafkaConfig` itself, so the two cannot drift), and a delivery callback that counts.
-//! - **tanker**: the README's quick start on its defaults: `Handoff` → `breaker` with
-//!   `FaultClassifier` → `bulkhead(4096)` → `KafkaService`.
+//! - **tanker**: the README's quick start on its defaults: `Handoff` (64 MiB of records at
+//!   most) → `breaker` with `FaultClassifier` → `bulkhead(4096)` → `KafkaService`.
 //!
 //! The fault starts after the healthy phase on both clusters at once and is healed after the
 //! fault phase (a moved leader stays moved). The senders stop after the healed phase; both
@@ -274,6 +274,7 @@ impl Tanker {
             .service(kafka.clone());
         let handoff = HandoffBuilder::new()
             .name("stats")
+            .max_bytes(64 << 20, Record::weight)
             .spawn(stack)
             .expect("hand-off settings");
         Self {
