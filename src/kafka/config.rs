@@ -44,8 +44,8 @@ use crate::ConfigError;
 /// ```
 #[derive(Clone)]
 pub struct KafkaConfig {
-    pub(crate) properties: BTreeMap<String, String>,
-    pub(crate) name: Arc<str>,
+    properties: BTreeMap<String, String>,
+    name: Arc<str>,
 }
 
 const DEFAULTS: &[(&str, &str)] = &[
@@ -64,7 +64,7 @@ const PROPAGATION: &str = "topic.metadata.propagation.max.ms";
 const DEFAULT_PROPAGATION_MS: u64 = 1000;
 
 /// Whether a property's value is a secret that must not be shown.
-pub(crate) fn is_secret(key: &str) -> bool {
+fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
     key.contains("password")
         || key.contains("secret")
@@ -183,7 +183,8 @@ impl KafkaConfig {
     /// ```
     pub fn build(self) -> Result<KafkaService, ConfigError> {
         self.check()?;
-        KafkaService::from_config(self)
+        KafkaService::start(&self.client_config(), self.name.clone())
+            .map_err(|error| self.refusal(&error))
     }
 
     /// Refuses the settings librdkafka accepts but that break tanker's promises.
@@ -216,7 +217,9 @@ impl KafkaConfig {
         Ok(())
     }
 
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    /// librdkafka's configuration: the properties, the propagation wait kept below a short
+    /// message timeout, the name as `client.id` unless set, and librdkafka's log level.
+    fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -240,7 +243,7 @@ impl KafkaConfig {
 
     /// Turns librdkafka's refusal into a [`ConfigError`] that names the property as it was set
     /// and says what to change, with every secret value taken out.
-    pub(crate) fn refusal(&self, error: &RdKafkaError) -> ConfigError {
+    fn refusal(&self, error: &RdKafkaError) -> ConfigError {
         if let RdKafkaError::ClientConfig(result, description, key, value) = error {
             match result {
                 RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => {
