@@ -34,6 +34,7 @@
 //! failure is never counted without its call (which would raise the failure rate above what was
 //! recorded).
 
+use crate::clock::{nanos, Origin};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -134,7 +135,7 @@ struct Slot {
 }
 
 pub(crate) struct Window {
-    origin: Instant,
+    origin: Origin,
     bucket_nanos: u64,
     slots: Box<[Slot]>,
     /// The newest epoch seen by anybody, shifted left by [`INDEX_BITS`], with its slot's index in
@@ -150,11 +151,10 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub(crate) fn new(origin: Instant, width: Duration, buckets: u32) -> Self {
-        let bucket_nanos = (width.as_nanos() / u128::from(buckets)).max(1);
+    pub(crate) fn new(origin: Origin, width: Duration, buckets: u32) -> Self {
         Self {
             origin,
-            bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
+            bucket_nanos: (nanos(width) / u64::from(buckets)).max(1),
             slots: (0..buckets).map(|_| Slot::default()).collect(),
             current: AtomicU64::new(Self::pack_current(1, buckets)),
             ticker: TickerSeat::default(),
@@ -166,8 +166,7 @@ impl Window {
 
     /// When the bucket after `epoch` begins.
     pub(crate) fn next_boundary(&self, epoch: u64) -> Instant {
-        let nanos = epoch.saturating_mul(self.bucket_nanos);
-        self.origin + Duration::from_nanos(nanos)
+        self.origin.at(epoch.saturating_mul(self.bucket_nanos))
     }
 
     /// The epoch of `now`, and remembers it if it is the newest seen. If the epoch had fallen
@@ -194,9 +193,7 @@ impl Window {
     /// of `now`.
     #[inline]
     fn advance(&self, now: Instant) -> (u64, u64) {
-        let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
-        let epoch = nanos / self.bucket_nanos + 1;
+        let epoch = self.origin.nanos(now) / self.bucket_nanos + 1;
         let seen = self.epoch();
         if epoch > seen {
             let packed = Self::pack_current(epoch, self.slots.len() as u32);
@@ -424,8 +421,11 @@ mod tests {
     use super::*;
 
     fn window() -> (Window, Instant) {
-        let origin = Instant::now();
-        (Window::new(origin, Duration::from_secs(10), 10), origin)
+        let origin = Origin::now();
+        (
+            Window::new(origin, Duration::from_secs(10), 10),
+            origin.instant(),
+        )
     }
 
     const FAIL: Sample = Sample {
@@ -596,10 +596,10 @@ mod loom_tests {
     };
 
     fn window() -> (Arc<Window>, Instant) {
-        let origin = Instant::now();
+        let origin = Origin::now();
         (
             Arc::new(Window::new(origin, Duration::from_secs(2), 2)),
-            origin,
+            origin.instant(),
         )
     }
 
