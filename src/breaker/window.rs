@@ -55,8 +55,10 @@ fn count(word: u64) -> u32 {
     (word & COUNT_MASK) as u32
 }
 
+/// A bucket's counter: the epoch that owns it (its tag) in the high 32 bits, the count in the
+/// low 32 bits.
 #[inline]
-fn pack(epoch: u32, count: u32) -> u64 {
+fn tagged(epoch: u32, count: u32) -> u64 {
     (u64::from(epoch) << 32) | u64::from(count)
 }
 
@@ -127,8 +129,10 @@ impl TickerSeat {
     }
 }
 
+/// The counters of one bucket: a slot of the ring, reused every `buckets` epochs. Each
+/// counter is a tagged count (see [`tagged`]).
 #[derive(Default)]
-struct Slot {
+struct Bucket {
     calls: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
@@ -137,7 +141,7 @@ struct Slot {
 pub(crate) struct Window {
     origin: Origin,
     bucket_nanos: u64,
-    slots: Box<[Slot]>,
+    slots: Box<[Bucket]>,
     /// The newest epoch seen by anybody, shifted left by [`INDEX_BITS`], with its slot's index in
     /// the low bits, so that a success finds its slot with one load and no division. Epochs
     /// start at 1 so that a zero tag means "empty".
@@ -155,7 +159,7 @@ impl Window {
         Self {
             origin,
             bucket_nanos: (nanos(width) / u64::from(buckets)).max(1),
-            slots: (0..buckets).map(|_| Slot::default()).collect(),
+            slots: (0..buckets).map(|_| Bucket::default()).collect(),
             current: AtomicU64::new(Self::pack_current(1, buckets)),
             ticker: TickerSeat::default(),
             retired_calls: AtomicU64::new(0),
@@ -232,7 +236,7 @@ impl Window {
                 (&slot.slow, &self.retired_slow),
             ] {
                 if aliased {
-                    let old = counter.swap(pack(skipped as u32, 0), Ordering::AcqRel);
+                    let old = counter.swap(tagged(skipped as u32, 0), Ordering::AcqRel);
                     retired.fetch_add(u64::from(count(old)), Ordering::Relaxed);
                 } else {
                     renew(counter, skipped, 0, retired);
@@ -242,7 +246,7 @@ impl Window {
     }
 
     #[inline]
-    fn slot(&self, epoch: u64) -> &Slot {
+    fn slot(&self, epoch: u64) -> &Bucket {
         &self.slots[(epoch % self.slots.len() as u64) as usize]
     }
 
@@ -321,7 +325,7 @@ impl Window {
     /// bucket being recycled may be missed (or, for calls, seen twice) by a reader that runs at
     /// that moment; failures and slow calls are read first and never exceed the calls.
     pub(crate) fn all_time(&self) -> Totals {
-        let in_slots = |pick: fn(&Slot) -> &AtomicU64| {
+        let in_slots = |pick: fn(&Bucket) -> &AtomicU64| {
             self.slots
                 .iter()
                 .map(|slot| u64::from(count(pick(slot).load(Ordering::Acquire))))
@@ -363,7 +367,7 @@ fn retire(counter: &AtomicU64, retired: &AtomicU64) {
         }
         match counter.compare_exchange_weak(
             word,
-            pack(tag(word), 0),
+            tagged(tag(word), 0),
             Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
@@ -401,7 +405,7 @@ fn renew(counter: &AtomicU64, epoch: u64, add: u32, retired: &AtomicU64) -> u32 
         }
         match counter.compare_exchange_weak(
             word,
-            pack(epoch, add),
+            tagged(epoch, add),
             Ordering::AcqRel,
             Ordering::Relaxed,
         ) {

@@ -14,10 +14,10 @@ use super::record::Delivery;
 /// Response future of [`KafkaService`](super::KafkaService): resolves on the record's delivery
 /// report.
 pub struct ResponseFuture {
-    state: State,
+    state: DeliveryState,
 }
 
-enum State {
+enum DeliveryState {
     Waiting(oneshot::Receiver<Result<Delivery, KafkaError>>),
     Failed(Option<KafkaError>),
 }
@@ -26,14 +26,14 @@ impl ResponseFuture {
     /// Waits for the delivery report `delivery` will bring.
     pub(super) fn waiting(delivery: oneshot::Receiver<Result<Delivery, KafkaError>>) -> Self {
         Self {
-            state: State::Waiting(delivery),
+            state: DeliveryState::Waiting(delivery),
         }
     }
 
     /// Resolves at once with `error`: the record never reached librdkafka's queue.
     pub(super) fn failed(error: KafkaError) -> Self {
         Self {
-            state: State::Failed(Some(error)),
+            state: DeliveryState::Failed(Some(error)),
         }
     }
 }
@@ -43,7 +43,7 @@ impl Future for ResponseFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
-            State::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
+            DeliveryState::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
                 // The producer went away without reporting: it was dropped.
@@ -51,7 +51,7 @@ impl Future for ResponseFuture {
                     Poll::Ready(Err(KafkaError::new(KafkaErrorKind::Closed, None)))
                 }
             },
-            State::Failed(error) => Poll::Ready(Err(error
+            DeliveryState::Failed(error) => Poll::Ready(Err(error
                 .take()
                 .unwrap_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None)))),
         }
@@ -61,8 +61,8 @@ impl Future for ResponseFuture {
 impl fmt::Debug for ResponseFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
-            State::Waiting(_) => "waiting for delivery",
-            State::Failed(_) => "failed",
+            DeliveryState::Waiting(_) => "waiting for delivery",
+            DeliveryState::Failed(_) => "failed",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)

@@ -32,10 +32,11 @@ use super::record::{Delivery, Record};
 ///   them as failed) and a warning gives their number. Nothing is dropped silently.
 #[derive(Clone)]
 pub struct KafkaService {
-    shared: Arc<Shared>,
+    shared: Arc<SharedProducer>,
 }
 
-struct Shared {
+/// What the clones of a [`KafkaService`] share: one producer.
+struct SharedProducer {
     /// `None` only while being dropped.
     producer: Option<ThreadedProducer<ProducerState>>,
     name: Arc<str>,
@@ -58,7 +59,7 @@ impl KafkaService {
         let producer: ThreadedProducer<ProducerState> =
             client.create_with_context(ProducerState::new(name.clone()))?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(SharedProducer {
                 producer: Some(producer),
                 name,
                 fatal_logged: AtomicBool::new(false),
@@ -168,7 +169,7 @@ impl fmt::Debug for KafkaService {
     }
 }
 
-impl Drop for Shared {
+impl Drop for SharedProducer {
     fn drop(&mut self) {
         let Some(producer) = self.producer.take() else {
             return;
