@@ -15,6 +15,8 @@ use crate::ConfigError;
 
 /// Builds a [`KafkaService`]: a librdkafka producer with defaults for non-critical writes.
 ///
+/// Made by [`KafkaService::builder`] or [`KafkaConfig::new`].
+///
 /// | property | default | why |
 /// |---|---|---|
 /// | `message.timeout.ms` | 5000 | a record that could not be delivered in 5 s fails, so the breaker sees the outage quickly; stats that old are rarely worth more |
@@ -287,6 +289,22 @@ impl KafkaConfig {
             .cloned()
             .unwrap_or_else(|| "properties".to_owned());
         ConfigError::new(property, message)
+    }
+}
+
+impl KafkaService {
+    /// The builder of a producer for the cluster at `bootstrap_servers`: a [`KafkaConfig`],
+    /// as [`KafkaConfig::new`] makes it. The same entry point as the layers'
+    /// `BreakerLayer::builder()` and `BulkheadLayer::builder()`.
+    ///
+    /// ```no_run
+    /// use tanker::kafka::KafkaService;
+    ///
+    /// let kafka = KafkaService::builder("127.0.0.1:9092").name("stats").build()?;
+    /// # Ok::<_, tanker::ConfigError>(())
+    /// ```
+    pub fn builder(bootstrap_servers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig::new(bootstrap_servers)
     }
 }
 

@@ -17,7 +17,8 @@ use super::record::{Delivery, Record};
 
 /// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
 ///
-/// Built by [`KafkaConfig::build`](super::KafkaConfig::build). See the [module docs](super) for the whole stack.
+/// Built by [`KafkaService::builder`] (a [`KafkaConfig`](super::KafkaConfig)). See the
+/// [module docs](super) for the whole stack.
 ///
 /// - **Never blocks**: `call` hands the record to librdkafka's local queue without waiting. A
 ///   full queue is an immediate [`QueueFull`](KafkaErrorKind::QueueFull) error. The response
