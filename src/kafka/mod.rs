@@ -52,6 +52,7 @@ mod context;
 mod error;
 pub mod future;
 mod record;
+mod refusal;
 mod service;
 
 pub use self::classify::FaultClassifier;
