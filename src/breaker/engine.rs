@@ -27,7 +27,7 @@ use super::word::{StateWord, Word};
 pub(crate) struct Engine {
     word: StateWord,
     /// Wakes callers parked on a not-ready inner service when the breaker opens.
-    pub(crate) opened: Arc<Notify>,
+    opened: Arc<Notify>,
     consecutive: AtomicU32,
     /// When the cool-down ends, in nanoseconds after `origin`, so that an open breaker rejects
     /// without a lock.
@@ -131,6 +131,11 @@ impl Engine {
     #[inline]
     pub(crate) fn holds(&self, word: Word) -> bool {
         self.word.is(word)
+    }
+
+    /// Notified when the breaker opens, for callers parked on a not-ready inner service.
+    pub(crate) fn opened(&self) -> &Arc<Notify> {
+        &self.opened
     }
 
     /// The current state word.

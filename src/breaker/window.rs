@@ -147,7 +147,7 @@ pub(crate) struct Window {
     /// start at 1 so that a zero tag means "empty".
     current: AtomicU64,
     /// The ticker that keeps `current` moving.
-    pub(crate) ticker: TickerSeat,
+    ticker: TickerSeat,
     /// Counts of buckets that were recycled, for the all-time totals.
     retired_calls: AtomicU64,
     retired_failures: AtomicU64,
@@ -166,6 +166,11 @@ impl Window {
             retired_failures: AtomicU64::new(0),
             retired_slow: AtomicU64::new(0),
         }
+    }
+
+    /// The seat of the ticker that keeps the epoch current.
+    pub(crate) fn ticker(&self) -> &TickerSeat {
+        &self.ticker
     }
 
     /// When the bucket after `epoch` begins.
