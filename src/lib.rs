@@ -334,6 +334,7 @@ pub mod axum;
 pub mod breaker;
 mod builder;
 pub mod bulkhead;
+mod clock;
 mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]

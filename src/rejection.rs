@@ -112,24 +112,29 @@ impl From<BreakerOpen> for Rejection {
     }
 }
 
+/// An error of another layer that keeps the error it wraps as its source, for the unit tests
+/// that look for a refusal through sources.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Wrapped(pub(crate) Box<dyn StdError + Send + Sync>);
+
+#[cfg(test)]
+impl fmt::Display for Wrapped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("wrapped")
+    }
+}
+
+#[cfg(test)]
+impl StdError for Wrapped {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(self.0.as_ref())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Debug)]
-    struct Wrapped(Box<dyn StdError + Send + Sync>);
-
-    impl fmt::Display for Wrapped {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("wrapped")
-        }
-    }
-
-    impl StdError for Wrapped {
-        fn source(&self) -> Option<&(dyn StdError + 'static)> {
-            Some(self.0.as_ref())
-        }
-    }
 
     #[test]
     fn finds_each_refusal_directly_and_through_sources() {

@@ -4,10 +4,9 @@
 //! and a call only bumps them. Without it, [`Counter`] and [`Gauge`] are empty and every method
 //! is an empty inline function, so the compiler removes them: no cost, no dependency.
 
+use crate::clock::{nanos, Origin};
 use crate::sync::{AtomicU64, Ordering};
 use std::time::Duration;
-
-use tokio::time::Instant;
 
 /// A monotonic counter, labelled with the component it belongs to.
 #[derive(Clone)]
@@ -153,7 +152,7 @@ impl Gauge {
 /// a report, then after twice as many events as the last check saw, at most [`CHECK_EVERY`]
 /// apart. A report may thus come up to [`CHECK_EVERY`] events after it is due.
 pub(crate) struct Throttle {
-    origin: Instant,
+    origin: Origin,
     /// When the next report may go out, in nanoseconds after `origin`.
     next: AtomicU64,
     /// The event count at the last report.
@@ -170,7 +169,7 @@ pub(crate) const CHECK_EVERY: u64 = 64;
 
 impl Throttle {
     pub(crate) fn new() -> Self {
-        Self::starting_at(Instant::now())
+        Self::starting_at(Origin::now())
     }
 
     /// For events that come from threads outside tokio (librdkafka's), which read the real
@@ -178,10 +177,10 @@ impl Throttle {
     /// paused (or advanced) in a test.
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it so far
     pub(crate) fn real_time() -> Self {
-        Self::starting_at(Instant::from_std(std::time::Instant::now()))
+        Self::starting_at(Origin::real_time())
     }
 
-    fn starting_at(origin: Instant) -> Self {
+    fn starting_at(origin: Origin) -> Self {
         Self {
             origin,
             next: AtomicU64::new(0),
@@ -214,12 +213,12 @@ impl Throttle {
             // Nothing new since the last report.
             return None;
         }
-        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let now = self.origin.elapsed();
         let next = self.next.load(Ordering::Relaxed);
         if now < next {
             return None;
         }
-        let until = now.saturating_add(REPORT_EVERY.as_nanos() as u64);
+        let until = now.saturating_add(nanos(REPORT_EVERY));
         self.next
             .compare_exchange(next, until, Ordering::Relaxed, Ordering::Relaxed)
             .ok()?;

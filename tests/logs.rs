@@ -2,8 +2,6 @@
 //! nothing at info or above is logged per call, and shedding and dropping are reported at most
 //! once a second with a count instead of once per call. On paused time.
 
-use std::collections::BTreeMap;
-use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,88 +11,12 @@ use tanker::handoff::{HandoffBuilder, Sent};
 use tanker::ServiceBuilderExt;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
-use tracing::field::{Field, Visit};
-use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing::Level;
+use tracing_subscriber::layer::SubscriberExt;
 
 mod support;
+use support::capture::{Capture, Logged};
 use support::DependencyDown;
-
-/// One event as it was logged: level, message and fields, all as text.
-#[derive(Debug, Clone)]
-struct Logged {
-    level: Level,
-    message: String,
-    fields: BTreeMap<String, String>,
-}
-
-impl Logged {
-    fn field(&self, name: &str) -> &str {
-        self.fields
-            .get(name)
-            .unwrap_or_else(|| panic!("no field `{name}` in {self:?}"))
-    }
-}
-
-/// Keeps every event logged while it is the thread's default subscriber.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<Logged>>>);
-
-impl Capture {
-    /// Starts capturing on this thread (a current-thread runtime runs every task here).
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let capture = Self::default();
-        let subscriber = tracing_subscriber::registry().with(capture.clone());
-        let guard = tracing::subscriber::set_default(subscriber);
-        (capture, guard)
-    }
-
-    fn events(&self) -> Vec<Logged> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// Events from tanker with this message.
-    fn with_message(&self, message: &str) -> Vec<Logged> {
-        self.events()
-            .into_iter()
-            .filter(|event| event.message == message)
-            .collect()
-    }
-}
-
-struct Fields<'a>(&'a mut Logged);
-
-impl Visit for Fields<'_> {
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        let value = format!("{value:?}");
-        if field.name() == "message" {
-            self.0.message = value;
-        } else {
-            self.0.fields.insert(field.name().to_owned(), value);
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0
-            .fields
-            .insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if !event.metadata().target().starts_with("tanker") {
-            return;
-        }
-        let mut logged = Logged {
-            level: *event.metadata().level(),
-            message: String::new(),
-            fields: BTreeMap::new(),
-        };
-        event.record(&mut Fields(&mut logged));
-        self.0.lock().unwrap().push(logged);
-    }
-}
 
 /// A bulkhead of one slot, held by a call that never finishes (kept alive by the caller).
 async fn full_bulkhead(name: &str) -> (BulkheadLayer, impl Sized) {

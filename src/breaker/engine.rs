@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::clock::Origin;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 use super::classify::Outcome;
@@ -26,7 +27,7 @@ use super::word::{StateWord, Word};
 pub(crate) struct Engine {
     word: StateWord,
     /// Wakes callers parked on a not-ready inner service when the breaker opens.
-    pub(crate) opened: Arc<Notify>,
+    opened: Arc<Notify>,
     consecutive: AtomicU32,
     /// When the cool-down ends, in nanoseconds after `origin`, so that an open breaker rejects
     /// without a lock.
@@ -36,7 +37,7 @@ pub(crate) struct Engine {
     window: Window,
     machine: Mutex<Machine>,
     policy: Policy,
-    origin: Instant,
+    origin: Origin,
     events: Events,
 }
 
@@ -58,7 +59,7 @@ impl Engine {
     /// A new engine; inside a runtime with timers, the window's ticker starts now, otherwise
     /// with the first call that can start it.
     pub(crate) fn start(policy: Policy, name: Arc<str>, seed: u64) -> Arc<Self> {
-        let origin = Instant::now();
+        let origin = Origin::now();
         let engine = Arc::new(Self {
             word: StateWord::new(),
             opened: Arc::new(Notify::new()),
@@ -67,7 +68,7 @@ impl Engine {
             ignored: AtomicU64::new(0),
             times_opened: AtomicU64::new(0),
             window: Window::new(origin, policy.window, policy.buckets),
-            machine: Mutex::new(Machine::new(origin, seed)),
+            machine: Mutex::new(Machine::new(origin.instant(), seed)),
             policy,
             origin,
             events: Events::new(name),
@@ -82,10 +83,6 @@ impl Engine {
         self.machine
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether slow-call detection needs the start time of each call.
@@ -115,7 +112,7 @@ impl Engine {
         let now = Instant::now();
         if word.state() == BreakerState::Open {
             let until = self.open_until.load(Ordering::Acquire);
-            let at = self.nanos(now);
+            let at = self.origin.nanos(now);
             if at < until {
                 return Admission::Reject {
                     retry_after: Some(Duration::from_nanos(until - at)),
@@ -134,6 +131,11 @@ impl Engine {
     #[inline]
     pub(crate) fn holds(&self, word: Word) -> bool {
         self.word.is(word)
+    }
+
+    /// Notified when the breaker opens, for callers parked on a not-ready inner service.
+    pub(crate) fn opened(&self) -> &Arc<Notify> {
+        &self.opened
     }
 
     /// The current state word.
@@ -256,7 +258,7 @@ impl Engine {
         match transition.to {
             BreakerState::Open => {
                 self.open_until
-                    .store(self.nanos(machine.open_until()), Ordering::Release);
+                    .store(self.origin.nanos(machine.open_until()), Ordering::Release);
                 self.times_opened.fetch_add(1, Ordering::Relaxed);
             }
             BreakerState::Closed => {

@@ -24,13 +24,13 @@ pin_project! {
     /// resolves at once with [`BreakerOpen`].
     pub struct ResponseFuture<F, C> {
         #[pin]
-        kind: Kind<F, C>,
+        kind: CallState<F, C>,
     }
 }
 
 pin_project! {
-    #[project = KindProj]
-    enum Kind<F, C> {
+    #[project = CallStateProj]
+    enum CallState<F, C> {
         // An ordinary call while closed, without slow-call timing: the lightest state, as the
         // closed path is the hot one.
         Closed {
@@ -60,7 +60,7 @@ impl<F, C> ResponseFuture<F, C> {
     #[inline]
     pub(crate) fn closed(future: F, engine: Arc<Engine>, word: Word, classifier: C) -> Self {
         Self {
-            kind: Kind::Closed {
+            kind: CallState::Closed {
                 future,
                 engine: Some(engine),
                 word,
@@ -71,7 +71,7 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn called(future: F, ticket: Ticket, classifier: C) -> Self {
         Self {
-            kind: Kind::Called {
+            kind: CallState::Called {
                 future,
                 ticket: Some(ticket),
                 classifier,
@@ -81,13 +81,13 @@ impl<F, C> ResponseFuture<F, C> {
 
     pub(crate) fn bypass(future: F) -> Self {
         Self {
-            kind: Kind::Bypass { future },
+            kind: CallState::Bypass { future },
         }
     }
 
     pub(crate) fn rejected(error: BreakerOpen) -> Self {
         Self {
-            kind: Kind::Rejected { error },
+            kind: CallState::Rejected { error },
         }
     }
 }
@@ -102,7 +102,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
-            KindProj::Closed {
+            CallStateProj::Closed {
                 future,
                 engine,
                 word,
@@ -116,7 +116,7 @@ where
                 }
                 Poll::Ready(result)
             }
-            KindProj::Called {
+            CallStateProj::Called {
                 future,
                 ticket,
                 classifier,
@@ -129,8 +129,8 @@ where
                 }
                 Poll::Ready(result)
             }
-            KindProj::Bypass { future } => future.poll(cx).map_err(Into::into),
-            KindProj::Rejected { error } => Poll::Ready(Err((*error).into())),
+            CallStateProj::Bypass { future } => future.poll(cx).map_err(Into::into),
+            CallStateProj::Rejected { error } => Poll::Ready(Err((*error).into())),
         }
     }
 }
@@ -151,9 +151,9 @@ fn not_a_refusal<T>(outcome: Outcome, result: &Result<T, BoxError>) -> Outcome {
 impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
-            Kind::Closed { .. } | Kind::Called { .. } => "called",
-            Kind::Bypass { .. } => "bypass",
-            Kind::Rejected { .. } => "rejected",
+            CallState::Closed { .. } | CallState::Called { .. } => "called",
+            CallState::Bypass { .. } => "bypass",
+            CallState::Rejected { .. } => "rejected",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)

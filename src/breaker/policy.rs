@@ -66,12 +66,12 @@ impl Default for Policy {
             buckets: 10,
             minimum_calls: 20,
             slow_calls: None,
-            open_for: Duration::from_secs(1),
+            open_for: Duration::from_millis(500),
             backoff: 2.0,
-            max_open_for: Duration::from_secs(2),
+            max_open_for: Duration::from_secs(1),
             jitter: 0.1,
             probes: 1,
-            probe_timeout: Duration::from_secs(2),
+            probe_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -366,7 +366,7 @@ mod tests {
             ("open_for", |p| p.open_for = Duration::ZERO),
             ("backoff", |p| p.backoff = 0.5),
             ("backoff", |p| p.backoff = f64::INFINITY),
-            ("backoff", |p| p.max_open_for = Duration::from_millis(500)),
+            ("backoff", |p| p.max_open_for = Duration::from_millis(400)),
             ("jitter", |p| p.jitter = 1.0),
             ("jitter", |p| p.jitter = -0.1),
             ("probes", |p| p.probes = 0),

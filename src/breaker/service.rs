@@ -133,7 +133,7 @@ impl<S, C> Breaker<S, C> {
 
     /// Registers to be woken when the breaker opens. Returns `true` if it already happened.
     fn park(&mut self, cx: &mut Context<'_>) -> bool {
-        let opened = &self.engine.opened;
+        let opened = self.engine.opened();
         let parked = self
             .parked
             .get_or_insert_with(|| Box::pin(opened.clone().notified_owned()));

@@ -33,20 +33,20 @@ where
     T: AsRef<Window> + Send + Sync + 'static,
 {
     let window = (**owner).as_ref();
-    if !window.ticker.may_try(window.epoch()) {
+    if !window.ticker().may_try(window.epoch()) {
         return;
     }
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return;
     };
     let id = NEXT_ID.fetch_add(1, StdOrdering::Relaxed);
-    if !window.ticker.claim(id) {
+    if !window.ticker().claim(id) {
         return;
     }
     let epoch = window.tick(Instant::now());
     let Some(sleep) = timer(window.next_boundary(epoch)) else {
-        window.ticker.release(id);
-        window.ticker.timers_missing();
+        window.ticker().release(id);
+        window.ticker().timers_missing();
         return;
     };
     // Built outside the task, so that the seat is freed even if the task never runs.
@@ -89,7 +89,7 @@ impl<T: AsRef<Window>> Seat<T> {
     fn tick(&self) -> Option<Instant> {
         let owner = self.owner.upgrade()?;
         let window = (*owner).as_ref();
-        if !window.ticker.is(self.id) {
+        if !window.ticker().is(self.id) {
             return None;
         }
         let epoch = window.tick(Instant::now());
@@ -100,7 +100,7 @@ impl<T: AsRef<Window>> Seat<T> {
 impl<T: AsRef<Window>> Drop for Seat<T> {
     fn drop(&mut self) {
         if let Some(owner) = self.owner.upgrade() {
-            (*owner).as_ref().ticker.release(self.id);
+            (*owner).as_ref().ticker().release(self.id);
         }
     }
 }

@@ -34,6 +34,7 @@
 //! failure is never counted without its call (which would raise the failure rate above what was
 //! recorded).
 
+use crate::clock::{nanos, Origin};
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -54,8 +55,10 @@ fn count(word: u64) -> u32 {
     (word & COUNT_MASK) as u32
 }
 
+/// A bucket's counter: the epoch that owns it (its tag) in the high 32 bits, the count in the
+/// low 32 bits.
 #[inline]
-fn pack(epoch: u32, count: u32) -> u64 {
+fn tagged(epoch: u32, count: u32) -> u64 {
     (u64::from(epoch) << 32) | u64::from(count)
 }
 
@@ -126,23 +129,25 @@ impl TickerSeat {
     }
 }
 
+/// The counters of one bucket: a slot of the ring, reused every `buckets` epochs. Each
+/// counter is a tagged count (see [`tagged`]).
 #[derive(Default)]
-struct Slot {
+struct Bucket {
     calls: AtomicU64,
     failures: AtomicU64,
     slow: AtomicU64,
 }
 
 pub(crate) struct Window {
-    origin: Instant,
+    origin: Origin,
     bucket_nanos: u64,
-    slots: Box<[Slot]>,
+    slots: Box<[Bucket]>,
     /// The newest epoch seen by anybody, shifted left by [`INDEX_BITS`], with its slot's index in
     /// the low bits, so that a success finds its slot with one load and no division. Epochs
     /// start at 1 so that a zero tag means "empty".
     current: AtomicU64,
     /// The ticker that keeps `current` moving.
-    pub(crate) ticker: TickerSeat,
+    ticker: TickerSeat,
     /// Counts of buckets that were recycled, for the all-time totals.
     retired_calls: AtomicU64,
     retired_failures: AtomicU64,
@@ -150,12 +155,11 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub(crate) fn new(origin: Instant, width: Duration, buckets: u32) -> Self {
-        let bucket_nanos = (width.as_nanos() / u128::from(buckets)).max(1);
+    pub(crate) fn new(origin: Origin, width: Duration, buckets: u32) -> Self {
         Self {
             origin,
-            bucket_nanos: u64::try_from(bucket_nanos).unwrap_or(u64::MAX),
-            slots: (0..buckets).map(|_| Slot::default()).collect(),
+            bucket_nanos: (nanos(width) / u64::from(buckets)).max(1),
+            slots: (0..buckets).map(|_| Bucket::default()).collect(),
             current: AtomicU64::new(Self::pack_current(1, buckets)),
             ticker: TickerSeat::default(),
             retired_calls: AtomicU64::new(0),
@@ -164,10 +168,14 @@ impl Window {
         }
     }
 
+    /// The seat of the ticker that keeps the epoch current.
+    pub(crate) fn ticker(&self) -> &TickerSeat {
+        &self.ticker
+    }
+
     /// When the bucket after `epoch` begins.
     pub(crate) fn next_boundary(&self, epoch: u64) -> Instant {
-        let nanos = epoch.saturating_mul(self.bucket_nanos);
-        self.origin + Duration::from_nanos(nanos)
+        self.origin.at(epoch.saturating_mul(self.bucket_nanos))
     }
 
     /// The epoch of `now`, and remembers it if it is the newest seen. If the epoch had fallen
@@ -194,9 +202,7 @@ impl Window {
     /// of `now`.
     #[inline]
     fn advance(&self, now: Instant) -> (u64, u64) {
-        let nanos = u64::try_from(now.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
-        let epoch = nanos / self.bucket_nanos + 1;
+        let epoch = self.origin.nanos(now) / self.bucket_nanos + 1;
         let seen = self.epoch();
         if epoch > seen {
             let packed = Self::pack_current(epoch, self.slots.len() as u32);
@@ -235,7 +241,7 @@ impl Window {
                 (&slot.slow, &self.retired_slow),
             ] {
                 if aliased {
-                    let old = counter.swap(pack(skipped as u32, 0), Ordering::AcqRel);
+                    let old = counter.swap(tagged(skipped as u32, 0), Ordering::AcqRel);
                     retired.fetch_add(u64::from(count(old)), Ordering::Relaxed);
                 } else {
                     renew(counter, skipped, 0, retired);
@@ -245,7 +251,7 @@ impl Window {
     }
 
     #[inline]
-    fn slot(&self, epoch: u64) -> &Slot {
+    fn slot(&self, epoch: u64) -> &Bucket {
         &self.slots[(epoch % self.slots.len() as u64) as usize]
     }
 
@@ -324,7 +330,7 @@ impl Window {
     /// bucket being recycled may be missed (or, for calls, seen twice) by a reader that runs at
     /// that moment; failures and slow calls are read first and never exceed the calls.
     pub(crate) fn all_time(&self) -> Totals {
-        let in_slots = |pick: fn(&Slot) -> &AtomicU64| {
+        let in_slots = |pick: fn(&Bucket) -> &AtomicU64| {
             self.slots
                 .iter()
                 .map(|slot| u64::from(count(pick(slot).load(Ordering::Acquire))))
@@ -366,7 +372,7 @@ fn retire(counter: &AtomicU64, retired: &AtomicU64) {
         }
         match counter.compare_exchange_weak(
             word,
-            pack(tag(word), 0),
+            tagged(tag(word), 0),
             Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
@@ -404,7 +410,7 @@ fn renew(counter: &AtomicU64, epoch: u64, add: u32, retired: &AtomicU64) -> u32 
         }
         match counter.compare_exchange_weak(
             word,
-            pack(epoch, add),
+            tagged(epoch, add),
             Ordering::AcqRel,
             Ordering::Relaxed,
         ) {
@@ -424,8 +430,11 @@ mod tests {
     use super::*;
 
     fn window() -> (Window, Instant) {
-        let origin = Instant::now();
-        (Window::new(origin, Duration::from_secs(10), 10), origin)
+        let origin = Origin::now();
+        (
+            Window::new(origin, Duration::from_secs(10), 10),
+            origin.instant(),
+        )
     }
 
     const FAIL: Sample = Sample {
@@ -596,10 +605,10 @@ mod loom_tests {
     };
 
     fn window() -> (Arc<Window>, Instant) {
-        let origin = Instant::now();
+        let origin = Origin::now();
         (
             Arc::new(Window::new(origin, Duration::from_secs(2), 2)),
-            origin,
+            origin.instant(),
         )
     }
 

@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::types::RDKafkaConfRes;
 
+use super::refusal::{self, is_secret, REDACTED};
 use super::service::KafkaService;
 use crate::ConfigError;
 
 /// Builds a [`KafkaService`]: a librdkafka producer with defaults for non-critical writes.
+///
+/// Made by [`KafkaService::builder`] or [`KafkaConfig::new`].
 ///
 /// | property | default | why |
 /// |---|---|---|
@@ -44,8 +46,8 @@ use crate::ConfigError;
 /// ```
 #[derive(Clone)]
 pub struct KafkaConfig {
-    pub(crate) properties: BTreeMap<String, String>,
-    pub(crate) name: Arc<str>,
+    properties: BTreeMap<String, String>,
+    name: Arc<str>,
 }
 
 const DEFAULTS: &[(&str, &str)] = &[
@@ -62,25 +64,6 @@ const DEFAULTS: &[(&str, &str)] = &[
 
 const PROPAGATION: &str = "topic.metadata.propagation.max.ms";
 const DEFAULT_PROPAGATION_MS: u64 = 1000;
-
-/// Whether a property's value is a secret that must not be shown.
-pub(crate) fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase();
-    key.contains("password")
-        || key.contains("secret")
-        || key.contains("sasl.oauthbearer.config")
-        || key.contains("sasl.jaas.config")
-        || key.contains("sasl.kerberos.keytab")
-        || key == "ssl.key.pem"
-        || key.ends_with(".key.pem")
-        || key.contains("token")
-}
-
-const REDACTED: &str = "[redacted]";
-
-/// Where librdkafka lists its properties, their types and their ranges.
-const PROPERTIES_LIST: &str =
-    "https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md";
 
 const BOOTSTRAP: &str = "bootstrap.servers";
 const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
@@ -183,7 +166,8 @@ impl KafkaConfig {
     /// ```
     pub fn build(self) -> Result<KafkaService, ConfigError> {
         self.check()?;
-        KafkaService::from_config(self)
+        KafkaService::start(&self.client_config(), self.name.clone())
+            .map_err(|error| self.refusal(&error))
     }
 
     /// Refuses the settings librdkafka accepts but that break tanker's promises.
@@ -216,7 +200,9 @@ impl KafkaConfig {
         Ok(())
     }
 
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    /// librdkafka's configuration: the properties, the propagation wait kept below a short
+    /// message timeout, the name as `client.id` unless set, and librdkafka's log level.
+    fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         for (key, value) in &self.properties {
             config.set(key, value);
@@ -238,84 +224,26 @@ impl KafkaConfig {
         config
     }
 
-    /// Turns librdkafka's refusal into a [`ConfigError`] that names the property as it was set
-    /// and says what to change, with every secret value taken out.
-    pub(crate) fn refusal(&self, error: &RdKafkaError) -> ConfigError {
-        if let RdKafkaError::ClientConfig(result, description, key, value) = error {
-            match result {
-                RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN => {
-                    return ConfigError::new(
-                        key.clone(),
-                        format!(
-                            "unknown librdkafka property `{key}`; the properties a producer \
-                             takes are listed in librdkafka's CONFIGURATION.md \
-                             ({PROPERTIES_LIST})"
-                        ),
-                    );
-                }
-                RDKafkaConfRes::RD_KAFKA_CONF_INVALID => {
-                    let shown = if is_secret(key) { REDACTED } else { value };
-                    let expected = expected_value(key, description);
-                    return ConfigError::new(
-                        key.clone(),
-                        format!(
-                            "librdkafka refuses the value `{shown}` for `{key}`: expected \
-                             {expected} (see librdkafka's CONFIGURATION.md, {PROPERTIES_LIST})"
-                        ),
-                    );
-                }
-                RDKafkaConfRes::RD_KAFKA_CONF_OK => {}
-            }
-        }
-        let mut message = match error {
-            RdKafkaError::ClientCreation(message) => message.clone(),
-            other => other.to_string(),
-        };
-        for (key, value) in &self.properties {
-            if is_secret(key) && !value.is_empty() {
-                message = message.replace(value.as_str(), REDACTED);
-            }
-        }
-        let property = self
-            .properties
-            .keys()
-            .filter(|key| message.contains(&format!("\"{key}\"")) || message.contains(key.as_str()))
-            .max_by_key(|key| key.len())
-            .cloned()
-            .unwrap_or_else(|| "properties".to_owned());
-        ConfigError::new(property, message)
+    /// librdkafka's refusal of these properties, as a [`ConfigError`] that names the property
+    /// as it was set and says what to change, with every secret value taken out.
+    fn refusal(&self, error: &RdKafkaError) -> ConfigError {
+        refusal::explain(error, &self.properties)
     }
 }
 
-/// What librdkafka expects for `key`, from its description of a refusal, or found by trying a
-/// value no property takes: a range for a number, `true or false` for a flag, or one of the
-/// listed values for the rest.
-fn expected_value(key: &str, description: &str) -> String {
-    let range = |text: &str| {
-        text.split_once("allowed range ")
-            .map(|(_, range)| range.trim().to_owned())
-    };
-    if let Some(range) = range(description) {
-        return format!("a number in {range}");
-    }
-    if description.contains("Expected bool") {
-        return "`true` or `false`".to_owned();
-    }
-    // Building a native configuration checks values without creating a client.
-    let probe = ClientConfig::new()
-        .set(key, "-999999999999999")
-        .create_native_config();
-    match probe {
-        Err(RdKafkaError::ClientConfig(_, probed, _, _)) => {
-            if let Some(range) = range(&probed) {
-                format!("a number in {range}")
-            } else if probed.contains("Expected bool") {
-                "`true` or `false`".to_owned()
-            } else {
-                "one of the values librdkafka lists for it".to_owned()
-            }
-        }
-        _ => "a value of the form librdkafka lists for it".to_owned(),
+impl KafkaService {
+    /// The builder of a producer for the cluster at `bootstrap_servers`: a [`KafkaConfig`],
+    /// as [`KafkaConfig::new`] makes it. The same entry point as the layers'
+    /// `BreakerLayer::builder()` and `BulkheadLayer::builder()`.
+    ///
+    /// ```no_run
+    /// use tanker::kafka::KafkaService;
+    ///
+    /// let kafka = KafkaService::builder("127.0.0.1:9092").name("stats").build()?;
+    /// # Ok::<_, tanker::ConfigError>(())
+    /// ```
+    pub fn builder(bootstrap_servers: impl Into<String>) -> KafkaConfig {
+        KafkaConfig::new(bootstrap_servers)
     }
 }
 
@@ -338,6 +266,8 @@ impl fmt::Debug for KafkaConfig {
 
 #[cfg(test)]
 mod tests {
+    use rdkafka::types::RDKafkaConfRes;
+
     use super::*;
 
     #[test]

@@ -50,11 +50,14 @@ mod classify;
 mod config;
 mod context;
 mod error;
+pub mod future;
 mod record;
+mod refusal;
 mod service;
 
 pub use self::classify::FaultClassifier;
 pub use self::config::KafkaConfig;
 pub use self::error::{Fault, KafkaError, KafkaErrorKind};
+pub use self::future::ResponseFuture;
 pub use self::record::{Delivery, Record};
-pub use self::service::{FlushReport, KafkaService, ResponseFuture};
+pub use self::service::{FlushReport, KafkaService};

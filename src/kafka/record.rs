@@ -3,6 +3,9 @@
 use std::borrow::Cow;
 
 use bytes::Bytes;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::BaseRecord;
+use rdkafka::util::IntoOpaque;
 
 /// One record to produce: owned bytes, cheap to clone.
 ///
@@ -19,12 +22,12 @@ use bytes::Bytes;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub(crate) topic: Cow<'static, str>,
-    pub(crate) key: Option<Bytes>,
-    pub(crate) payload: Bytes,
-    pub(crate) headers: Vec<(Cow<'static, str>, Bytes)>,
-    pub(crate) partition: Option<i32>,
-    pub(crate) timestamp: Option<i64>,
+    topic: Cow<'static, str>,
+    key: Option<Bytes>,
+    payload: Bytes,
+    headers: Vec<(Cow<'static, str>, Bytes)>,
+    partition: Option<i32>,
+    timestamp: Option<i64>,
 }
 
 impl Record {
@@ -113,6 +116,32 @@ impl Record {
             + self.payload.len()
             + self.key.as_ref().map_or(0, Bytes::len)
             + headers
+    }
+
+    /// The record as librdkafka takes it, borrowing its bytes, with `delivery` as the opaque
+    /// value its delivery report brings back.
+    pub(super) fn to_base<D: IntoOpaque>(&self, delivery: D) -> BaseRecord<'_, [u8], [u8], D> {
+        let mut base = BaseRecord::with_opaque_to(&self.topic, delivery).payload(&self.payload[..]);
+        if let Some(key) = &self.key {
+            base = base.key(&key[..]);
+        }
+        if let Some(partition) = self.partition {
+            base = base.partition(partition);
+        }
+        if let Some(timestamp) = self.timestamp {
+            base = base.timestamp(timestamp);
+        }
+        if !self.headers.is_empty() {
+            let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+            for (name, value) in &self.headers {
+                headers = headers.insert(Header {
+                    key: name,
+                    value: Some(&value[..]),
+                });
+            }
+            base = base.headers(headers);
+        }
+        base
     }
 }
 

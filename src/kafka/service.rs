@@ -1,26 +1,24 @@
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use rdkafka::producer::{Producer as _, ThreadedProducer};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::config::KafkaConfig;
-use super::context::{ProducerState, Reply};
+use super::context::ProducerState;
 use super::error::{KafkaError, KafkaErrorKind};
+use super::future::ResponseFuture;
 use super::record::{Delivery, Record};
-use crate::ConfigError;
 
 /// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
 ///
-/// Built by [`KafkaConfig::build`]. See the [module docs](super) for the whole stack.
+/// Built by [`KafkaService::builder`] (a [`KafkaConfig`](super::KafkaConfig)). See the
+/// [module docs](super) for the whole stack.
 ///
 /// - **Never blocks**: `call` hands the record to librdkafka's local queue without waiting. A
 ///   full queue is an immediate [`QueueFull`](KafkaErrorKind::QueueFull) error. The response
@@ -35,10 +33,11 @@ use crate::ConfigError;
 ///   them as failed) and a warning gives their number. Nothing is dropped silently.
 #[derive(Clone)]
 pub struct KafkaService {
-    shared: Arc<Shared>,
+    shared: Arc<SharedProducer>,
 }
 
-struct Shared {
+/// What the clones of a [`KafkaService`] share: one producer.
+struct SharedProducer {
     /// `None` only while being dropped.
     producer: Option<ThreadedProducer<ProducerState>>,
     name: Arc<str>,
@@ -55,16 +54,15 @@ pub struct FlushReport {
 }
 
 impl KafkaService {
-    pub(crate) fn from_config(config: KafkaConfig) -> Result<Self, ConfigError> {
-        let context = ProducerState::new(config.name.clone());
-        let producer: ThreadedProducer<ProducerState> = config
-            .client_config()
-            .create_with_context(context)
-            .map_err(|error| config.refusal(&error))?;
+    /// Creates the producer `name` from librdkafka's `client` configuration, already checked
+    /// by [`KafkaConfig::build`](super::KafkaConfig::build), which explains librdkafka's refusal.
+    pub(super) fn start(client: &ClientConfig, name: Arc<str>) -> Result<Self, RdKafkaError> {
+        let producer: ThreadedProducer<ProducerState> =
+            client.create_with_context(ProducerState::new(name.clone()))?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(SharedProducer {
                 producer: Some(producer),
-                name: config.name,
+                name,
                 fatal_logged: AtomicBool::new(false),
             }),
         })
@@ -77,7 +75,7 @@ impl KafkaService {
             .ok_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None))
     }
 
-    /// The producer's name, as given to [`KafkaConfig::name`].
+    /// The producer's name, as given to [`KafkaConfig::name`](super::KafkaConfig::name).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
@@ -115,34 +113,13 @@ impl KafkaService {
     ) -> Result<oneshot::Receiver<Result<Delivery, KafkaError>>, KafkaError> {
         let producer = self.producer()?;
         let (reply, delivery) = oneshot::channel();
-        let mut base =
-            BaseRecord::<[u8], [u8], Box<Reply>>::with_opaque_to(&record.topic, Box::new(reply))
-                .payload(&record.payload[..]);
-        if let Some(key) = &record.key {
-            base = base.key(&key[..]);
-        }
-        if let Some(partition) = record.partition {
-            base = base.partition(partition);
-        }
-        if let Some(timestamp) = record.timestamp {
-            base = base.timestamp(timestamp);
-        }
-        if !record.headers.is_empty() {
-            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
-            for (name, value) in &record.headers {
-                headers = headers.insert(Header {
-                    key: name,
-                    value: Some(&value[..]),
-                });
-            }
-            base = base.headers(headers);
-        }
+        let base = record.to_base(Box::new(reply));
         let state = producer.context();
         state.sending();
         match producer.send(base) {
             Ok(()) => Ok(delivery),
             Err((error, _record)) => {
-                let error = KafkaError::from_rdkafka(error).for_topic(&record.topic);
+                let error = KafkaError::from_rdkafka(error).for_topic(record.topic());
                 state.refused(&error);
                 Err(error)
             }
@@ -176,11 +153,9 @@ impl Service<Record> for KafkaService {
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        ResponseFuture {
-            state: match self.send(&record) {
-                Ok(delivery) => State::Waiting(delivery),
-                Err(error) => State::Failed(Some(error)),
-            },
+        match self.send(&record) {
+            Ok(delivery) => ResponseFuture::waiting(delivery),
+            Err(error) => ResponseFuture::failed(error),
         }
     }
 }
@@ -195,7 +170,7 @@ impl fmt::Debug for KafkaService {
     }
 }
 
-impl Drop for Shared {
+impl Drop for SharedProducer {
     fn drop(&mut self) {
         let Some(producer) = self.producer.take() else {
             return;
@@ -217,47 +192,5 @@ impl Drop for Shared {
             }
             Err(_) => drop(producer),
         }
-    }
-}
-
-/// Response future of [`KafkaService`]: resolves on the record's delivery report.
-pub struct ResponseFuture {
-    state: State,
-}
-
-enum State {
-    Waiting(oneshot::Receiver<Result<Delivery, KafkaError>>),
-    Failed(Option<KafkaError>),
-}
-
-impl Future for ResponseFuture {
-    type Output = Result<Delivery, KafkaError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
-                Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
-                // The producer went away without reporting: it was dropped.
-                Poll::Ready(Err(_closed)) => {
-                    Poll::Ready(Err(KafkaError::new(KafkaErrorKind::Closed, None)))
-                }
-            },
-            State::Failed(error) => Poll::Ready(Err(error
-                .take()
-                .unwrap_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None)))),
-        }
-    }
-}
-
-impl fmt::Debug for ResponseFuture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Waiting(_) => "waiting for delivery",
-            State::Failed(_) => "failed",
-        };
-        f.debug_struct("ResponseFuture")
-            .field("state", &state)
-            .finish()
     }
 }

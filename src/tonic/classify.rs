@@ -1,229 +1,23 @@
-//! tanker's refusals as gRPC statuses: `UNAVAILABLE`, with the breaker's back-off as a hint.
-//!
-//! tanker's layers return [`tower::BoxError`]; gRPC speaks [`Status`]. This module converts one
-//! into the other: each refusal ([`BulkheadFull`], [`BreakerOpen`], [`Rejection`]) becomes
-//! [`Status::unavailable`], and [`status`] maps any error of a tanker stack, to be used as
-//! `.map_err(tanker::tonic::status)`. For a breaker around a client, [`GrpcClassifier`] counts
-//! the server's failure statuses as well as transport errors and timeouts.
-//!
-//! # Client side
-//!
-//! Wrap the [`Channel`] of a dependency in a breaker, a bulkhead and a timeout, map the errors to
-//! statuses, and give the stack to the generated client as its transport:
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use tonic::transport::Endpoint;
-//! use tonic::Code;
-//! use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
-//! use tower::{BoxError, ServiceBuilder};
-//! use tanker::breaker::BreakerLayer;
-//! use tanker::bulkhead::BulkheadLayer;
-//! use tanker::tonic::GrpcClassifier;
-//! use tanker::{Rejection, ServiceBuilderExt};
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), BoxError> {
-//! // Built once per dependency; every clone of the client shares them.
-//! let breaker = BreakerLayer::builder()
-//!     .name("inventory")
-//!     // Transport errors, timeouts and the server's UNAVAILABLE & co. trip it; shedding doesn't.
-//!     .classify(GrpcClassifier::new())
-//!     .build()?;
-//! let bulkhead = BulkheadLayer::new(64)?;
-//!
-//! let channel = Endpoint::from_static("http://127.0.0.1:50051").connect_lazy();
-//! let transport = ServiceBuilder::new()
-//!     .map_err(tanker::tonic::status)
-//!     .breaker(breaker)
-//!     .bulkhead(bulkhead)
-//!     .timeout(Duration::from_millis(250))
-//!     .service(channel);
-//! let mut client = HealthClient::new(transport);
-//!
-//! match client.check(HealthCheckRequest::default()).await {
-//!     Ok(response) => println!("{:?}", response.into_inner().status()),
-//!     // Refused by tanker: the request never left this process.
-//!     Err(status) if Rejection::find(&status).is_some() => {
-//!         assert_eq!(status.code(), Code::Unavailable);
-//!     }
-//!     // The timeout fired, or the server answered with an error.
-//!     Err(status) => println!("failed: {status}"),
-//! }
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! Without the `map_err`, the generated client still gets a [`Status`] for every error, but
-//! tonic's own conversion makes both tanker's refusals and tower's timeouts `UNKNOWN`.
-//!
-//! The breaker sees what the [`Channel`] returns: an HTTP response, or an error. With the
-//! breaker's default classifier, transport errors and timeouts fail a call and every response
-//! counts as a success, also one that carries an error status, and tanker's own refusals (the
-//! bulkhead shedding a call) count as failures. [`GrpcClassifier`] fixes all three: it ignores
-//! tanker's refusals, and it reads the status of a response that carries it in its headers, as
-//! a server answers a call it fails before sending any message. A status that arrives in the
-//! trailers, after a response body, is out of a tower layer's sight: see
-//! [what it cannot see](GrpcClassifier#what-it-cannot-see).
-//!
-//! # Server side
-//!
-//! tonic's server turns a layer's error into a response only when the error is a [`Status`] (or
-//! has one among its sources); any other error (a bare [`BulkheadFull`], say) resets the HTTP/2
-//! stream, and the client sees `INTERNAL` ("h2 protocol error") instead of `UNAVAILABLE`. So put
-//! `.map_err(tanker::tonic::status)` outermost in the layers given to `Server::builder().layer`:
-//!
-//! ```no_run
-//! use tonic::transport::Server;
-//! use tower::{BoxError, ServiceBuilder};
-//! use tanker::bulkhead::BulkheadLayer;
-//! use tanker::ServiceBuilderExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), BoxError> {
-//! let (_reporter, health) = tonic_health::server::health_reporter();
-//! // At most 256 requests handled at once; the excess is answered UNAVAILABLE at once.
-//! let layers = ServiceBuilder::new()
-//!     .map_err(tanker::tonic::status)
-//!     .bulkhead(BulkheadLayer::new(256)?)
-//!     .into_inner();
-//! Server::builder()
-//!     .layer(layers)
-//!     .add_service(health)
-//!     .serve("127.0.0.1:50051".parse()?)
-//!     .await?;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! A layer given to `Server::builder().layer` wraps every service of the server. A server-side
-//! bulkhead holds its slot until the handler returns its response: all of a unary call, but only
-//! up to the first message of a streaming response.
-//!
-//! [`Channel`]: https://docs.rs/tonic/0.14/tonic/transport/struct.Channel.html
+//! [`GrpcClassifier`]: a breaker classifier that reads gRPC statuses.
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
-use std::time::Duration;
 
-use http::{Response, StatusCode};
-use tonic::metadata::{MetadataKey, MetadataValue};
+use http::Response;
 use tonic::{Code, Status};
-use tower::timeout::error::Elapsed;
 use tower::BoxError;
 
-use crate::breaker::{BreakerOpen, Classify, Outcome};
-use crate::bulkhead::BulkheadFull;
-use crate::rejection::chain;
+use super::code::{header_code, MAX_CODE};
+use crate::breaker::{Classify, Outcome};
 use crate::Rejection;
-
-/// The metadata key of gRPC's server pushback: how many milliseconds a client should wait before
-/// it retries (gRPC proposal A6, "Retry Throttling and Pushback").
-const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
-
-/// Maps an error of a stack of tower layers to the [`Status`] a gRPC client or server should see.
-///
-/// - An error that already is a [`Status`] is returned unchanged.
-/// - A refusal by tanker ([`BulkheadFull`] or [`BreakerOpen`]), itself or anywhere in the
-///   error's [`source`](std::error::Error::source) chain, becomes `UNAVAILABLE`, as the
-///   `From<Rejection>` conversion builds it (with `grpc-retry-pushback-ms` when the breaker
-///   knows when it will probe again).
-/// - tower's `timeout::error::Elapsed`, itself or in the chain, becomes `DEADLINE_EXCEEDED`.
-/// - Anything else goes through tonic's own [`Status::from_error`]: a status among the sources
-///   is found, a connection error becomes `UNAVAILABLE`, and the rest is `UNKNOWN`.
-///
-/// Except for a status returned unchanged, the original error is kept as the status's
-/// [`source`](std::error::Error::source), so `Rejection::find(&status)` and
-/// `status.source()` still see it.
-///
-/// Made to be given to `ServiceBuilder::map_err` (tower's `util` feature) or
-/// `ServiceExt::map_err`; see the [module docs](self) for a client and a server.
-///
-/// ```
-/// use tower::BoxError;
-/// use tonic::Code;
-///
-/// let timeout: BoxError = tower::timeout::error::Elapsed::new().into();
-/// assert_eq!(tanker::tonic::status(timeout).code(), Code::DeadlineExceeded);
-///
-/// let already: BoxError = tonic::Status::not_found("no such stream").into();
-/// assert_eq!(tanker::tonic::status(already).code(), Code::NotFound);
-/// ```
-pub fn status(err: BoxError) -> Status {
-    let err = match err.downcast::<Status>() {
-        Ok(status) => return *status,
-        Err(err) => err,
-    };
-    if let Some(rejection) = Rejection::find(err.as_ref()) {
-        return with_source(unavailable(rejection), err);
-    }
-    if chain(err.as_ref()).any(|e| e.is::<Elapsed>()) {
-        let message = err.to_string();
-        return with_source(Status::deadline_exceeded(message), err);
-    }
-    Status::from_error(err)
-}
-
-/// `UNAVAILABLE` with the rejection's message, and the pushback hint when the retry time is known.
-fn unavailable(rejection: Rejection) -> Status {
-    let mut status = Status::unavailable(rejection.to_string());
-    if let Some(after) = rejection.retry_after() {
-        status.metadata_mut().insert(
-            MetadataKey::from_static(RETRY_PUSHBACK_MS),
-            MetadataValue::from(pushback_millis(after)),
-        );
-    }
-    status
-}
-
-/// Whole milliseconds, rounded up so that a client that waits that long does not come back
-/// before the breaker lets a probe through.
-fn pushback_millis(after: Duration) -> u64 {
-    let millis = after.as_nanos().div_ceil(1_000_000);
-    u64::try_from(millis).unwrap_or(u64::MAX)
-}
-
-fn with_source(mut status: Status, source: BoxError) -> Status {
-    status.set_source(Arc::from(source));
-    status
-}
-
-/// `UNAVAILABLE`, with the shed call's message; no pushback, since a slot may free up any moment.
-impl From<BulkheadFull> for Status {
-    fn from(full: BulkheadFull) -> Self {
-        with_source(unavailable(Rejection::from(full)), Box::new(full))
-    }
-}
-
-/// `UNAVAILABLE`, with `grpc-retry-pushback-ms` set to the breaker's
-/// [`retry_after`](BreakerOpen::retry_after) when it is known.
-impl From<BreakerOpen> for Status {
-    fn from(open: BreakerOpen) -> Self {
-        with_source(unavailable(Rejection::from(open)), Box::new(open))
-    }
-}
-
-/// `UNAVAILABLE`, as the conversion of the [`BulkheadFull`] or [`BreakerOpen`] it stands for
-/// builds it.
-impl From<Rejection> for Status {
-    fn from(rejection: Rejection) -> Self {
-        match rejection {
-            Rejection::BulkheadFull => BulkheadFull::new().into(),
-            Rejection::BreakerOpen { retry_after } => BreakerOpen::new(retry_after).into(),
-        }
-    }
-}
-
-/// The header that carries a call's status code: in the trailers, or in the headers of a
-/// trailers-only response.
-const GRPC_STATUS: &str = "grpc-status";
+#[cfg(doc)]
+use crate::{breaker::BreakerOpen, bulkhead::BulkheadFull};
 
 /// A [breaker classifier](Classify) for a gRPC client: counts transport errors, timeouts and the
 /// server's failure statuses, and ignores tanker's own refusals.
 ///
 /// Give it to [`BreakerBuilder::classify`](crate::breaker::BreakerBuilder::classify) for a
-/// breaker around a tonic [`Channel`], in the stack of the [module docs](self):
+/// breaker around a tonic [`Channel`], in the stack of the [module docs](super):
 ///
 /// ```
 /// use tanker::breaker::BreakerLayer;
@@ -444,9 +238,6 @@ impl<B> Classify<Response<B>, Status> for GrpcClassifier {
     }
 }
 
-/// The highest status code gRPC defines, `UNAUTHENTICATED`.
-const MAX_CODE: i32 = 16;
-
 /// The bit of `code` in a set of codes. Every code is at most `MAX_CODE`, below 32.
 const fn bit(code: Code) -> u32 {
     1 << (code as u32)
@@ -461,173 +252,19 @@ fn error(err: &(dyn StdError + 'static)) -> Outcome {
     }
 }
 
-/// The status code a response carries before its body: its `grpc-status` header, or, without
-/// one, the code of its HTTP status if that is not `200 OK`. `None` when the status is still to
-/// come, in the trailers, or when the header is malformed.
-fn header_code<B>(response: &Response<B>) -> Option<Code> {
-    match response.headers().get(GRPC_STATUS) {
-        Some(value) => parse_code(value.as_bytes()),
-        None if response.status() == StatusCode::OK => None,
-        None => Some(code_of_http_status(response.status())),
-    }
-}
-
-/// A `grpc-status` value, written as gRPC writes it: the code in decimal, without sign, spaces
-/// or leading zeros. `None` for anything else, including numbers gRPC does not define.
-fn parse_code(value: &[u8]) -> Option<Code> {
-    let number = match *value {
-        [digit @ b'0'..=b'9'] => digit - b'0',
-        [b'1', digit @ b'0'..=b'9'] => 10 + (digit - b'0'),
-        _ => return None,
-    };
-    let number = i32::from(number);
-    (number <= MAX_CODE).then(|| Code::from_i32(number))
-}
-
-/// gRPC's mapping of an HTTP status to a code, for a response without `grpc-status`:
-/// <https://github.com/grpc/grpc/blob/master/doc/http-grpc-status-mapping.md>.
-fn code_of_http_status(status: StatusCode) -> Code {
-    match status {
-        StatusCode::BAD_REQUEST => Code::Internal,
-        StatusCode::UNAUTHORIZED => Code::Unauthenticated,
-        StatusCode::FORBIDDEN => Code::PermissionDenied,
-        StatusCode::NOT_FOUND => Code::Unimplemented,
-        StatusCode::TOO_MANY_REQUESTS
-        | StatusCode::BAD_GATEWAY
-        | StatusCode::SERVICE_UNAVAILABLE
-        | StatusCode::GATEWAY_TIMEOUT => Code::Unavailable,
-        _ => Code::Unknown,
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::fmt;
+    use std::time::Duration;
 
     use tonic::Code;
+    use tower::timeout::error::Elapsed;
 
+    use super::super::code::{parse_code, GRPC_STATUS};
+    use super::super::status;
     use super::*;
-
-    fn pushback(status: &Status) -> Option<&str> {
-        let value = status.metadata().get(RETRY_PUSHBACK_MS)?;
-        Some(value.to_str().expect("ascii"))
-    }
-
-    /// An error of another layer that wraps the error below it.
-    #[derive(Debug)]
-    struct Wrapped(BoxError);
-
-    impl fmt::Display for Wrapped {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "wrapped: {}", self.0)
-        }
-    }
-
-    impl StdError for Wrapped {
-        fn source(&self) -> Option<&(dyn StdError + 'static)> {
-            Some(self.0.as_ref())
-        }
-    }
-
-    #[test]
-    fn bulkhead_full_is_unavailable_without_pushback() {
-        let status = Status::from(BulkheadFull::new());
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.message(), "bulkhead is full");
-        assert_eq!(pushback(&status), None);
-        assert_eq!(Rejection::find(&status), Some(Rejection::BulkheadFull));
-    }
-
-    #[test]
-    fn open_breaker_is_unavailable_with_pushback_in_millis() {
-        let status = Status::from(BreakerOpen::new(Some(Duration::from_secs(5))));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(pushback(&status), Some("5000"));
-        assert_eq!(
-            Rejection::find(&status).and_then(|r| r.retry_after()),
-            Some(Duration::from_secs(5))
-        );
-    }
-
-    #[test]
-    fn pushback_rounds_up_to_the_next_millisecond() {
-        let status = Status::from(BreakerOpen::new(Some(Duration::from_micros(1_200))));
-        assert_eq!(pushback(&status), Some("2"));
-        assert_eq!(pushback_millis(Duration::ZERO), 0);
-        assert_eq!(pushback_millis(Duration::from_nanos(1)), 1);
-        assert_eq!(pushback_millis(Duration::MAX), u64::MAX);
-    }
-
-    #[test]
-    fn forced_open_breaker_has_no_pushback() {
-        let status = Status::from(BreakerOpen::new(None));
-        assert_eq!(status.code(), Code::Unavailable);
-        assert_eq!(status.message(), "circuit breaker is forced open");
-        assert_eq!(pushback(&status), None);
-    }
-
-    #[test]
-    fn rejection_converts_like_the_error_it_stands_for() {
-        let after = Some(Duration::from_millis(750));
-        let from_rejection = Status::from(Rejection::BreakerOpen { retry_after: after });
-        let from_error = Status::from(BreakerOpen::new(after));
-        assert_eq!(from_rejection.code(), from_error.code());
-        assert_eq!(from_rejection.message(), from_error.message());
-        assert_eq!(pushback(&from_rejection), Some("750"));
-
-        let shed = Status::from(Rejection::BulkheadFull);
-        assert_eq!(shed.code(), Code::Unavailable);
-        assert_eq!(shed.message(), "bulkhead is full");
-    }
-
-    #[test]
-    fn status_finds_a_rejection_anywhere_in_the_chain() {
-        let open = BreakerOpen::new(Some(Duration::from_secs(2)));
-        let direct = status(Box::new(open));
-        assert_eq!(direct.code(), Code::Unavailable);
-        assert_eq!(pushback(&direct), Some("2000"));
-
-        let deep = status(Box::new(Wrapped(Box::new(Wrapped(Box::new(
-            BulkheadFull::new(),
-        ))))));
-        assert_eq!(deep.code(), Code::Unavailable);
-        assert_eq!(Rejection::find(&deep), Some(Rejection::BulkheadFull));
-    }
-
-    #[test]
-    fn status_maps_elapsed_to_deadline_exceeded() {
-        let direct = status(Box::new(Elapsed::new()));
-        assert_eq!(direct.code(), Code::DeadlineExceeded);
-        assert!(direct.source().is_some_and(|e| e.is::<Elapsed>()));
-
-        let wrapped = status(Box::new(Wrapped(Box::new(Elapsed::new()))));
-        assert_eq!(wrapped.code(), Code::DeadlineExceeded);
-    }
-
-    #[test]
-    fn status_returns_a_status_unchanged() {
-        let mut original = Status::permission_denied("not yours");
-        original
-            .metadata_mut()
-            .insert("x-reason", MetadataValue::from_static("owner"));
-        let mapped = status(Box::new(original));
-        assert_eq!(mapped.code(), Code::PermissionDenied);
-        assert_eq!(mapped.message(), "not yours");
-        assert_eq!(
-            mapped.metadata().get("x-reason").map(|v| v.as_bytes()),
-            Some(&b"owner"[..])
-        );
-    }
-
-    #[test]
-    fn status_leaves_other_errors_to_tonic() {
-        let other = status("connection reset by a gremlin".into());
-        assert_eq!(other.code(), Code::Unknown);
-        assert_eq!(other.message(), "connection reset by a gremlin");
-
-        let inner = status(Box::new(Wrapped(Box::new(Status::aborted("lost a race")))));
-        assert_eq!(inner.code(), Code::Aborted);
-    }
+    use crate::breaker::BreakerOpen;
+    use crate::bulkhead::BulkheadFull;
+    use crate::rejection::Wrapped;
 
     /// A response with the HTTP status `http` and, if given, a `grpc-status` header.
     fn response(http: u16, grpc_status: Option<&'static str>) -> Response<()> {

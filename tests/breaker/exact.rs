@@ -18,9 +18,8 @@ use tokio::sync::oneshot;
 use tokio::time;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use crate::support::breaker::secs;
+use crate::support::Wrapped;
 
 /// An inner service whose calls end when the test says so, counting how many run at once.
 #[derive(Clone, Default)]
@@ -315,22 +314,6 @@ async fn the_default_classifier_ignores_the_sheds_of_an_inner_bulkhead() {
     let m = handle.metrics();
     assert_eq!((m.failures, m.ignored), (0, 10));
     held.answer(Ok(1), held_task).await;
-}
-
-/// An error of another layer that wraps the refusal it met.
-#[derive(Debug)]
-struct Wrapped(BoxError);
-
-impl std::fmt::Display for Wrapped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("wrapped")
-    }
-}
-
-impl std::error::Error for Wrapped {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.0.as_ref())
-    }
 }
 
 #[tokio::test(start_paused = true)]
