@@ -177,9 +177,10 @@ async fn a_sick_dependency_gets_only_probes_and_every_record_is_delivered_after_
         during <= 8 + 8 + 10,
         "the dependency saw {during} calls in a 10 s outage"
     );
-    // A probe is a record: one that fails its one more try as a probe too is lost. That is the
-    // whole cost of probing, about one record per two probes.
-    assert!(counts.failed <= 5, "{counts:?}");
+    // A probe is a record, the oldest, which already had its one more try when the calls in
+    // flight timed out: each failed probe loses it. That is the whole cost of probing, about one
+    // record per probe (one a cool-down plus the probe's timeout: at most 10 in 10 s).
+    assert!(counts.failed <= 10, "{counts:?}");
     assert_eq!(counts.pending() + counts.failed, 100, "{counts:?}");
 
     dependency.down.store(false, Ordering::SeqCst);
@@ -190,7 +191,7 @@ async fn a_sick_dependency_gets_only_probes_and_every_record_is_delivered_after_
         100,
         "every record delivered but failed probes: {counts:?}"
     );
-    assert!(counts.failed <= 5, "{counts:?}");
+    assert!(counts.failed <= 10, "{counts:?}");
     assert_eq!(
         counts.rejected + counts.expired + counts.shed,
         0,
@@ -230,9 +231,9 @@ async fn delivery_resumes_within_a_cool_down_of_the_heal() {
         "{:?}",
         healed.elapsed()
     );
-    // Every record but the probes that failed twice (about one per two probes over 20 s).
+    // Every record but the failed probes (about one per probe: at most 20 in 20 s).
     assert_eq!(counts.delivered + counts.failed, 50, "{counts:?}");
-    assert!(counts.failed <= 10, "{counts:?}");
+    assert!(counts.failed <= 20, "{counts:?}");
     assert_identity(&counts);
 }
 
