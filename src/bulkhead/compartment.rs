@@ -25,13 +25,13 @@ pub(crate) struct Compartment {
     shed: AtomicU64,
     room: Option<WaitingRoom>,
     pub(crate) name: Arc<str>,
-    metrics: Metrics,
+    metrics: CompartmentMetrics,
     /// Spaces out the warnings about shedding.
     shed_reports: Throttle,
 }
 
 /// The compartment's metric handles (empty without the `metrics` feature).
-struct Metrics {
+struct CompartmentMetrics {
     admitted: Counter,
     shed: Counter,
     // Published from the slots' and the room's words, only with the `metrics` feature.
@@ -41,7 +41,7 @@ struct Metrics {
     waiting: Gauge,
 }
 
-impl Metrics {
+impl CompartmentMetrics {
     fn new(name: &str, max_in_flight: usize) -> Self {
         let labels = Labels::new("bulkhead", name);
         labels
@@ -88,7 +88,7 @@ impl Compartment {
         room: Option<(usize, Duration)>,
     ) -> Self {
         Self {
-            metrics: Metrics::new(&name, max_in_flight),
+            metrics: CompartmentMetrics::new(&name, max_in_flight),
             name,
             shed_reports: Throttle::new(),
             slots: Slots::new(max_in_flight),

@@ -26,6 +26,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::clock::Origin;
 use crate::sync::{AtomicU64, Ordering};
 
 /// One place: the low 32 bits of the word count the places taken in the current generation.
@@ -48,7 +49,7 @@ pub(crate) struct WaitingRoom {
     max_wait: Duration,
     /// The latest deadline of a place of the current generation, in nanoseconds after `origin`.
     claim_until: AtomicU64,
-    origin: Instant,
+    origin: Origin,
     pub(crate) notify: Arc<Notify>,
 }
 
@@ -71,7 +72,7 @@ impl WaitingRoom {
             capacity: capacity.min(MAX_PLACES) as u64,
             max_wait: max_wait.min(LONGEST_WAIT),
             claim_until: AtomicU64::new(0),
-            origin: Instant::now(),
+            origin: Origin::now(),
             notify: Arc::new(Notify::new()),
         }
     }
@@ -97,7 +98,7 @@ impl WaitingRoom {
             // without its deadline and takes it for stale.
             let behind_until = live.then(|| self.claim_until());
             self.claim_until
-                .fetch_max(self.nanos(deadline), Ordering::SeqCst);
+                .fetch_max(self.origin.nanos(deadline), Ordering::SeqCst);
             match self
                 .places
                 .compare_exchange_weak(word, next, Ordering::SeqCst, Ordering::SeqCst)
@@ -164,14 +165,10 @@ impl WaitingRoom {
     }
 
     fn stale(&self, now: Instant) -> bool {
-        self.nanos(now) >= self.claim_until.load(Ordering::SeqCst)
+        self.origin.nanos(now) >= self.claim_until.load(Ordering::SeqCst)
     }
 
     fn claim_until(&self) -> Instant {
-        self.origin + Duration::from_nanos(self.claim_until.load(Ordering::SeqCst))
-    }
-
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+        self.origin.at(self.claim_until.load(Ordering::SeqCst))
     }
 }

@@ -30,6 +30,21 @@ pub struct CloseReport {
     pub counts: HandoffCounts,
 }
 
+impl Handoff<()> {
+    /// A [`HandoffBuilder`](super::HandoffBuilder) with the defaults: the layers' entry point
+    /// (`BreakerLayer::builder()`, `BulkheadLayer::builder()`), for the hand-off.
+    ///
+    /// ```
+    /// use tanker::handoff::Handoff;
+    ///
+    /// let builder = Handoff::builder().name("stats").capacity(10_000);
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> super::HandoffBuilder {
+        super::HandoffBuilder::new()
+    }
+}
+
 impl<Req> Handoff<Req> {
     pub(crate) fn new(shared: Arc<Shared<Req>>) -> Self {
         Self { shared }
@@ -38,9 +53,10 @@ impl<Req> Handoff<Req> {
     /// Offers a request. Never blocks, never fails, never panics: the request is either
     /// [accepted](Sent::Accepted) whole into the queue or [dropped](Sent::Dropped) and counted.
     ///
-    /// Its cost when the worker is busy: a few atomic operations on the queue and counters and
-    /// one load of the worker's state. When the worker is parked (idle for a while), the first
-    /// record after the pause also wakes it.
+    /// Its cost: a few atomic operations on the queue and counters, one load of the coarse
+    /// clock and of the worker's state, and, with a byte budget, one call of the weight
+    /// function and a compare-and-swap. It never wakes the worker, except when the queue is
+    /// half full (or on a runtime without timers, where the worker parks).
     #[inline]
     pub fn send(&self, request: Req) -> Sent {
         self.shared.offer(request)

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::buffer::Buffer;
 use super::doorbell::{seq_cst_point, Doorbell};
 use super::weigh::Weigh;
+use crate::clock::Origin;
 use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
@@ -39,7 +40,7 @@ pub(crate) struct Shared<Req> {
     /// it runs (at least every 100 ms while it ticks), read by senders to stamp their records.
     /// On a line of its own, so that the worker's writes do not take the senders' line.
     clock: CachePadded<AtomicU32>,
-    origin: Instant,
+    origin: Origin,
     /// What a record weighs, when the hand-off is bounded by bytes.
     weigh: Option<Weigh<Req>>,
     max_bytes: usize,
@@ -56,14 +57,14 @@ pub(crate) struct Shared<Req> {
     finished: AtomicBool,
     /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
     handles: AtomicUsize,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: HandoffMetrics,
 }
 
 /// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes the
 /// counters into them in batches, so that `send` does no more work with metrics on; only a drop
 /// after `close`, which the worker may not live to see, is recorded where it happens.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) struct Metrics {
+pub(crate) struct HandoffMetrics {
     pub(crate) accepted: Counter,
     pub(crate) dropped_full: Counter,
     dropped_closed: Counter,
@@ -77,7 +78,7 @@ pub(crate) struct Metrics {
     pub(crate) parked: Gauge,
 }
 
-impl Metrics {
+impl HandoffMetrics {
     fn new(name: &str) -> Self {
         let labels = Labels::new("handoff", name);
         let dropped = |reason| {
@@ -175,8 +176,8 @@ impl<Req> Shared<Req> {
             bytes: CachePadded::new(AtomicUsize::new(0)),
             buffer: Buffer::new(capacity),
             clock: CachePadded::new(AtomicU32::new(0)),
-            origin: Instant::now(),
-            metrics: Metrics::new(&name),
+            origin: Origin::now(),
+            metrics: HandoffMetrics::new(&name),
             name,
             front: CachePadded::new(Front {
                 closed: AtomicBool::new(false),
@@ -410,7 +411,7 @@ impl<Req> Shared<Req> {
 
     /// Milliseconds from the origin to `now`, saturated (49 days of uptime fit).
     pub(crate) fn millis(&self, now: Instant) -> u32 {
-        u32::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u32::MAX)
+        u32::try_from(self.origin.nanos(now) / 1_000_000).unwrap_or(u32::MAX)
     }
 
     /// Whether the hand-off is closed and every record it accepted is finished, with no sender
