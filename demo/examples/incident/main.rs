@@ -212,9 +212,9 @@ fn percent(part: u64, whole: u64) -> String {
 fn print_verdict_table(reports: &[Report], settings: &Settings) {
     let phases = &settings.phases;
     println!(
-        "| | p99 healthy | p99 during the failure | requests answered | records delivered | records lost | peak buffered records | heal → full delivery | heal → backlog drained |"
+        "| | p99 healthy | p99 during the failure | requests answered | records delivered | records lost | peak buffered records | peak RSS (at start) | heal → full delivery | heal → backlog drained |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for report in reports {
         let healthy = report.p99_where(&phases[..1], |f| f == Fault::None);
         let failing = report.p99_where(phases, |f| f != Fault::None);
@@ -244,7 +244,7 @@ fn print_verdict_table(reports: &[Report], settings: &Settings) {
             _ => format!("{} (librdkafka in flight)", report.peak_backlog),
         };
         println!(
-            "| {} | {} ms | {failing} | {} / {} | {} / {} ({}) | {lost} | {buffered} | {} | {} |",
+            "| {} | {} ms | {failing} | {} / {} | {} / {} ({}) | {lost} | {buffered} | {} | {} | {} |",
             report.variant,
             healthy.map_or("n/a".into(), ms),
             report.answered,
@@ -252,6 +252,11 @@ fn print_verdict_table(reports: &[Report], settings: &Settings) {
             r.delivered,
             r.offered,
             percent(r.delivered, r.offered),
+            report.rss.map_or("n/a".to_owned(), |m| format!(
+                "{} MiB ({} MiB)",
+                m.peak >> 20,
+                m.start >> 20
+            )),
             secs(report.heal_to_full_delivery),
             secs(report.heal_to_drained),
         );

@@ -184,6 +184,8 @@ pub(crate) struct Report {
     pub(crate) heal_to_full_delivery: Option<Duration>,
     /// From the heal to the first sample whose backlog was at most 5 % of a second's records.
     pub(crate) heal_to_drained: Option<Duration>,
+    /// The process's resident memory during the run (Linux only).
+    pub(crate) rss: Option<Rss>,
     /// The breaker's states in the order seen, without repeats (protected only).
     pub(crate) breaker_states: Vec<BreakerState>,
 }
@@ -226,6 +228,41 @@ pub(crate) struct Records {
     /// Naive only: records whose handler was cancelled (its client timed out) while it awaited
     /// the delivery. librdkafka still sent them; their outcome was seen by no one.
     pub(crate) unseen: u64,
+}
+
+/// The process's resident memory, in bytes: when the run started, and its peak during the run.
+/// Variants run one after another in one process, so a later one may reuse memory an earlier
+/// one freed: compare runs of one variant each (`--variant`) for exact figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rss {
+    pub(crate) start: u64,
+    pub(crate) peak: u64,
+}
+
+/// Reads the process's resident memory from `/proc/self/status` (Linux).
+mod memory {
+    fn status(field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kib: u64 = line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Resets the peak (`VmHWM`) to the current resident size and returns that size.
+    pub(super) fn reset_peak() -> Option<u64> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        status("VmRSS:")
+    }
+
+    /// The peak resident size since the last reset.
+    pub(super) fn peak() -> Option<u64> {
+        status("VmHWM:")
+    }
 }
 
 fn percentile(values: &mut [u64], q: f64) -> Option<u64> {
@@ -564,6 +601,7 @@ pub(crate) async fn run(
     faults: &dyn Faults,
 ) -> Result<Report, tower::BoxError> {
     faults.apply(Fault::None);
+    let rss_start = memory::reset_peak();
     let protection = match variant {
         Variant::Protected => Some(protected_writer(bootstrap)?),
         Variant::Naive | Variant::FireAndForget => None,
@@ -757,6 +795,9 @@ pub(crate) async fn run(
             .map(|s| Duration::from_secs(u64::from(s.at + 1 - from)))
     });
     let (handoff, records) = finish(&app.writer, protection.as_ref()).await;
+    let rss = rss_start
+        .zip(memory::peak())
+        .map(|(start, peak)| Rss { start, peak });
     Ok(Report {
         variant,
         seconds,
@@ -771,6 +812,7 @@ pub(crate) async fn run(
         peak_backlog,
         heal_to_full_delivery,
         heal_to_drained,
+        rss,
         breaker_states: states,
     })
 }
