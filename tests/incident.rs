@@ -6,6 +6,8 @@
 //! thresholds that a noisy machine could break.
 #![cfg(feature = "kafka")]
 
+#[path = "../demo/examples/incident/raw.rs"]
+mod raw;
 #[allow(dead_code)]
 #[path = "../demo/examples/incident/run.rs"]
 mod run;

@@ -22,6 +22,7 @@
 //! ```
 
 mod chart;
+mod raw;
 mod run;
 
 use std::path::PathBuf;

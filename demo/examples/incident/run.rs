@@ -11,13 +11,9 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::{
-    BaseRecord, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer,
-};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::util::Timeout;
-use rdkafka::ClientContext;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,6 +25,8 @@ use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts};
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
+
+use super::raw::{self, Counting};
 
 /// The topic the service writes its stats to.
 pub(crate) const TOPIC: &str = "request-stats";
@@ -290,32 +288,13 @@ enum Writer {
     Protected(Handoff<Record>),
 }
 
-/// Fire-and-forget's outcomes, counted by its delivery callback. Counting is the demo's
-/// measurement, not error handling: the handler ignores every error.
+/// Fire-and-forget's records: those offered and refused by `send`, and its delivery reports.
 #[derive(Default)]
 pub(crate) struct Reports {
     offered: AtomicU64,
     /// `send` answered `Err` (librdkafka's local queue was full): the record is gone.
     refused: AtomicU64,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// The raw producer's context: counts each delivery report.
-pub(crate) struct Counting(Arc<Reports>);
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let counter = match result {
-            Ok(_) => &self.0.delivered,
-            Err(_) => &self.0.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
+    deliveries: Counting,
 }
 
 enum Lookup {
@@ -420,37 +399,13 @@ fn protected_writer(bootstrap: &str) -> Result<Protection, tower::BoxError> {
     })
 }
 
-/// The librdkafka properties tanker's `KafkaConfig` sets by default, read back with
-/// `KafkaConfig::get` so that fire-and-forget cannot drift from the protected writer's values.
-const KAFKA_PROPERTIES: &[&str] = &[
-    "bootstrap.servers",
-    "message.timeout.ms",
-    "queue.buffering.max.messages",
-    "queue.buffering.max.kbytes",
-    "linger.ms",
-    "reconnect.backoff.ms",
-    "reconnect.backoff.max.ms",
-    "socket.connection.setup.timeout.ms",
-    "request.timeout.ms",
-    "topic.metadata.propagation.max.ms",
-];
-
 /// Raw rdkafka with the protected writer's properties, counting its delivery reports.
 fn fire_and_forget_producer(
     bootstrap: &str,
 ) -> Result<(ThreadedProducer<Counting>, Arc<Reports>), tower::BoxError> {
-    let tanker = kafka_config(bootstrap);
-    let mut config = ClientConfig::new();
-    for &key in KAFKA_PROPERTIES {
-        let value = tanker
-            .get(key)
-            .ok_or_else(|| format!("KafkaConfig has no value for `{key}`"))?;
-        config.set(key, value);
-    }
-    config.set("client.id", "fire-and-forget");
-    config.set_log_level(RDKafkaLogLevel::Error);
+    let config = raw::client_config(&kafka_config(bootstrap), "fire-and-forget")?;
     let reports = Arc::new(Reports::default());
-    let producer = config.create_with_context(Counting(reports.clone()))?;
+    let producer = config.create_with_context(reports.deliveries.clone())?;
     Ok((producer, reports))
 }
 
@@ -842,10 +797,10 @@ async fn finish(
             // librdkafka's flush blocks: keep it off the runtime's threads.
             let _ = tokio::task::block_in_place(|| producer.flush(Timeout::After(grace)));
             let refused = reports.refused.load(Ordering::Relaxed);
-            let failed = reports.failed.load(Ordering::Relaxed);
+            let failed = reports.deliveries.0.failed.load(Ordering::Relaxed);
             let records = Records {
                 offered: reports.offered.load(Ordering::Relaxed),
-                delivered: reports.delivered.load(Ordering::Relaxed),
+                delivered: reports.deliveries.0.delivered.load(Ordering::Relaxed),
                 lost: refused + failed,
                 left: producer.in_flight_count().max(0) as u64,
                 unseen: 0,
@@ -905,9 +860,9 @@ fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCoun
             errors: errors.load(Ordering::Relaxed),
         },
         Writer::FireAndForget { reports, .. } => {
-            let failed = reports.failed.load(Ordering::Relaxed);
+            let failed = reports.deliveries.0.failed.load(Ordering::Relaxed);
             ServerCounts {
-                delivered: reports.delivered.load(Ordering::Relaxed),
+                delivered: reports.deliveries.0.delivered.load(Ordering::Relaxed),
                 ignored: failed + reports.refused.load(Ordering::Relaxed),
                 errors: failed,
             }
