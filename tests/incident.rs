@@ -1,10 +1,13 @@
-//! A shortened incident, end to end: the same service with the naive writer and with tanker, on
-//! the embedded Kafka mock cluster, frozen then down then healed.
+//! A shortened incident, end to end: the same service with the naive writer, with raw rdkafka
+//! fire-and-forget and with tanker, on the embedded Kafka mock cluster, frozen then down then
+//! healed.
 //!
 //! The properties are checked by counts and by the order of events, not by wall-clock
 //! thresholds that a noisy machine could break.
 #![cfg(feature = "kafka")]
 
+#[path = "../demo/examples/incident/raw.rs"]
+mod raw;
 #[allow(dead_code)]
 #[path = "../demo/examples/incident/run.rs"]
 mod run;
@@ -24,9 +27,12 @@ fn settings() -> Settings {
     };
     Settings {
         phases: vec![
+            // The failure outlasts the 5 s message timeout (tanker's default, shared by
+            // fire-and-forget), so that records wait longer than librdkafka keeps them and the
+            // breaker has time to open.
             phase("healthy", 2, Fault::None),
-            phase("frozen", 3, Fault::Frozen),
-            phase("down", 2, Fault::Down),
+            phase("frozen", 4, Fault::Frozen),
+            phase("down", 3, Fault::Down),
             phase("healed", 5, Fault::None),
         ],
         rate: 200,
@@ -60,7 +66,8 @@ fn incident(variant: Variant, settings: &Settings) -> Report {
 }
 
 #[test]
-fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
+fn the_protected_service_answers_everything_keeps_more_than_fire_and_forget_and_the_naive_one_does_not(
+) {
     let settings = settings();
     let phases = &settings.phases;
     let failing = |f: Fault| f != Fault::None;
@@ -123,6 +130,12 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
         "closed after the heal, by itself"
     );
 
+    // Its own view of the records agrees with the hand-off's.
+    assert_eq!(protected.records.offered, counts.offered);
+    assert_eq!(protected.records.delivered, counts.delivered);
+    assert_eq!(protected.records.lost, counts.ignored());
+    assert_eq!(protected.records.left, 0);
+
     // Delivery resumed after the heal, with no action.
     let healed_start: u32 = phases[..3].iter().map(|p| p.secs).sum();
     let delivered_after_heal: u64 = protected
@@ -134,6 +147,24 @@ fn the_protected_service_answers_everything_and_the_naive_one_does_not() {
     assert!(delivered_after_heal > 0, "{:#?}", protected.seconds);
     let last = protected.seconds.last().unwrap();
     assert_eq!(last.breaker, Some(BreakerState::Closed));
+
+    // Raw fire-and-forget answers everything too (it never awaits), but it keeps a record only
+    // as long as librdkafka's message timeout: tanker delivers at least as many, counted.
+    let raw = incident(Variant::FireAndForget, &settings);
+    assert_eq!(raw.answered, raw.sent, "fire-and-forget: {raw:#?}");
+    let r = raw.records;
+    assert_eq!(r.offered, raw.sent, "one record per request");
+    assert_eq!(r.offered, r.delivered + r.lost + r.left, "{r:?}");
+    assert!(
+        r.lost > 0,
+        "the failure outlasts the message timeout: {r:?}"
+    );
+    assert!(
+        counts.delivered >= r.delivered,
+        "tanker delivered {} records, fire-and-forget {}",
+        counts.delivered,
+        r.delivered
+    );
 
     let naive = incident(Variant::Naive, &settings);
     // The naive service times out while Kafka is frozen, because its handler waits for the

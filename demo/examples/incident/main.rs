@@ -1,7 +1,8 @@
 //! The incident, reproduced: a latency-critical service writes stats to Kafka; Kafka freezes,
-//! then goes down, then heals. The same service runs twice on the same load: **naive** (awaits
-//! each Kafka write in the handler) and **protected** (tanker's hand-off → breaker → bulkhead →
-//! Kafka).
+//! then goes down, then heals. The same service runs three times on the same load, each on a
+//! fresh Kafka: **naive** (awaits each Kafka write in the handler), **fire-and-forget** (raw
+//! rdkafka `ThreadedProducer::send`, errors ignored, nothing awaited) and **protected**
+//! (tanker's hand-off → breaker → bulkhead → Kafka, on the README's defaults).
 //!
 //! ```text
 //! cargo run --release --example incident
@@ -21,6 +22,7 @@
 //! ```
 
 mod chart;
+mod raw;
 mod run;
 
 use std::path::PathBuf;
@@ -33,8 +35,9 @@ use run::{Fault, MockFaults, NoFaults, Phase, Report, Settings, Variant, TOPIC};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Which {
-    Both,
+    All,
     Naive,
+    FireAndForget,
     Protected,
 }
 
@@ -55,7 +58,7 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     timeout_ms: u64,
     /// Which variant(s) to run.
-    #[arg(long, value_enum, default_value_t = Which::Both)]
+    #[arg(long, value_enum, default_value_t = Which::All)]
     variant: Which,
     /// Where to write the chart.
     #[arg(long, default_value = "target/incident.svg")]
@@ -106,8 +109,9 @@ fn main() -> Result<(), tower::BoxError> {
         redis: args.redis.clone(),
     };
     let variants: &[Variant] = match args.variant {
-        Which::Both => &[Variant::Naive, Variant::Protected],
+        Which::All => &[Variant::Naive, Variant::FireAndForget, Variant::Protected],
         Which::Naive => &[Variant::Naive],
+        Which::FireAndForget => &[Variant::FireAndForget],
         Which::Protected => &[Variant::Protected],
     };
 
@@ -140,6 +144,8 @@ fn main() -> Result<(), tower::BoxError> {
         reports.push(report);
     }
     println!();
+    print_verdict_table(&reports, &settings);
+    println!();
     for report in &reports {
         print_verdict(report, &settings.phases);
     }
@@ -160,7 +166,7 @@ fn ms(us: u64) -> String {
 fn print_table(report: &Report) {
     println!();
     println!(
-        "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>10}",
+        "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10}",
         "s",
         "phase",
         "req/s",
@@ -171,11 +177,12 @@ fn print_table(report: &Report) {
         "delivered",
         "ignored",
         "errors",
+        "backlog",
         "breaker"
     );
     for s in &report.seconds {
         println!(
-            "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>10}",
+            "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10}",
             s.at + 1,
             s.phase,
             s.answered,
@@ -186,7 +193,73 @@ fn print_table(report: &Report) {
             s.delivered,
             s.ignored,
             s.kafka_errors,
+            s.backlog,
             s.breaker.map_or("-".to_owned(), |b| b.to_string()),
+        );
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    d.map_or("not seen".to_owned(), |d| {
+        format!("{:.1} s", d.as_secs_f64())
+    })
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    format!("{:.1} %", part as f64 * 100.0 / whole.max(1) as f64)
+}
+
+/// One row per variant, as a Markdown table (the README's).
+fn print_verdict_table(reports: &[Report], settings: &Settings) {
+    let phases = &settings.phases;
+    println!(
+        "| | p99 healthy | p99 during the failure | requests answered | records delivered | records lost | peak buffered records | peak RSS (at start) | heal → full delivery | heal → backlog drained |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for report in reports {
+        let healthy = report.p99_where(&phases[..1], |f| f == Fault::None);
+        let failing = report.p99_where(phases, |f| f != Fault::None);
+        let failing = match (healthy, failing) {
+            (Some(h), Some(f)) if h > 0 => {
+                format!("{} ms ({:.1}×)", ms(f), f as f64 / h as f64)
+            }
+            (_, Some(f)) => format!("{} ms", ms(f)),
+            (_, None) => "every request timed out".to_owned(),
+        };
+        let r = report.records;
+        let lost = match report.handoff {
+            Some(c) => format!(
+                "{} (dropped {}, expired {}, shed {}, rejected {}, failed {})",
+                r.lost, c.dropped, c.expired, c.shed, c.rejected, c.failed
+            ),
+            None if report.variant == Variant::Naive => {
+                format!(
+                    "{} seen failing; {} sent after their request timed out, outcome unseen",
+                    r.lost, r.unseen
+                )
+            }
+            None => r.lost.to_string(),
+        };
+        let buffered = match report.variant {
+            Variant::Protected => format!("{} (queued + parked)", report.peak_backlog),
+            _ => format!("{} (librdkafka in flight)", report.peak_backlog),
+        };
+        println!(
+            "| {} | {} ms | {failing} | {} / {} | {} / {} ({}) | {lost} | {buffered} | {} | {} | {} |",
+            report.variant,
+            healthy.map_or("n/a".into(), ms),
+            report.answered,
+            report.sent,
+            r.delivered,
+            r.offered,
+            percent(r.delivered, r.offered),
+            report.rss.map_or("n/a".to_owned(), |m| format!(
+                "{} MiB ({} MiB)",
+                m.peak >> 20,
+                m.start >> 20
+            )),
+            secs(report.heal_to_full_delivery),
+            secs(report.heal_to_drained),
         );
     }
 }
@@ -201,13 +274,18 @@ fn print_verdict(report: &Report, phases: &[Phase]) {
         _ => "n/a".to_owned(),
     };
     print!(
-        "verdict {:>9}: p99 healthy {} ms, during failure {} ms ({ratio}), {} client timeouts during failure, {}/{} requests answered",
+        "verdict {:>15}: p99 healthy {} ms, during failure {} ms ({ratio}), {} client timeouts during failure, {}/{} requests answered",
         report.variant,
         healthy.map_or("n/a".into(), ms),
         failing.map_or("-".into(), ms),
         failing_timeouts,
         report.answered,
         report.sent,
+    );
+    let r = report.records;
+    print!(
+        "; records: offered {} = delivered {} + lost {} + left {} + unseen {}",
+        r.offered, r.delivered, r.lost, r.left, r.unseen
     );
     if report.variant == Variant::Protected {
         print!(
@@ -223,9 +301,11 @@ fn print_verdict(report: &Report, phases: &[Phase]) {
         }
         if let Some(c) = report.handoff {
             print!(
-                "; records: offered {} = delivered {} + dropped {} + shed {} + rejected {} + failed {} + pending {} ({})",
-                c.offered, c.delivered, c.dropped, c.shed, c.rejected, c.failed, c.pending(),
-                if c.is_balanced() { "balanced" } else { "UNBALANCED" }
+                "; records: offered {} = delivered {} + dropped {} + expired {} + shed {} + rejected {} + failed {} + pending {} (queued {}, parked {}, in flight {}) ({}); {} given one more try",
+                c.offered, c.delivered, c.dropped, c.expired, c.shed, c.rejected, c.failed, c.pending(),
+                c.queued, c.parked, c.in_flight,
+                if c.is_balanced() { "balanced" } else { "UNBALANCED" },
+                c.retried,
             );
         }
     }

@@ -1,4 +1,4 @@
-//! The incident, as a library: a service, two ways of writing stats to Kafka, a load generator,
+//! The incident, as a library: a service, three ways of writing stats to Kafka, a load generator,
 //! fault phases, and per-second figures. Used by `demo/examples/incident/main.rs` and by the
 //! end-to-end test `tests/incident.rs`.
 
@@ -12,7 +12,7 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -25,6 +25,8 @@ use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts};
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
+
+use super::raw::{self, Counting};
 
 /// The topic the service writes its stats to.
 pub(crate) const TOPIC: &str = "request-stats";
@@ -53,6 +55,9 @@ pub(crate) struct Phase {
 pub(crate) enum Variant {
     /// Awaits each Kafka write inside the handler, as the original code did.
     Naive,
+    /// Raw rdkafka: `ThreadedProducer::send`, errors ignored, nothing awaited. It never blocks
+    /// either; librdkafka buffers and retries inside until the message timeout.
+    FireAndForget,
     /// Hands each record off to tanker's hand-off → breaker → bulkhead → Kafka.
     Protected,
 }
@@ -61,6 +66,7 @@ impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Variant::Naive => "naive",
+            Variant::FireAndForget => "fire-and-forget",
             Variant::Protected => "protected",
         })
     }
@@ -139,10 +145,15 @@ pub(crate) struct Second {
     pub(crate) max_us: u64,
     /// Records delivered to Kafka during this second.
     pub(crate) delivered: u64,
-    /// Records not written on purpose (dropped, shed, rejected by the open breaker).
+    /// Records given up on during this second: for tanker dropped, expired, shed, rejected or
+    /// failed for good; for fire-and-forget refused by `send` or failed in Kafka.
     pub(crate) ignored: u64,
-    /// Records that failed in Kafka.
+    /// Kafka's errors during this second: failed deliveries (tanker: failures its breaker
+    /// counted, including the records that then got one more try).
     pub(crate) kafka_errors: u64,
+    /// The most records buffered in the writer at a sample during this second: tanker's
+    /// queued + parked, librdkafka's in-flight count for the raw producers.
+    pub(crate) backlog: u64,
     pub(crate) breaker: Option<BreakerState>,
 }
 
@@ -162,6 +173,17 @@ pub(crate) struct Report {
     pub(crate) fault_to_open: Option<Duration>,
     /// The hand-off's final counts (protected only).
     pub(crate) handoff: Option<HandoffCounts>,
+    /// Records offered, delivered and lost, once the writer has flushed.
+    pub(crate) records: Records,
+    /// The most records buffered in the writer at any sample (every 20 ms).
+    pub(crate) peak_backlog: u64,
+    /// From the heal to the end of the first second whose deliveries reached 95 % of the
+    /// offered rate.
+    pub(crate) heal_to_full_delivery: Option<Duration>,
+    /// From the heal to the first sample whose backlog was at most 5 % of a second's records.
+    pub(crate) heal_to_drained: Option<Duration>,
+    /// The process's resident memory during the run (Linux only).
+    pub(crate) rss: Option<Rss>,
     /// The breaker's states in the order seen, without repeats (protected only).
     pub(crate) breaker_states: Vec<BreakerState>,
 }
@@ -189,6 +211,58 @@ impl Report {
     }
 }
 
+/// A variant's records at the end of its run, after the writer flushed (or gave up flushing).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Records {
+    /// One per request that reached the handler.
+    pub(crate) offered: u64,
+    /// Delivered to Kafka (naive: the deliveries a handler awaited to the end; a handler
+    /// cancelled by its client's timeout does not see its record's fate).
+    pub(crate) delivered: u64,
+    /// Given up on: refused or failed (tanker: dropped, expired, shed, rejected, failed).
+    pub(crate) lost: u64,
+    /// Neither: still in the writer when the run ended.
+    pub(crate) left: u64,
+    /// Naive only: records whose handler was cancelled (its client timed out) while it awaited
+    /// the delivery. librdkafka still sent them; their outcome was seen by no one.
+    pub(crate) unseen: u64,
+}
+
+/// The process's resident memory, in bytes: when the run started, and its peak during the run.
+/// Variants run one after another in one process, so a later one may reuse memory an earlier
+/// one freed: compare runs of one variant each (`--variant`) for exact figures.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rss {
+    pub(crate) start: u64,
+    pub(crate) peak: u64,
+}
+
+/// Reads the process's resident memory from `/proc/self/status` (Linux).
+mod memory {
+    fn status(field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with(field))?;
+        let kib: u64 = line[field.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Resets the peak (`VmHWM`) to the current resident size and returns that size.
+    pub(super) fn reset_peak() -> Option<u64> {
+        std::fs::write("/proc/self/clear_refs", "5").ok()?;
+        status("VmRSS:")
+    }
+
+    /// The peak resident size since the last reset.
+    pub(super) fn peak() -> Option<u64> {
+        status("VmHWM:")
+    }
+}
+
 fn percentile(values: &mut [u64], q: f64) -> Option<u64> {
     if values.is_empty() {
         return None;
@@ -205,8 +279,22 @@ enum Writer {
         producer: FutureProducer,
         delivered: AtomicU64,
         errors: AtomicU64,
+        offered: AtomicU64,
+    },
+    FireAndForget {
+        producer: ThreadedProducer<Counting>,
+        reports: Arc<Reports>,
     },
     Protected(Handoff<Record>),
+}
+
+/// Fire-and-forget's records: those offered and refused by `send`, and its delivery reports.
+#[derive(Default)]
+pub(crate) struct Reports {
+    offered: AtomicU64,
+    /// `send` answered `Err` (librdkafka's local queue was full): the record is gone.
+    refused: AtomicU64,
+    deliveries: Counting,
 }
 
 enum Lookup {
@@ -245,13 +333,24 @@ async fn handle(State(app): State<Arc<App>>, Query(params): Query<Params>) -> St
             producer,
             delivered,
             errors,
+            offered,
         } => {
+            offered.fetch_add(1, Ordering::Relaxed);
             // The original code: wait for Kafka before answering.
             let record = FutureRecord::<(), str>::to(TOPIC).payload(&stats);
             match producer.send(record, Timeout::Never).await {
                 Ok(_) => delivered.fetch_add(1, Ordering::Relaxed),
                 Err(_) => errors.fetch_add(1, Ordering::Relaxed),
             };
+        }
+        Writer::FireAndForget { producer, reports } => {
+            // Doing nothing, asynchronously: no await, errors ignored (only counted, to
+            // measure what was lost).
+            reports.offered.fetch_add(1, Ordering::Relaxed);
+            let record = BaseRecord::<(), str>::to(TOPIC).payload(&stats);
+            if producer.send(record).is_err() {
+                reports.refused.fetch_add(1, Ordering::Relaxed);
+            }
         }
         Writer::Protected(handoff) => {
             // The fix: hand the record off and answer at once.
@@ -268,33 +367,46 @@ struct Protection {
     kafka: KafkaService,
 }
 
+/// The producer's settings, shared by the protected writer and fire-and-forget: tanker's
+/// defaults (`KafkaConfig::new`), so both write with the same librdkafka properties.
+fn kafka_config(bootstrap: &str) -> KafkaConfig {
+    KafkaConfig::new(bootstrap).name("stats")
+}
+
+/// The protected writer: the README's quick start on its defaults, nothing tuned for the demo
+/// (message timeout 5 s; breaker on consecutive Kafka faults, open 1 s, back-off ×2 up to 2 s;
+/// hand-off of 50 000 records that parks them while the breaker is open).
 fn protected_writer(bootstrap: &str) -> Result<Protection, tower::BoxError> {
-    let kafka = KafkaConfig::new(bootstrap)
-        .name("stats")
-        .message_timeout(Duration::from_secs(1))
-        .build()?;
+    let kafka = kafka_config(bootstrap).build()?;
     let breaker = BreakerLayer::builder()
-        .name("kafka-stats")
+        .name("stats")
         .classify(FaultClassifier)
-        .consecutive_failures(5)
-        .open_for(Duration::from_secs(1))
-        .backoff(2.0, Duration::from_secs(4))
         .build()?;
     let handle = breaker.handle();
+    let bulkhead = BulkheadLayer::builder()
+        .name("stats")
+        .max_in_flight(4096)
+        .build()?;
     let stack = ServiceBuilder::new()
         .breaker(breaker)
-        .bulkhead(BulkheadLayer::new(2048)?)
+        .bulkhead(bulkhead)
         .service(kafka.clone());
-    let handoff = HandoffBuilder::new()
-        .name("stats")
-        .capacity(20_000)
-        .concurrency(2048)
-        .spawn(stack)?;
+    let handoff = HandoffBuilder::new().name("stats").spawn(stack)?;
     Ok(Protection {
         handoff,
         breaker: handle,
         kafka,
     })
+}
+
+/// Raw rdkafka with the protected writer's properties, counting its delivery reports.
+fn fire_and_forget_producer(
+    bootstrap: &str,
+) -> Result<(ThreadedProducer<Counting>, Arc<Reports>), tower::BoxError> {
+    let config = raw::client_config(&kafka_config(bootstrap), "fire-and-forget")?;
+    let reports = Arc::new(Reports::default());
+    let producer = config.create_with_context(reports.deliveries.clone())?;
+    Ok((producer, reports))
 }
 
 fn naive_producer(bootstrap: &str) -> Result<FutureProducer, tower::BoxError> {
@@ -444,16 +556,22 @@ pub(crate) async fn run(
     faults: &dyn Faults,
 ) -> Result<Report, tower::BoxError> {
     faults.apply(Fault::None);
+    let rss_start = memory::reset_peak();
     let protection = match variant {
         Variant::Protected => Some(protected_writer(bootstrap)?),
-        Variant::Naive => None,
+        Variant::Naive | Variant::FireAndForget => None,
     };
-    let writer = match &protection {
-        Some(p) => Writer::Protected(p.handoff.clone()),
-        None => Writer::Naive {
+    let writer = match (&protection, variant) {
+        (Some(p), _) => Writer::Protected(p.handoff.clone()),
+        (None, Variant::FireAndForget) => {
+            let (producer, reports) = fire_and_forget_producer(bootstrap)?;
+            Writer::FireAndForget { producer, reports }
+        }
+        (None, _) => Writer::Naive {
             producer: naive_producer(bootstrap)?,
             delivered: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
         },
     };
     let lookup = match &settings.redis {
@@ -511,6 +629,9 @@ pub(crate) async fn run(
     let mut healed_at: Option<Instant> = None;
     let mut fault_to_open = None;
     let mut heal_to_closed = None;
+    let mut heal_to_drained = None;
+    let mut peak_backlog = 0;
+    let drained_below = u64::from(settings.rate / 20);
     let mut at = 0u32;
     for phase in &settings.phases {
         let phase_start = start + Duration::from_secs(u64::from(at));
@@ -525,8 +646,14 @@ pub(crate) async fn run(
         }
         for s in 0..phase.secs {
             let second_end = phase_start + Duration::from_secs(u64::from(s) + 1);
-            // Watch the breaker closely so transitions are timed to 20 ms.
+            // Watch the breaker and the backlog closely so transitions are timed to 20 ms.
+            let mut backlog = 0;
             while Instant::now() < second_end {
+                let buffered = buffered(&app.writer);
+                backlog = backlog.max(buffered);
+                if buffered <= drained_below && heal_to_drained.is_none() {
+                    heal_to_drained = healed_at.map(|t| t.elapsed());
+                }
                 if let Some(p) = &protection {
                     let state = p.breaker.state();
                     if states.last() != Some(&state) {
@@ -542,7 +669,7 @@ pub(crate) async fn run(
                 tokio::time::sleep(Duration::from_millis(20).min(second_end - Instant::now()))
                     .await;
             }
-            let now = server_counts(&app.writer);
+            let now = server_counts(&app.writer, protection.as_ref());
             let second = Second {
                 at,
                 phase: phase.name.clone(),
@@ -550,14 +677,16 @@ pub(crate) async fn run(
                 delivered: now.delivered - previous.delivered,
                 ignored: now.ignored - previous.ignored,
                 kafka_errors: now.errors - previous.errors,
+                backlog,
                 breaker: protection.as_ref().map(|p| p.breaker.state()),
                 ..Second::default()
             };
             previous = now;
+            peak_backlog = peak_backlog.max(backlog);
             if settings.progress {
                 let tally = client.tallies[at as usize].lock().unwrap();
                 println!(
-                    "  [{variant:>9}] {:>3}s {:<8} sent {:>6}  answered {:>6}  timeouts {:>4}  delivered {:>5}  ignored {:>5}  kafka errors {:>4}  breaker {}",
+                    "  [{variant:>15}] {:>3}s {:<8} sent {:>6}  answered {:>6}  timeouts {:>4}  delivered {:>5}  ignored {:>5}  kafka errors {:>4}  backlog {:>6}  breaker {}",
                     at + 1,
                     phase.name,
                     client.sent.load(Ordering::Relaxed),
@@ -566,6 +695,7 @@ pub(crate) async fn run(
                     second.delivered,
                     second.ignored,
                     second.kafka_errors,
+                    second.backlog,
                     second.breaker.map_or("-".to_owned(), |s| s.to_string()),
                 );
             }
@@ -602,14 +732,27 @@ pub(crate) async fn run(
     }
 
     server.abort();
-    let handoff = match &protection {
-        Some(p) => {
-            let report = p.handoff.close(Duration::from_secs(5)).await;
-            let _ = p.kafka.flush(Duration::from_secs(2)).await;
-            Some(report.counts)
-        }
-        None => None,
-    };
+    let healed_start = settings
+        .phases
+        .iter()
+        .rposition(|p| p.fault != Fault::None)
+        .map(|last_fault| {
+            settings.phases[..=last_fault]
+                .iter()
+                .map(|p| p.secs)
+                .sum::<u32>()
+        });
+    let full = u64::from(settings.rate) * 95 / 100;
+    let heal_to_full_delivery = healed_start.and_then(|from| {
+        seconds
+            .iter()
+            .find(|s| s.at >= from && s.delivered >= full)
+            .map(|s| Duration::from_secs(u64::from(s.at + 1 - from)))
+    });
+    let (handoff, records) = finish(&app.writer, protection.as_ref()).await;
+    let rss = rss_start
+        .zip(memory::peak())
+        .map(|(start, peak)| Rss { start, peak });
     Ok(Report {
         variant,
         seconds,
@@ -620,8 +763,84 @@ pub(crate) async fn run(
         heal_to_closed,
         fault_to_open,
         handoff,
+        records,
+        peak_backlog,
+        heal_to_full_delivery,
+        heal_to_drained,
+        rss,
         breaker_states: states,
     })
+}
+
+/// Lets the writer finish what it holds (up to the message timeout and a little more), then
+/// counts its records.
+async fn finish(
+    writer: &Writer,
+    protection: Option<&Protection>,
+) -> (Option<HandoffCounts>, Records) {
+    let grace = Duration::from_secs(6);
+    match (writer, protection) {
+        (Writer::Protected(_), Some(p)) => {
+            let report = p.handoff.close(grace).await;
+            let _ = p.kafka.flush(Duration::from_secs(2)).await;
+            let c = report.counts;
+            let records = Records {
+                offered: c.offered,
+                delivered: c.delivered,
+                lost: c.ignored(),
+                left: c.pending(),
+                unseen: 0,
+            };
+            (Some(c), records)
+        }
+        (Writer::FireAndForget { producer, reports }, _) => {
+            // librdkafka's flush blocks: keep it off the runtime's threads.
+            let _ = tokio::task::block_in_place(|| producer.flush(Timeout::After(grace)));
+            let refused = reports.refused.load(Ordering::Relaxed);
+            let failed = reports.deliveries.0.failed.load(Ordering::Relaxed);
+            let records = Records {
+                offered: reports.offered.load(Ordering::Relaxed),
+                delivered: reports.deliveries.0.delivered.load(Ordering::Relaxed),
+                lost: refused + failed,
+                left: producer.in_flight_count().max(0) as u64,
+                unseen: 0,
+            };
+            (None, records)
+        }
+        (
+            Writer::Naive {
+                producer,
+                delivered,
+                errors,
+                offered,
+            },
+            _,
+        ) => {
+            let _ = tokio::task::block_in_place(|| producer.flush(Timeout::After(grace)));
+            let mut records = Records {
+                offered: offered.load(Ordering::Relaxed),
+                delivered: delivered.load(Ordering::Relaxed),
+                lost: errors.load(Ordering::Relaxed),
+                left: producer.in_flight_count().max(0) as u64,
+                unseen: 0,
+            };
+            records.unseen = records.offered - records.delivered - records.lost - records.left;
+            (None, records)
+        }
+        (Writer::Protected(_), None) => (None, Records::default()),
+    }
+}
+
+/// Records buffered in the writer now: tanker's queued + parked, librdkafka's in-flight count.
+fn buffered(writer: &Writer) -> u64 {
+    match writer {
+        Writer::Naive { producer, .. } => producer.in_flight_count().max(0) as u64,
+        Writer::FireAndForget { producer, .. } => producer.in_flight_count().max(0) as u64,
+        Writer::Protected(handoff) => {
+            let c = handoff.counts();
+            c.queued + c.parked
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -631,7 +850,7 @@ struct ServerCounts {
     errors: u64,
 }
 
-fn server_counts(writer: &Writer) -> ServerCounts {
+fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCounts {
     match writer {
         Writer::Naive {
             delivered, errors, ..
@@ -640,12 +859,20 @@ fn server_counts(writer: &Writer) -> ServerCounts {
             ignored: 0,
             errors: errors.load(Ordering::Relaxed),
         },
+        Writer::FireAndForget { reports, .. } => {
+            let failed = reports.deliveries.0.failed.load(Ordering::Relaxed);
+            ServerCounts {
+                delivered: reports.deliveries.0.delivered.load(Ordering::Relaxed),
+                ignored: failed + reports.refused.load(Ordering::Relaxed),
+                errors: failed,
+            }
+        }
         Writer::Protected(handoff) => {
             let c = handoff.counts();
             ServerCounts {
                 delivered: c.delivered,
-                ignored: c.dropped + c.shed + c.rejected,
-                errors: c.failed,
+                ignored: c.ignored(),
+                errors: protection.map_or(c.failed, |p| p.breaker.metrics().failures),
             }
         }
     }
