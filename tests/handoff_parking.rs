@@ -489,3 +489,58 @@ fn a_byte_budget_of_zero_is_refused() {
         .unwrap_err();
     assert_eq!(err.config().unwrap().setting(), "max_bytes");
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_flow_again_soon_after_a_half_open_breaker_closes_early() {
+    // A dependency that holds every call while it is down and answers them all when it heals,
+    // behind a breaker whose probe may take 10 s: a refusal while the probe runs says "come
+    // back in up to 10 s", but the probe succeeds at the heal.
+    let (heal, healed) = tokio::sync::watch::channel(false);
+    let calls = Arc::new(AtomicU64::new(0));
+    let counter = calls.clone();
+    let breaker = BreakerLayer::builder()
+        .consecutive_failures(1)
+        .open_for(Duration::from_millis(500))
+        .probe_timeout(Duration::from_secs(10))
+        .jitter(0.0)
+        .build()
+        .unwrap();
+    let handle = breaker.handle();
+    let service = ServiceBuilder::new()
+        .breaker(breaker)
+        .service(service_fn(move |n: u32| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut healed = healed.clone();
+            async move {
+                if n == 0 {
+                    return Err::<(), BoxError>("the first call fails: the breaker opens".into());
+                }
+                healed.wait_for(|up| *up).await.map_err(BoxError::from)?;
+                Ok(())
+            }
+        }));
+    let handoff = HandoffBuilder::new()
+        .retry_failed(false)
+        .spawn(service)
+        .unwrap();
+    assert_eq!(send_all(&handoff, 0..20), 20);
+    run_for(Duration::from_secs(3)).await;
+    assert_eq!(handle.state(), BreakerState::HalfOpen, "a probe hangs");
+    let before = calls.load(Ordering::SeqCst);
+
+    heal.send(true).unwrap();
+    let healed_at = time::Instant::now();
+    let counts = settle(&handoff).await;
+    assert!(
+        healed_at.elapsed() <= Duration::from_millis(200),
+        "delivery resumed {:?} after the heal, not after the probe's 10 s",
+        healed_at.elapsed()
+    );
+    assert_eq!((counts.delivered, counts.failed), (19, 1), "{counts:?}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst) - before,
+        18,
+        "each parked record sent once"
+    );
+    assert_identity(&counts);
+}

@@ -37,8 +37,9 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///
 /// - refused by an open breaker ([`BreakerOpen`](crate::breaker::BreakerOpen)), it waits in the
 ///   worker, and the worker starts nothing until the breaker's
-///   [`retry_after`](crate::breaker::BreakerOpen::retry_after) has passed: a sick dependency
-///   gets only the breaker's probes, while new records wait in the queue;
+///   [`retry_after`](crate::breaker::BreakerOpen::retry_after) has passed, or 100 ms, whichever
+///   comes first (a half-open breaker may close well before its `retry_after`): a sick
+///   dependency gets only the breaker's probes, while new records wait in the queue;
 /// - refused by a full bulkhead, it is tried again a millisecond later;
 /// - failed with a dependency fault (a tower timeout, or a Kafka error whose
 ///   [`Fault`](crate::kafka::Fault) is the dependency's), it gets one more try, unless

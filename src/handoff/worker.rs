@@ -32,6 +32,10 @@ const BUDGET: u32 = 1024;
 /// steady flow of records then never makes a sender wake it.
 const TICK: Duration = Duration::from_millis(1);
 
+/// The longest the worker waits, after an open breaker refused a record, before it offers the
+/// oldest parked record again: a breaker that closes is used again within this.
+const LOOK_AGAIN: Duration = Duration::from_millis(100);
+
 /// How long a worker with nothing to start keeps the fast tick before it slows down.
 const LINGER: Duration = Duration::from_millis(50);
 
@@ -328,7 +332,10 @@ where
                 Ended::Delivered => Outcome::Delivered,
                 // Parking needs a timer to try again; without one the refusal is final.
                 Ended::BreakerOpen(retry_after) if self.park => {
-                    self.pause_for(retry_after.unwrap_or(TICK).max(TICK));
+                    // At most `LOOK_AGAIN`: a half-open breaker's `retry_after` is its probe's
+                    // remaining timeout, and the probe may succeed long before that. Looking
+                    // again costs one refusal, which never reaches the dependency.
+                    self.pause_for(retry_after.unwrap_or(TICK).clamp(TICK, LOOK_AGAIN));
                     return self.park(record);
                 }
                 Ended::BulkheadFull if self.park => {
@@ -370,8 +377,8 @@ where
         self.shared.finish(Outcome::Parked);
     }
 
-    /// Starts nothing for `wait` (a breaker's cool-down, a bulkhead's next free slot). Calls in
-    /// flight still finish; a longer pause already set is kept.
+    /// Starts nothing for `wait` (a breaker's cool-down, at most [`LOOK_AGAIN`]; a bulkhead's
+    /// next free slot). Calls in flight still finish; a longer pause already set is kept.
     fn pause_for(&mut self, wait: Duration) {
         let until = Instant::now() + wait;
         match &mut self.pause {
