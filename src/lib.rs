@@ -338,6 +338,7 @@ mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod keyed;
 pub mod metrics;
 mod rejection;
 mod sync;

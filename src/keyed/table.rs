@@ -1,0 +1,403 @@
+//! The key table shared by every service of one [`KeyedLayer`](super::KeyedLayer): one
+//! compartment and one breaker per key, a bound on the keys, and the count of open keys.
+//!
+//! Readers never lock. The table publishes an immutable [`Snapshot`] of its map, numbered by a
+//! version; a service keeps the snapshot it last saw and checks, with one atomic load per call,
+//! that the version has not moved. Only a new key (or an eviction) takes the lock: it copies the
+//! map, adds the key, and publishes the copy under the next version. Copying costs a walk of the
+//! map, which the bound on keys keeps small, and happens once per new key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::breaker::{BreakerBuilder, BreakerLayer, BreakerState};
+use crate::bulkhead::{BulkheadBuilder, BulkheadHandle};
+use crate::metrics as names;
+use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::telemetry::{Counter, Gauge, Labels};
+use crate::ConfigError;
+
+/// How a key's label is made from the key.
+pub(crate) type LabelFn<K> = Box<dyn Fn(&K) -> String + Send + Sync>;
+
+/// Where an entry stands in the count of open keys (its `ejection` word).
+const COUNTED_CLOSED: u32 = 0;
+/// The entry's breaker was seen open and is counted in [`Table::open`].
+const COUNTED_OPEN: u32 = 1;
+/// The entry was evicted: it is never counted again.
+const RETIRED: u32 = 2;
+
+/// `retry_after` unknown (none seen yet), in [`Table::retry_after`].
+const NO_RETRY: u64 = u64::MAX;
+
+/// One key's compartment and breaker.
+pub(crate) struct KeyEntry<C> {
+    pub(crate) label: Arc<str>,
+    pub(crate) breaker: BreakerLayer<C>,
+    pub(crate) bulkhead: BulkheadHandle,
+    /// Set by calls, cleared by the eviction hand as it passes (the CLOCK approximation of
+    /// least recently used): a call pays one load, and a store only when the bit was clear.
+    touched: AtomicBool,
+    /// [`COUNTED_CLOSED`], [`COUNTED_OPEN`] or [`RETIRED`].
+    ejection: AtomicU32,
+}
+
+impl<C> KeyEntry<C> {
+    /// Marks the key as used, for the eviction hand.
+    #[inline]
+    pub(crate) fn touch(&self) {
+        if !self.touched.load(Ordering::Relaxed) {
+            self.touched.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this key is counted among the open keys (one load, for the closed path).
+    #[inline]
+    pub(crate) fn counted_open(&self) -> bool {
+        self.ejection.load(Ordering::Relaxed) == COUNTED_OPEN
+    }
+
+    /// Whether nothing holds the key: no call in flight, a closed breaker, no probe out.
+    fn idle(&self) -> bool {
+        let breaker = self.breaker.handle().metrics();
+        self.bulkhead.in_flight() == 0
+            && breaker.state == BreakerState::Closed
+            && breaker.probes_in_flight == 0
+    }
+}
+
+/// The map as one version of the table saw it; never changed once published.
+pub(crate) struct Snapshot<K, C> {
+    version: u64,
+    entries: HashMap<K, Arc<KeyEntry<C>>>,
+}
+
+impl<K: Hash + Eq, C> Snapshot<K, C> {
+    /// The entry of `key`, if the key was in the table at this version.
+    #[inline]
+    pub(crate) fn get(&self, key: &K) -> Option<&Arc<KeyEntry<C>>> {
+        self.entries.get(key)
+    }
+
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&K, &Arc<KeyEntry<C>>)> {
+        self.entries.iter()
+    }
+}
+
+/// What the lock guards: the published snapshot, and the order the eviction hand walks.
+struct Keys<K, C> {
+    snapshot: Arc<Snapshot<K, C>>,
+    order: Vec<K>,
+    hand: usize,
+}
+
+/// The settings a keyed layer was built with.
+pub(crate) struct Settings<K, C> {
+    pub(crate) name: Arc<str>,
+    pub(crate) label: LabelFn<K>,
+    pub(crate) bulkhead: BulkheadBuilder,
+    pub(crate) breaker: BreakerBuilder<C>,
+    pub(crate) max_keys: usize,
+    pub(crate) max_open: Option<usize>,
+}
+
+/// The table's metric handles (empty without the `metrics` feature).
+struct TableMetrics {
+    keys: Gauge,
+    open: Gauge,
+    outage: Gauge,
+    evicted: Counter,
+    refused: Counter,
+}
+
+impl TableMetrics {
+    fn new(name: &str) -> Self {
+        let labels = Labels::new("keyed", name);
+        Self {
+            keys: labels.gauge(names::KEYED_KEYS, "keys in a keyed layer's table"),
+            open: labels.gauge(
+                names::KEYED_OPEN,
+                "keys of a keyed layer with an open breaker",
+            ),
+            outage: labels.gauge(
+                names::KEYED_OUTAGE,
+                "1 while more keys are open than a keyed layer's cap",
+            ),
+            evicted: labels.counter(names::KEYED_EVICTED, "idle keys a keyed layer evicted"),
+            refused: labels.counter(
+                names::KEYED_REFUSED,
+                "calls for a new key refused because a keyed layer's table was full of busy keys",
+            ),
+        }
+    }
+}
+
+/// The state shared by every service, clone and handle of one keyed layer.
+pub(crate) struct Table<K, C> {
+    settings: Settings<K, C>,
+    /// The version of the published snapshot; read by every call.
+    version: AtomicU64,
+    keys: Mutex<Keys<K, C>>,
+    /// Keys counted open (entries in state [`COUNTED_OPEN`]).
+    open: AtomicUsize,
+    /// The last `retry_after` an open key gave, in nanoseconds, for refusals during an outage.
+    retry_after: AtomicU64,
+    evicted: AtomicU64,
+    refused: AtomicU64,
+    metrics: TableMetrics,
+}
+
+impl<K, C> Table<K, C>
+where
+    K: Hash + Eq + Clone,
+    C: Clone,
+{
+    pub(crate) fn new(settings: Settings<K, C>) -> Self {
+        Self {
+            metrics: TableMetrics::new(&settings.name),
+            settings,
+            version: AtomicU64::new(0),
+            keys: Mutex::new(Keys {
+                snapshot: Arc::new(Snapshot {
+                    version: 0,
+                    entries: HashMap::new(),
+                }),
+                order: Vec::new(),
+                hand: 0,
+            }),
+            open: AtomicUsize::new(0),
+            retry_after: AtomicU64::new(NO_RETRY),
+            evicted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Keys<K, C>> {
+        // Every change under the lock is complete before the guard drops: keep going after a
+        // panic elsewhere.
+        self.keys
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// The published snapshot.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot<K, C>> {
+        self.lock().snapshot.clone()
+    }
+
+    /// Whether `snapshot` is still the published one: one atomic load.
+    #[inline]
+    pub(crate) fn is_current(&self, snapshot: &Snapshot<K, C>) -> bool {
+        self.version.load(Ordering::Acquire) == snapshot.version
+    }
+
+    /// The entry of `key`, added if it is new. Returns `None` when the table holds
+    /// `max_keys` keys and none of them is idle.
+    #[cold]
+    pub(crate) fn insert(&self, key: &K) -> Option<Arc<KeyEntry<C>>> {
+        let mut keys = self.lock();
+        if let Some(entry) = keys.snapshot.get(key) {
+            return Some(entry.clone());
+        }
+        let mut entries = keys.snapshot.entries.clone();
+        if entries.len() >= self.settings.max_keys && !self.evict_one(&mut keys, &mut entries) {
+            drop(keys);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            self.metrics.refused.increment();
+            tracing::debug!(keyed = %self.settings.name, "key table full of busy keys: call refused");
+            return None;
+        }
+        let entry = Arc::new(self.build_entry(key)?);
+        entries.insert(key.clone(), entry.clone());
+        keys.order.push(key.clone());
+        self.publish(&mut keys, entries);
+        Some(entry)
+    }
+
+    fn build_entry(&self, key: &K) -> Option<KeyEntry<C>> {
+        let settings = &self.settings;
+        let label: Arc<str> = Arc::from((settings.label)(key));
+        let name: Arc<str> = Arc::from(format!("{}/{}", settings.name, label));
+        // Both templates were built once by the layer's builder: only the name differs here.
+        let breaker = settings.breaker.clone().name(name.clone()).build().ok()?;
+        let bulkhead = settings.bulkhead.clone().name(name).build().ok()?.handle();
+        Some(KeyEntry {
+            label,
+            breaker,
+            bulkhead,
+            touched: AtomicBool::new(true),
+            ejection: AtomicU32::new(COUNTED_CLOSED),
+        })
+    }
+
+    fn publish(&self, keys: &mut Keys<K, C>, entries: HashMap<K, Arc<KeyEntry<C>>>) {
+        let version = keys.snapshot.version + 1;
+        self.metrics.keys.set(entries.len() as u64);
+        keys.snapshot = Arc::new(Snapshot { version, entries });
+        self.version.store(version, Ordering::Release);
+    }
+
+    /// Evicts one idle key, the least recently used as far as the CLOCK hand can tell: it
+    /// walks the keys in the order they came, spares (and unmarks) each key used since it last
+    /// passed, and takes the first unused idle one. Returns `false` if every key is busy.
+    fn evict_one(&self, keys: &mut Keys<K, C>, entries: &mut HashMap<K, Arc<KeyEntry<C>>>) -> bool {
+        // Two turns: the first may only clear the marks.
+        for _ in 0..2 * keys.order.len() {
+            if keys.hand >= keys.order.len() {
+                keys.hand = 0;
+            }
+            let key = &keys.order[keys.hand];
+            let Some(entry) = entries.get(key) else {
+                keys.order.swap_remove(keys.hand);
+                continue;
+            };
+            if entry.touched.swap(false, Ordering::Relaxed) || !entry.idle() || !retire(entry) {
+                keys.hand += 1;
+                continue;
+            }
+            let key = keys.order.swap_remove(keys.hand);
+            let entry = entries.remove(&key);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.evicted.increment();
+            if let Some(entry) = entry {
+                tracing::debug!(keyed = %self.settings.name, key = %entry.label, "idle key evicted");
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Counts the key's breaker as open (it rejected a call, or let a probe through), and
+    /// remembers its `retry_after` for refusals during an outage.
+    #[cold]
+    pub(crate) fn mark_open(&self, entry: &KeyEntry<C>, retry_after: Option<Duration>) {
+        if let Some(after) = retry_after {
+            let nanos = u64::try_from(after.as_nanos()).unwrap_or(NO_RETRY - 1);
+            self.retry_after.store(nanos, Ordering::Relaxed);
+        }
+        if entry.ejection.load(Ordering::Relaxed) != COUNTED_CLOSED
+            || entry
+                .ejection
+                .compare_exchange(
+                    COUNTED_CLOSED,
+                    COUNTED_OPEN,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            return;
+        }
+        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.open.set(open as u64);
+        if self.settings.max_open.is_some_and(|max| open == max + 1) {
+            self.metrics.outage.set(1);
+            tracing::warn!(
+                keyed = %self.settings.name,
+                open,
+                key = %entry.label,
+                "more keys open than the cap: cluster-wide outage, every key refused until one heals"
+            );
+        }
+    }
+
+    /// Stops counting the key's breaker as open: it let an ordinary call through.
+    #[cold]
+    pub(crate) fn mark_closed(&self, entry: &KeyEntry<C>) {
+        if entry
+            .ejection
+            .compare_exchange(
+                COUNTED_OPEN,
+                COUNTED_CLOSED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            return;
+        }
+        let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.metrics.open.set(open as u64);
+        if self.settings.max_open.is_some_and(|max| open == max) {
+            self.metrics.outage.set(0);
+            tracing::info!(keyed = %self.settings.name, open, key = %entry.label, "cluster-wide outage over");
+        }
+    }
+
+    /// Whether more keys are open than the cap allows: one load of a word written only when a
+    /// key opens or closes.
+    #[inline]
+    pub(crate) fn outage(&self) -> bool {
+        match self.settings.max_open {
+            Some(max) => self.open.load(Ordering::Acquire) > max,
+            None => false,
+        }
+    }
+
+    /// The wait a refusal during an outage advertises: the last one an open key gave.
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
+        match self.retry_after.load(Ordering::Relaxed) {
+            NO_RETRY => None,
+            nanos => Some(Duration::from_nanos(nanos)),
+        }
+    }
+
+    pub(crate) fn open_keys(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// Takes an idle entry out of the open count for good. Fails if the entry is counted open (a
+/// call saw its breaker open since [`KeyEntry::idle`] looked).
+fn retire<C>(entry: &KeyEntry<C>) -> bool {
+    entry
+        .ejection
+        .compare_exchange(COUNTED_CLOSED, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+        .is_ok()
+}
+
+/// Checks the templates once, so that building a key's entry later cannot fail.
+pub(crate) fn check_templates<C>(
+    bulkhead: &BulkheadBuilder,
+    breaker: &BreakerBuilder<C>,
+) -> Result<(), ConfigError>
+where
+    C: Clone,
+{
+    let compartment = bulkhead.clone().build()?;
+    if compartment.handle().compartment.room().is_some() {
+        return Err(ConfigError::new(
+            "bulkhead",
+            "a keyed compartment cannot have a waiting room (the key is known only in `call`, \
+             and a caller may not wait there): call `no_waiting_room()` on the template",
+        ));
+    }
+    breaker.clone().build()?;
+    Ok(())
+}
+
+impl<K, C> fmt::Debug for Table<K, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("name", &self.settings.name)
+            .field("max_keys", &self.settings.max_keys)
+            .field("max_open", &self.settings.max_open)
+            .field("open", &self.open.load(Ordering::Relaxed))
+            .finish()
+    }
+}
