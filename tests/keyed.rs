@@ -1,0 +1,374 @@
+//! The keyed layer: a bulkhead and a breaker per key, the key bound, eviction, the cap on open
+//! keys, and the handles, driven with tower-test's mock on paused time.
+
+use std::time::Duration;
+
+use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState};
+use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
+use tanker::keyed::{Keyed, KeyedBuilder, KeyedLayer};
+use tanker::Rejection;
+use tower::{BoxError, Layer, Service, ServiceExt};
+use tower_test::mock;
+
+mod support;
+use support::DependencyDown;
+
+/// A request: the key (a host) and a number.
+type Req = (&'static str, u32);
+type Mock = mock::Mock<Req, u32>;
+type Deps = mock::Handle<Req, u32>;
+
+fn host(request: &Req) -> &'static str {
+    request.0
+}
+
+/// A breaker that opens on two failures in a row, for one second, without jitter.
+fn breaker() -> BreakerBuilder {
+    BreakerLayer::builder()
+        .consecutive_failures(2)
+        .open_for(Duration::from_secs(1))
+        .jitter(0.0)
+}
+
+fn builder() -> KeyedBuilder<Req, &'static str, fn(&Req) -> &'static str> {
+    KeyedLayer::builder(host as fn(&Req) -> &'static str)
+        .name("http")
+        .bulkhead(BulkheadLayer::builder().max_in_flight(2))
+        .breaker(breaker())
+}
+
+type Svc = Keyed<Mock, &'static str, fn(&Req) -> &'static str, tanker::breaker::ErrorsAsFailures>;
+
+fn stack(
+    keyed: KeyedBuilder<Req, &'static str, fn(&Req) -> &'static str>,
+) -> (
+    KeyedLayer<&'static str, fn(&Req) -> &'static str>,
+    Svc,
+    Deps,
+) {
+    let layer = keyed.build().expect("valid settings");
+    let (inner, mut deps) = mock::pair::<Req, u32>();
+    deps.allow(u64::MAX);
+    let svc = layer.layer(inner);
+    (layer, svc, deps)
+}
+
+/// Calls the stack and answers the call at the dependency with `reply`.
+async fn round_trip(
+    svc: &mut Svc,
+    deps: &mut Deps,
+    request: Req,
+    reply: Result<u32, ()>,
+) -> Result<u32, BoxError> {
+    let call = svc.ready().await.unwrap().call(request);
+    let (got, respond) = deps
+        .next_request()
+        .await
+        .expect("the call reached the dependency");
+    assert_eq!(got, request);
+    match reply {
+        Ok(n) => respond.send_response(n),
+        Err(()) => respond.send_error(DependencyDown),
+    }
+    call.await
+}
+
+/// Calls the stack and expects a refusal that never reached the dependency.
+async fn refused(svc: &mut Svc, request: Req) -> BoxError {
+    svc.ready()
+        .await
+        .unwrap()
+        .call(request)
+        .await
+        .expect_err("refused")
+}
+
+/// The next request the dependency sees is `request`: nothing refused before it got there.
+async fn next_is(svc: &mut Svc, deps: &mut Deps, request: Req) {
+    let answer = round_trip(svc, deps, request, Ok(request.1)).await.unwrap();
+    assert_eq!(answer, request.1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sick_keys_breaker_opens_while_another_key_keeps_flowing() {
+    let (layer, mut svc, mut deps) = stack(builder());
+    let handle = layer.handle();
+    for i in 0..2 {
+        let err = round_trip(&mut svc, &mut deps, ("down", i), Err(())).await;
+        assert!(err.unwrap_err().is::<DependencyDown>());
+    }
+    let down = handle.get(&"down").expect("the key is in the table");
+    assert_eq!(down.breaker().state(), BreakerState::Open);
+
+    let err = refused(&mut svc, ("down", 9)).await;
+    let open = err.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+    assert_eq!(open.retry_after(), Some(Duration::from_secs(1)));
+    assert!(matches!(
+        Rejection::find(err.as_ref()),
+        Some(Rejection::BreakerOpen { .. })
+    ));
+    // The refused call never reached the dependency; the healthy key's did.
+    next_is(&mut svc, &mut deps, ("up", 1)).await;
+    assert_eq!(
+        handle.get(&"up").unwrap().breaker().state(),
+        BreakerState::Closed
+    );
+    assert_eq!(down.breaker().metrics().rejected, 1);
+
+    // After the cool-down, a probe closes the sick key's breaker.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    next_is(&mut svc, &mut deps, ("down", 3)).await;
+    assert_eq!(down.breaker().state(), BreakerState::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn per_key_bulkheads_bound_independently() {
+    let (layer, mut svc, mut deps) = stack(builder());
+    let handle = layer.handle();
+    // Two calls hold both slots of key `a`.
+    let first = svc.ready().await.unwrap().call(("a", 1));
+    let second = svc.ready().await.unwrap().call(("a", 2));
+    let err = refused(&mut svc, ("a", 3)).await;
+    assert!(err.is::<BulkheadFull>());
+    assert_eq!(Rejection::find(err.as_ref()), Some(Rejection::BulkheadFull));
+    // Key `b` has its own two slots.
+    let third = svc.ready().await.unwrap().call(("b", 1));
+    let fourth = svc.ready().await.unwrap().call(("b", 2));
+    assert!(refused(&mut svc, ("b", 3)).await.is::<BulkheadFull>());
+    let a = handle.get(&"a").unwrap();
+    let b = handle.get(&"b").unwrap();
+    assert_eq!((a.bulkhead().in_flight(), a.bulkhead().shed()), (2, 1));
+    assert_eq!((b.bulkhead().in_flight(), b.bulkhead().shed()), (2, 1));
+    // The shed calls never reached the dependency: it saw the four admitted, in order.
+    for expected in [("a", 1), ("a", 2), ("b", 1), ("b", 2)] {
+        let (got, respond) = deps.next_request().await.unwrap();
+        assert_eq!(got, expected);
+        respond.send_response(got.1);
+    }
+    for (call, n) in [(first, 1), (second, 2), (third, 1), (fourth, 2)] {
+        assert_eq!(call.await.unwrap(), n);
+    }
+    assert_eq!(a.bulkhead().in_flight(), 0);
+    // A shed is not the dependency's failure: the breaker did not count it.
+    assert_eq!(a.breaker().metrics().failures, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_keys_are_evicted_least_recently_used_first() {
+    let (layer, mut svc, mut deps) = stack(builder().max_keys(3));
+    let handle = layer.handle();
+    for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+        next_is(&mut svc, &mut deps, (key, i as u32)).await;
+    }
+    assert_eq!(handle.len(), 3);
+    // A fourth key takes the place of the oldest.
+    next_is(&mut svc, &mut deps, ("d", 4)).await;
+    assert_eq!(handle.len(), 3);
+    assert_eq!(handle.evicted(), 1);
+    assert!(handle.get(&"a").is_none());
+    // `c` is used again; then a fifth key evicts `b`, unused since before `c`'s call.
+    next_is(&mut svc, &mut deps, ("c", 5)).await;
+    next_is(&mut svc, &mut deps, ("e", 6)).await;
+    assert!(handle.get(&"b").is_none());
+    let mut keys: Vec<&str> = handle.keys().iter().map(|k| *k.key()).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["c", "d", "e"]);
+    assert_eq!(handle.evicted(), 2);
+    // An evicted key comes back with fresh state.
+    next_is(&mut svc, &mut deps, ("a", 7)).await;
+    assert_eq!(handle.get(&"a").unwrap().bulkhead().admitted(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn busy_and_open_keys_are_never_evicted_and_a_full_table_refuses_new_keys() {
+    let (layer, mut svc, mut deps) = stack(builder().max_keys(2));
+    let handle = layer.handle();
+    // `a` has a call in flight; `b`'s breaker is open.
+    let held = svc.ready().await.unwrap().call(("a", 1));
+    let (_, respond_a) = deps.next_request().await.unwrap();
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("b", i), Err(())).await;
+    }
+    assert_eq!(
+        handle.get(&"b").unwrap().breaker().state(),
+        BreakerState::Open
+    );
+    // A new key finds no idle key: refused with `BulkheadFull`, as a full compartment is.
+    let err = refused(&mut svc, ("c", 1)).await;
+    assert!(err.is::<BulkheadFull>());
+    assert_eq!(handle.refused(), 1);
+    assert_eq!(handle.evicted(), 0);
+    assert_eq!(handle.len(), 2);
+    // Once `a`'s call is over, `a` is idle and makes room.
+    respond_a.send_response(1);
+    assert_eq!(held.await.unwrap(), 1);
+    next_is(&mut svc, &mut deps, ("c", 2)).await;
+    assert!(handle.get(&"a").is_none());
+    assert!(handle.get(&"b").is_some(), "an open key stays");
+    assert_eq!(handle.evicted(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn beyond_the_open_cap_the_layer_reports_one_outage_until_a_key_heals() {
+    let (layer, mut svc, mut deps) = stack(builder().max_open(1));
+    let handle = layer.handle();
+    next_is(&mut svc, &mut deps, ("healthy", 0)).await;
+    // `a` opens, and is seen open: one open key is within the cap.
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("a", i), Err(())).await;
+    }
+    assert!(refused(&mut svc, ("a", 9)).await.is::<BreakerOpen>());
+    assert_eq!(handle.open_keys(), 1);
+    assert!(!handle.outage());
+    next_is(&mut svc, &mut deps, ("healthy", 1)).await;
+
+    // `b` opens too: beyond the cap, the whole dependency is taken as down.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("b", i), Err(())).await;
+    }
+    assert!(refused(&mut svc, ("b", 9)).await.is::<BreakerOpen>());
+    assert_eq!(handle.open_keys(), 2);
+    assert!(handle.outage());
+    let err = refused(&mut svc, ("healthy", 2)).await;
+    assert!(err.is::<BreakerOpen>(), "{err}");
+    assert_eq!(
+        handle.get(&"healthy").unwrap().breaker().state(),
+        BreakerState::Closed,
+        "refused by the outage, not by its own breaker"
+    );
+
+    // `a`'s cool-down ends: its probe still goes out, succeeds and closes `a`; its next call
+    // takes it out of the open count, and the outage is over.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    next_is(&mut svc, &mut deps, ("a", 10)).await;
+    next_is(&mut svc, &mut deps, ("a", 11)).await;
+    assert_eq!(handle.open_keys(), 1);
+    assert!(!handle.outage());
+    next_is(&mut svc, &mut deps, ("healthy", 3)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn handles_list_each_key_with_its_label_and_control_its_breaker() {
+    let layer = KeyedLayer::builder(|r: &Req| r.1)
+        .name("tenants")
+        .label(|id: &u32| format!("tenant-{id}"))
+        .build()
+        .unwrap();
+    let (inner, mut deps) = mock::pair::<Req, u32>();
+    deps.allow(u64::MAX);
+    let mut svc = layer.layer(inner);
+    let handle = svc.handle();
+    for id in [7, 8] {
+        let call = svc.ready().await.unwrap().call(("x", id));
+        let (_, respond) = deps.next_request().await.unwrap();
+        respond.send_response(id);
+        assert_eq!(call.await.unwrap(), id);
+    }
+    let mut keys: Vec<(u32, String, String)> = handle
+        .keys()
+        .into_iter()
+        .map(|k| {
+            (
+                *k.key(),
+                k.label().to_owned(),
+                k.breaker().name().to_owned(),
+            )
+        })
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            (7, "tenant-7".into(), "tenants/tenant-7".into()),
+            (8, "tenant-8".into(), "tenants/tenant-8".into())
+        ]
+    );
+    let seven = handle.get(&7).unwrap();
+    assert_eq!(seven.bulkhead().name(), "tenants/tenant-7");
+    assert_eq!(seven.bulkhead().admitted(), 1);
+    // An operator forces one tenant's breaker open: only its calls are refused.
+    seven.breaker().force_open();
+    let err = svc.ready().await.unwrap().call(("x", 7)).await.unwrap_err();
+    assert!(err.is::<BreakerOpen>());
+    let call = svc.ready().await.unwrap().call(("x", 8));
+    let (got, respond) = deps.next_request().await.unwrap();
+    assert_eq!(got, ("x", 8));
+    respond.send_response(8);
+    assert_eq!(call.await.unwrap(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn clones_and_services_of_one_layer_share_the_table() {
+    let (layer, mut svc, mut deps) = stack(builder());
+    let mut clone = svc.clone();
+    let (inner, mut other_deps) = mock::pair::<Req, u32>();
+    other_deps.allow(u64::MAX);
+    let mut other = layer.layer(inner);
+    // One slot each from the clone and a second service: the key's two slots are taken.
+    let first = clone.ready().await.unwrap().call(("a", 1));
+    let second = other.ready().await.unwrap().call(("a", 2));
+    assert!(refused(&mut svc, ("a", 3)).await.is::<BulkheadFull>());
+    assert_eq!(layer.handle().len(), 1);
+    let (_, respond) = deps.next_request().await.unwrap();
+    respond.send_response(1);
+    let (_, respond) = other_deps.next_request().await.unwrap();
+    respond.send_response(2);
+    assert_eq!(first.await.unwrap(), 1);
+    assert_eq!(second.await.unwrap(), 2);
+    next_is(&mut svc, &mut deps, ("a", 4)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_response_future_gives_the_slot_back_and_counts_nothing() {
+    let (layer, mut svc, mut deps) = stack(builder());
+    let call = svc.ready().await.unwrap().call(("a", 1));
+    let (_, _respond) = deps.next_request().await.unwrap();
+    let a = layer.handle().get(&"a").unwrap();
+    assert_eq!(a.bulkhead().in_flight(), 1);
+    drop(call);
+    assert_eq!(a.bulkhead().in_flight(), 0);
+    let metrics = a.breaker().metrics();
+    assert_eq!((metrics.successes, metrics.failures), (0, 0));
+}
+
+#[test]
+fn invalid_settings_are_refused_when_built() {
+    let err = builder().max_keys(0).build().unwrap_err();
+    assert_eq!(err.setting(), "max_keys");
+    let err = builder().max_keys(4).max_open(4).build().unwrap_err();
+    assert_eq!(err.setting(), "max_open");
+    let err = builder().max_open(0).build().unwrap_err();
+    assert_eq!(err.setting(), "max_open");
+    let err = builder()
+        .bulkhead(BulkheadLayer::builder().waiting_room(4, Duration::from_millis(10)))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "bulkhead");
+    assert!(err.to_string().contains("no_waiting_room"), "{err}");
+    let err = builder()
+        .bulkhead(BulkheadLayer::builder().max_in_flight(0))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "max_in_flight");
+    let err = builder()
+        .breaker(BreakerLayer::builder().consecutive_failures(0))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.setting(), "consecutive_failures");
+}
+
+#[test]
+fn services_futures_and_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Svc>();
+    send_sync::<
+        tanker::keyed::future::ResponseFuture<
+            <Mock as Service<Req>>::Future,
+            tanker::breaker::ErrorsAsFailures,
+        >,
+    >();
+    send_sync::<KeyedLayer<&'static str, fn(&Req) -> &'static str>>();
+    send_sync::<tanker::keyed::KeyedHandle<&'static str, tanker::breaker::ErrorsAsFailures>>();
+    send_sync::<tanker::keyed::KeyHandle<&'static str>>();
+}
