@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState};
+use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState, ErrorsAsFailures};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
 use tanker::keyed::{Keyed, KeyedBuilder, KeyedLayer};
 use tanker::Rejection;
@@ -30,22 +30,20 @@ fn breaker() -> BreakerBuilder {
         .jitter(0.0)
 }
 
-fn builder() -> KeyedBuilder<Req, &'static str, fn(&Req) -> &'static str> {
-    KeyedLayer::builder(host as fn(&Req) -> &'static str)
+/// The key function's type, named so that the stack's types can be written down.
+type HostFn = fn(&Req) -> &'static str;
+type KeyedByHost = KeyedLayer<&'static str, HostFn>;
+
+fn builder() -> KeyedBuilder<Req, &'static str, HostFn> {
+    KeyedLayer::builder(host as HostFn)
         .name("http")
         .bulkhead(BulkheadLayer::builder().max_in_flight(2))
         .breaker(breaker())
 }
 
-type Svc = Keyed<Mock, &'static str, fn(&Req) -> &'static str, tanker::breaker::ErrorsAsFailures>;
+type Svc = Keyed<Mock, &'static str, HostFn, ErrorsAsFailures>;
 
-fn stack(
-    keyed: KeyedBuilder<Req, &'static str, fn(&Req) -> &'static str>,
-) -> (
-    KeyedLayer<&'static str, fn(&Req) -> &'static str>,
-    Svc,
-    Deps,
-) {
+fn stack(keyed: KeyedBuilder<Req, &'static str, HostFn>) -> (KeyedByHost, Svc, Deps) {
     let layer = keyed.build().expect("valid settings");
     let (inner, mut deps) = mock::pair::<Req, u32>();
     deps.allow(u64::MAX);
@@ -363,12 +361,9 @@ fn services_futures_and_handles_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<Svc>();
     send_sync::<
-        tanker::keyed::future::ResponseFuture<
-            <Mock as Service<Req>>::Future,
-            tanker::breaker::ErrorsAsFailures,
-        >,
+        tanker::keyed::future::ResponseFuture<<Mock as Service<Req>>::Future, ErrorsAsFailures>,
     >();
-    send_sync::<KeyedLayer<&'static str, fn(&Req) -> &'static str>>();
-    send_sync::<tanker::keyed::KeyedHandle<&'static str, tanker::breaker::ErrorsAsFailures>>();
+    send_sync::<KeyedByHost>();
+    send_sync::<tanker::keyed::KeyedHandle<&'static str, ErrorsAsFailures>>();
     send_sync::<tanker::keyed::KeyHandle<&'static str>>();
 }
