@@ -58,7 +58,19 @@ async fn round_trip(
     request: Req,
     reply: Result<u32, ()>,
 ) -> Result<u32, BoxError> {
-    let call = svc.ready().await.unwrap().call(request);
+    round_trip_by(svc, deps, request, reply, |svc, request| svc.call(request)).await
+}
+
+/// [`round_trip`], with `call` making the call once the service is ready.
+async fn round_trip_by(
+    svc: &mut Svc,
+    deps: &mut Deps,
+    request: Req,
+    reply: Result<u32, ()>,
+    call: impl FnOnce(&mut Svc, Req) -> <Svc as Service<Req>>::Future,
+) -> Result<u32, BoxError> {
+    svc.ready().await.unwrap();
+    let call = call(svc, request);
     let (got, respond) = deps
         .next_request()
         .await
@@ -366,4 +378,83 @@ fn services_futures_and_handles_are_send_and_sync() {
     send_sync::<KeyedByHost>();
     send_sync::<tanker::keyed::KeyedHandle<&'static str, ErrorsAsFailures>>();
     send_sync::<tanker::keyed::KeyHandle<&'static str>>();
+}
+
+/// The table's metrics carry the layer's name; each key's bulkhead and breaker metrics carry
+/// `name/key`. A key's handles resolve when the key first comes, so the recorder must be in
+/// place for the call that brings it (here a local one, around `call`).
+#[cfg(feature = "metrics")]
+#[tokio::test(start_paused = true)]
+async fn metrics_are_labelled_per_key_and_the_table_reports_its_keys_and_outage() {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tanker::metrics as names;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let rendered = recorder.handle();
+    let (layer, mut svc, mut deps) =
+        metrics::with_local_recorder(&recorder, || stack(builder().max_keys(2).max_open(1)));
+    let call =
+        |svc: &mut Svc, request: Req| metrics::with_local_recorder(&recorder, || svc.call(request));
+    // The value of `name{label="value"}` in the Prometheus text.
+    let value = |name: &str, label: (&str, &str)| -> Option<f64> {
+        let wanted = format!("{}=\"{}\"", label.0, label.1);
+        rendered.render().lines().find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let labelled = series.starts_with(&format!("{name}{{")) && series.contains(&wanted);
+            labelled.then(|| value.parse().ok()).flatten()
+        })
+    };
+
+    for (key, reply) in [("a", Ok(1)), ("b", Err(())), ("b", Err(()))] {
+        let _ = round_trip_by(&mut svc, &mut deps, (key, 0), reply, call).await;
+    }
+    assert_eq!(
+        value(names::BULKHEAD_ADMITTED, ("bulkhead", "http/a")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(names::BULKHEAD_ADMITTED, ("bulkhead", "http/b")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(names::BREAKER_STATE, ("breaker", "http/b\",state=\"open")),
+        Some(1.0)
+    );
+    assert_eq!(value(names::KEYED_KEYS, ("keyed", "http")), Some(2.0));
+
+    // `b` is seen open; a third key finds the table full of busy keys (an open one, and `a`,
+    // used since the hand last passed is spared once, then evicted).
+    assert!(refused(&mut svc, ("b", 1)).await.is::<BreakerOpen>());
+    assert_eq!(value(names::KEYED_OPEN, ("keyed", "http")), Some(1.0));
+    assert_eq!(value(names::KEYED_OUTAGE, ("keyed", "http")), Some(0.0));
+    assert_eq!(
+        value(names::BREAKER_REJECTED, ("breaker", "http/b")),
+        Some(1.0)
+    );
+    round_trip_by(&mut svc, &mut deps, ("c", 0), Ok(0), call)
+        .await
+        .unwrap();
+    assert_eq!(value(names::KEYED_EVICTED, ("keyed", "http")), Some(1.0));
+    // A fourth key: `b` is open and `c` is busy with a call.
+    svc.ready().await.unwrap();
+    let held = call(&mut svc, ("c", 1));
+    let (_, _respond) = deps.next_request().await.unwrap();
+    svc.ready().await.unwrap();
+    assert!(call(&mut svc, ("d", 0))
+        .await
+        .unwrap_err()
+        .is::<BulkheadFull>());
+    assert_eq!(value(names::KEYED_REFUSED, ("keyed", "http")), Some(1.0));
+    drop(held);
+    assert_eq!(layer.handle().refused(), 1);
+
+    // `c` opens too: two open keys, beyond the cap of one, is one outage.
+    for i in 2..4 {
+        let result = round_trip(&mut svc, &mut deps, ("c", i), Err(())).await;
+        assert!(result.unwrap_err().is::<DependencyDown>());
+    }
+    assert!(refused(&mut svc, ("c", 4)).await.is::<BreakerOpen>());
+    assert_eq!(value(names::KEYED_OPEN, ("keyed", "http")), Some(2.0));
+    assert_eq!(value(names::KEYED_OUTAGE, ("keyed", "http")), Some(1.0));
+    assert!(layer.handle().outage());
 }
