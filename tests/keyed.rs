@@ -458,3 +458,114 @@ async fn metrics_are_labelled_per_key_and_the_table_reports_its_keys_and_outage(
     assert_eq!(value(names::KEYED_OUTAGE, ("keyed", "http")), Some(1.0));
     assert!(layer.handle().outage());
 }
+
+/// Eight OS threads (more than the cores) call 40 keys through a table of 16, holding up to 8
+/// calls each before finishing them, while some keys fail and open: keys come and go under
+/// load. No key's compartment ever holds more than its bound, the table never holds more than
+/// its bound, no refused call reaches the dependency, and at the end nothing is in flight and
+/// the open count matches the open keys.
+#[test]
+fn keys_come_and_go_under_load_on_more_threads_than_cores() {
+    use std::future::{ready, Future};
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use futures::task::noop_waker_ref;
+    use tower::service_fn;
+
+    const THREADS: u64 = 8;
+    const ROUNDS: u64 = 1_500;
+    const HOLD: u64 = 8;
+    const MAX_IN_FLIGHT: usize = 3;
+
+    let reached = Arc::new(AtomicU64::new(0));
+    let dependency = {
+        let reached = reached.clone();
+        service_fn(move |n: u64| {
+            reached.fetch_add(1, Ordering::Relaxed);
+            // Keys that are multiples of 7 are down.
+            ready(if (n % 40).is_multiple_of(7) {
+                Err(DependencyDown)
+            } else {
+                Ok(n)
+            })
+        })
+    };
+    let layer = KeyedLayer::builder(|n: &u64| n % 40)
+        .max_keys(16)
+        .bulkhead(BulkheadLayer::builder().max_in_flight(MAX_IN_FLIGHT))
+        .breaker(breaker().open_for(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let svc = layer.layer(dependency);
+
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mut svc = svc.clone();
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                let mut cx = Context::from_waker(noop_waker_ref());
+                let (mut ok, mut failed, mut refused) = (0u64, 0u64, 0u64);
+                for round in 0..ROUNDS {
+                    let mut held = Vec::with_capacity(HOLD as usize);
+                    for i in 0..HOLD {
+                        assert!(svc.poll_ready(&mut cx).is_ready());
+                        held.push(svc.call(t * 7 + round * 3 + i * 11));
+                    }
+                    for key in handle.keys() {
+                        assert!(key.bulkhead().in_flight() <= MAX_IN_FLIGHT);
+                    }
+                    assert!(handle.len() <= 16);
+                    for mut call in held {
+                        match Pin::new(&mut call).poll(&mut cx) {
+                            Poll::Ready(Ok(_)) => ok += 1,
+                            Poll::Ready(Err(e)) if e.is::<DependencyDown>() => failed += 1,
+                            Poll::Ready(Err(e)) if Rejection::find(e.as_ref()).is_some() => {
+                                refused += 1
+                            }
+                            Poll::Ready(Err(e)) => panic!("unexpected error: {e}"),
+                            Poll::Pending => panic!("the dependency answers at once"),
+                        }
+                    }
+                }
+                (ok, failed, refused)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed, mut refused) = (0, 0, 0);
+    for thread in threads {
+        let (o, f, r) = thread.join().unwrap();
+        (ok, failed, refused) = (ok + o, failed + f, refused + r);
+    }
+    assert_eq!(ok + failed + refused, THREADS * ROUNDS * HOLD);
+    assert_eq!(
+        reached.load(Ordering::Relaxed),
+        ok + failed,
+        "refusals never reach it"
+    );
+    assert!(
+        ok > 0 && failed > 0 && refused > 0,
+        "{ok} {failed} {refused}"
+    );
+    assert!(handle.evicted() > 0, "keys came and went");
+    let keys = handle.keys();
+    assert!(keys.len() <= 16);
+    for key in &keys {
+        assert_eq!(key.bulkhead().in_flight(), 0);
+    }
+    let open = keys
+        .iter()
+        .filter(|key| key.breaker().state() == BreakerState::Open)
+        .count();
+    // Every open key in the table was seen open by a call after it opened (each got several).
+    assert!(
+        handle.open_keys() >= open,
+        "{} < {open}",
+        handle.open_keys()
+    );
+    // Evicted keys were never counted open: the count holds only keys in the table.
+    assert!(handle.open_keys() <= keys.len());
+}

@@ -120,6 +120,7 @@
 //! The key function sees the whole request, so a Kafka leaf that knows each partition's leader
 //! can key a record by its leader's broker id: one compartment and one breaker per broker.
 
+mod ejection;
 pub mod future;
 mod handle;
 mod layer;

@@ -13,22 +13,16 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::ejection::{Ejection, OpenKeys};
 use crate::breaker::{BreakerBuilder, BreakerLayer, BreakerState};
 use crate::bulkhead::{BulkheadBuilder, BulkheadHandle};
 use crate::metrics as names;
-use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
 use crate::ConfigError;
 
 /// How a key's label is made from the key.
 pub(crate) type LabelFn<K> = Box<dyn Fn(&K) -> String + Send + Sync>;
-
-/// Where an entry stands in the count of open keys (its `ejection` word).
-const COUNTED_CLOSED: u32 = 0;
-/// The entry's breaker was seen open and is counted in [`Table::open`].
-const COUNTED_OPEN: u32 = 1;
-/// The entry was evicted: it is never counted again.
-const RETIRED: u32 = 2;
 
 /// `retry_after` unknown (none seen yet), in [`Table::retry_after`].
 const NO_RETRY: u64 = u64::MAX;
@@ -41,8 +35,8 @@ pub(crate) struct KeyEntry<C> {
     /// Set by calls, cleared by the eviction hand as it passes (the CLOCK approximation of
     /// least recently used): a call pays one load, and a store only when the bit was clear.
     touched: AtomicBool,
-    /// [`COUNTED_CLOSED`], [`COUNTED_OPEN`] or [`RETIRED`].
-    ejection: AtomicU32,
+    /// Whether the key is counted among the open keys.
+    ejection: Ejection,
 }
 
 impl<C> KeyEntry<C> {
@@ -57,7 +51,7 @@ impl<C> KeyEntry<C> {
     /// Whether this key is counted among the open keys (one load, for the closed path).
     #[inline]
     pub(crate) fn counted_open(&self) -> bool {
-        self.ejection.load(Ordering::Relaxed) == COUNTED_OPEN
+        self.ejection.is_open()
     }
 
     /// Whether nothing holds the key: no call in flight, a closed breaker, no probe out.
@@ -141,8 +135,8 @@ pub(crate) struct Table<K, C> {
     /// The version of the published snapshot; read by every call.
     version: AtomicU64,
     keys: Mutex<Keys<K, C>>,
-    /// Keys counted open (entries in state [`COUNTED_OPEN`]).
-    open: AtomicUsize,
+    /// Keys counted open.
+    open: OpenKeys,
     /// The last `retry_after` an open key gave, in nanoseconds, for refusals during an outage.
     retry_after: AtomicU64,
     evicted: AtomicU64,
@@ -168,7 +162,7 @@ where
                 order: Vec::new(),
                 hand: 0,
             }),
-            open: AtomicUsize::new(0),
+            open: OpenKeys::new(),
             retry_after: AtomicU64::new(NO_RETRY),
             evicted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -233,7 +227,7 @@ where
             breaker,
             bulkhead,
             touched: AtomicBool::new(true),
-            ejection: AtomicU32::new(COUNTED_CLOSED),
+            ejection: Ejection::new(),
         })
     }
 
@@ -258,7 +252,16 @@ where
                 keys.order.swap_remove(keys.hand);
                 continue;
             };
-            if entry.touched.swap(false, Ordering::Relaxed) || !entry.idle() || !retire(entry) {
+            if entry.touched.swap(false, Ordering::Relaxed) || !entry.idle() {
+                keys.hand += 1;
+                continue;
+            }
+            // Idle, so closed: a key still counted open was closed by its last probe and has
+            // had no call since. It leaves the count before it leaves the table.
+            if entry.counted_open() {
+                self.mark_closed(entry);
+            }
+            if !self.open.retire(&entry.ejection) {
                 keys.hand += 1;
                 continue;
             }
@@ -282,20 +285,9 @@ where
             let nanos = u64::try_from(after.as_nanos()).unwrap_or(NO_RETRY - 1);
             self.retry_after.store(nanos, Ordering::Relaxed);
         }
-        if entry.ejection.load(Ordering::Relaxed) != COUNTED_CLOSED
-            || entry
-                .ejection
-                .compare_exchange(
-                    COUNTED_CLOSED,
-                    COUNTED_OPEN,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_err()
-        {
+        let Some(open) = self.open.open(&entry.ejection) else {
             return;
-        }
-        let open = self.open.fetch_add(1, Ordering::AcqRel) + 1;
+        };
         self.metrics.open.set(open as u64);
         if self.settings.max_open.is_some_and(|max| open == max + 1) {
             self.metrics.outage.set(1);
@@ -311,19 +303,9 @@ where
     /// Stops counting the key's breaker as open: it let an ordinary call through.
     #[cold]
     pub(crate) fn mark_closed(&self, entry: &KeyEntry<C>) {
-        if entry
-            .ejection
-            .compare_exchange(
-                COUNTED_OPEN,
-                COUNTED_CLOSED,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
+        let Some(open) = self.open.close(&entry.ejection) else {
             return;
-        }
-        let open = self.open.fetch_sub(1, Ordering::AcqRel) - 1;
+        };
         self.metrics.open.set(open as u64);
         if self.settings.max_open.is_some_and(|max| open == max) {
             self.metrics.outage.set(0);
@@ -336,7 +318,7 @@ where
     #[inline]
     pub(crate) fn outage(&self) -> bool {
         match self.settings.max_open {
-            Some(max) => self.open.load(Ordering::Acquire) > max,
+            Some(max) => self.open.get() > max,
             None => false,
         }
     }
@@ -350,7 +332,7 @@ where
     }
 
     pub(crate) fn open_keys(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+        self.open.get()
     }
 
     pub(crate) fn evicted(&self) -> u64 {
@@ -360,15 +342,6 @@ where
     pub(crate) fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
-}
-
-/// Takes an idle entry out of the open count for good. Fails if the entry is counted open (a
-/// call saw its breaker open since [`KeyEntry::idle`] looked).
-fn retire<C>(entry: &KeyEntry<C>) -> bool {
-    entry
-        .ejection
-        .compare_exchange(COUNTED_CLOSED, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
-        .is_ok()
 }
 
 /// Checks the templates once, so that building a key's entry later cannot fail.
@@ -397,7 +370,7 @@ impl<K, C> fmt::Debug for Table<K, C> {
             .field("name", &self.settings.name)
             .field("max_keys", &self.settings.max_keys)
             .field("max_open", &self.settings.max_open)
-            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("open", &self.open.get())
             .finish()
     }
 }
