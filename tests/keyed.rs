@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState, ErrorsAsFailures};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
-use tanker::keyed::{Keyed, KeyedBuilder, KeyedLayer};
+use tanker::keyed::{Keyed, KeyedBuilder, KeyedHandle, KeyedLayer};
 use tanker::Rejection;
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_test::mock;
@@ -376,7 +376,7 @@ fn services_futures_and_handles_are_send_and_sync() {
         tanker::keyed::future::ResponseFuture<<Mock as Service<Req>>::Future, ErrorsAsFailures>,
     >();
     send_sync::<KeyedByHost>();
-    send_sync::<tanker::keyed::KeyedHandle<&'static str, ErrorsAsFailures>>();
+    send_sync::<KeyedHandle<&'static str, ErrorsAsFailures>>();
     send_sync::<tanker::keyed::KeyHandle<&'static str>>();
 }
 
@@ -568,4 +568,96 @@ fn keys_come_and_go_under_load_on_more_threads_than_cores() {
     );
     // Evicted keys were never counted open: the count holds only keys in the table.
     assert!(handle.open_keys() <= keys.len());
+}
+
+/// What the dependency behind the hand-off got.
+type Delivered = std::sync::Arc<std::sync::Mutex<Vec<u32>>>;
+
+/// Three "brokers", keyed by the record's number, behind a hand-off (parking on or off), over a
+/// dependency that records what it got. Records 0 to 2 go through; then broker 1 is forced
+/// open and records 3 to 29 are sent.
+async fn one_broker_forced_open(
+    park: bool,
+) -> (
+    tanker::handoff::Handoff<u32>,
+    KeyedHandle<u32, ErrorsAsFailures>,
+    Delivered,
+) {
+    let delivered = Delivered::default();
+    let dependency = {
+        let delivered = delivered.clone();
+        tower::service_fn(move |n: u32| {
+            delivered.lock().unwrap().push(n);
+            std::future::ready(Ok::<_, DependencyDown>(()))
+        })
+    };
+    let layer = KeyedLayer::builder(|n: &u32| n % 3)
+        .breaker(breaker())
+        .build()
+        .unwrap();
+    let brokers = layer.handle();
+    let handoff = tanker::handoff::HandoffBuilder::new()
+        .capacity(100)
+        .park(park)
+        .spawn(layer.layer(dependency))
+        .unwrap();
+    for n in 0..3 {
+        handoff.send(n);
+    }
+    settle(&handoff).await;
+    brokers.get(&1).unwrap().breaker().force_open();
+    for n in 3..30 {
+        handoff.send(n);
+    }
+    (handoff, brokers, delivered)
+}
+
+/// Runs the hand-off's worker until nothing is pending, or two seconds of paused time pass,
+/// and checks the accounting identities.
+async fn settle(handoff: &tanker::handoff::Handoff<u32>) -> tanker::handoff::HandoffCounts {
+    for _ in 0..2_000 {
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+        }
+        if handoff.counts().pending() == 0 {
+            break;
+        }
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    let counts = handoff.counts();
+    assert!(counts.is_balanced(), "{counts:?}");
+    counts
+}
+
+fn sorted(delivered: &Delivered) -> Vec<u32> {
+    let mut got = delivered.lock().unwrap().clone();
+    got.sort_unstable();
+    got
+}
+
+/// The hand-off recognises a key's refusals as it does the unkeyed breaker's: with parking
+/// off, a sick key's records are counted `rejected` and the other keys' are delivered.
+#[tokio::test(start_paused = true)]
+async fn behind_a_hand_off_a_sick_keys_refusals_are_counted_as_rejected() {
+    let (handoff, _, delivered) = one_broker_forced_open(false).await;
+    let counts = settle(&handoff).await;
+    assert_eq!((counts.delivered, counts.rejected), (21, 9), "{counts:?}");
+    let healthy: Vec<u32> = (0..30).filter(|n| n % 3 != 1 || *n < 3).collect();
+    assert_eq!(sorted(&delivered), healthy);
+}
+
+/// With parking on, a sick key's records wait in the hand-off and are all delivered once the
+/// key heals: nothing is lost.
+#[tokio::test(start_paused = true)]
+async fn behind_a_hand_off_a_sick_keys_records_are_parked_and_delivered_after_the_heal() {
+    let (handoff, brokers, delivered) = one_broker_forced_open(true).await;
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.rejected, 0, "{counts:?}");
+    assert_eq!(counts.delivered + counts.pending(), 30, "{counts:?}");
+    assert!(counts.pending() >= 9, "broker 1's records wait: {counts:?}");
+
+    brokers.get(&1).unwrap().breaker().reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, 30, "{counts:?}");
+    assert_eq!(sorted(&delivered), (0..30).collect::<Vec<_>>());
 }
