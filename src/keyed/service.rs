@@ -214,7 +214,9 @@ where
                 entry.breaker.classifier().clone(),
             ))
         }
-        Admission::Bypass { .. } => {
+        // `admit` handles `Call` itself; were one to come here, it would go through uncounted,
+        // as a bypass does.
+        Admission::Bypass { .. } | Admission::Call { .. } => {
             table.mark_closed(entry);
             match call_in(entry, inner, request) {
                 Some(future) => ResponseFuture::new(BreakerFuture::bypass(future)),
@@ -225,7 +227,6 @@ where
             table.mark_open(entry, retry_after);
             reject(entry, retry_after)
         }
-        Admission::Call { .. } => admit(table, entry, inner, request),
     }
 }
 

@@ -54,12 +54,10 @@ impl<C> KeyEntry<C> {
         self.ejection.is_open()
     }
 
-    /// Whether nothing holds the key: no call in flight, a closed breaker, no probe out.
+    /// Whether nothing holds the key: no call in flight (a probe is a call in the key's
+    /// compartment too) and a closed breaker.
     fn idle(&self) -> bool {
-        let breaker = self.breaker.handle().metrics();
-        self.bulkhead.in_flight() == 0
-            && breaker.state == BreakerState::Closed
-            && breaker.probes_in_flight == 0
+        self.bulkhead.in_flight() == 0 && self.breaker.handle().state() == BreakerState::Closed
     }
 }
 
@@ -200,15 +198,31 @@ where
         if let Some(entry) = keys.snapshot.get(key) {
             return Some(entry.clone());
         }
-        let mut entries = keys.snapshot.entries.clone();
-        if entries.len() >= self.settings.max_keys && !self.evict_one(&mut keys, &mut entries) {
-            drop(keys);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            self.metrics.refused.increment();
-            tracing::debug!(keyed = %self.settings.name, "key table full of busy keys: call refused");
-            return None;
-        }
+        // Find the victim before copying anything: a refusal costs a walk, not a copy.
+        let victim = if keys.snapshot.entries.len() >= self.settings.max_keys {
+            match self.victim(&mut keys) {
+                Some(victim) => Some(victim),
+                None => {
+                    drop(keys);
+                    self.refused.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.refused.increment();
+                    tracing::debug!(keyed = %self.settings.name, "key table full of busy keys: call refused");
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
         let entry = Arc::new(self.build_entry(key)?);
+        let mut entries = keys.snapshot.entries.clone();
+        if let Some(victim) = victim {
+            let evicted = keys.order.swap_remove(victim);
+            if let Some(entry) = entries.remove(&evicted) {
+                tracing::debug!(keyed = %self.settings.name, key = %entry.label, "idle key evicted");
+            }
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.evicted.increment();
+        }
         entries.insert(key.clone(), entry.clone());
         keys.order.push(key.clone());
         self.publish(&mut keys, entries);
@@ -238,43 +252,45 @@ where
         self.version.store(version, Ordering::Release);
     }
 
-    /// Evicts one idle key, the least recently used as far as the CLOCK hand can tell: it
-    /// walks the keys in the order they came, spares (and unmarks) each key used since it last
-    /// passed, and takes the first unused idle one. Returns `false` if every key is busy.
-    fn evict_one(&self, keys: &mut Keys<K, C>, entries: &mut HashMap<K, Arc<KeyEntry<C>>>) -> bool {
-        // Two turns: the first may only clear the marks.
-        for _ in 0..2 * keys.order.len() {
+    /// Picks an idle key to evict (its place in `order`), the least recently used as far as
+    /// the CLOCK hand can tell: the hand walks the keys once around, in the order they came,
+    /// clearing the mark of each key used since it last passed, and stops at the first idle
+    /// key without a mark. If every idle key had a mark, the first of them is taken. Returns
+    /// `None` if no key is idle. The key taken leaves the open count for good.
+    fn victim(&self, keys: &mut Keys<K, C>) -> Option<usize> {
+        let snapshot = keys.snapshot.clone();
+        let mut marked = None;
+        for _ in 0..keys.order.len() {
             if keys.hand >= keys.order.len() {
                 keys.hand = 0;
             }
-            let key = &keys.order[keys.hand];
-            let Some(entry) = entries.get(key) else {
-                keys.order.swap_remove(keys.hand);
+            let at = keys.hand;
+            keys.hand += 1;
+            let Some(entry) = snapshot.get(&keys.order[at]) else {
                 continue;
             };
-            if entry.touched.swap(false, Ordering::Relaxed) || !entry.idle() {
-                keys.hand += 1;
+            let unmarked = !entry.touched.swap(false, Ordering::Relaxed);
+            if !entry.idle() {
                 continue;
             }
-            // Idle, so closed: a key still counted open was closed by its last probe and has
-            // had no call since. It leaves the count before it leaves the table.
-            if entry.counted_open() {
-                self.mark_closed(entry);
+            if unmarked && self.retire(entry) {
+                return Some(at);
             }
-            if !self.open.retire(&entry.ejection) {
-                keys.hand += 1;
-                continue;
-            }
-            let key = keys.order.swap_remove(keys.hand);
-            let entry = entries.remove(&key);
-            self.evicted.fetch_add(1, Ordering::Relaxed);
-            self.metrics.evicted.increment();
-            if let Some(entry) = entry {
-                tracing::debug!(keyed = %self.settings.name, key = %entry.label, "idle key evicted");
-            }
-            return true;
+            marked = marked.or(Some(at));
         }
-        false
+        let at = marked?;
+        let entry = snapshot.get(&keys.order[at])?;
+        self.retire(entry).then_some(at)
+    }
+
+    /// Takes an idle key out of the open count for good, before its eviction. A key still
+    /// counted open was closed by its last probe and has had no call since: it leaves the
+    /// count first. Fails if a call counted it open again meanwhile.
+    fn retire(&self, entry: &KeyEntry<C>) -> bool {
+        if entry.counted_open() {
+            self.mark_closed(entry);
+        }
+        self.open.retire(&entry.ejection)
     }
 
     /// Counts the key's breaker as open (it rejected a call, or let a probe through), and
