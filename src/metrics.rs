@@ -15,6 +15,11 @@
 //! once, when it is built, so that a call only bumps them (an atomic add in most recorders) and
 //! never looks a metric up by name.
 //!
+//! A [keyed layer](crate::keyed) builds each key's bulkhead and breaker when the key first
+//! comes, named `name/key`: their metrics carry the key in their `bulkhead` and `breaker`
+//! labels, and are resolved with the recorder installed at that moment (install it globally,
+//! at start-up). An evicted key's series stay in the recorder with their last values.
+//!
 //! | metric | kind | extra label | meaning |
 //! |---|---|---|---|
 //! | `tanker_bulkhead_admitted_total` | counter | | calls the bulkhead let through to the inner service, counted when they are made (the handle's `admitted` counts a waiter's slot from `poll_ready`) |

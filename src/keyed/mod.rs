@@ -109,7 +109,9 @@
 //! looks it up, then pays what a breaker over a bulkhead pays. No lock, no allocation. A new
 //! key (or an eviction) takes the table's lock, copies the map with the key added, and
 //! publishes the copy; services pick it up on their next call. The key function runs once per
-//! call: return something cheap to hash (a `&'static str`, an id), not a freshly built `String`.
+//! call: return something cheap to clone and hash (an id, a `&'static str`, an `Arc<str>`, an
+//! `http::uri::Authority`, whose clone counts a reference), not a freshly built `String`, which
+//! would cost an allocation per call.
 //!
 //! A call racing an eviction may still run in the evicted key's old compartment and breaker:
 //! the eviction took an idle key, so this happens only to a key that comes back at the very
