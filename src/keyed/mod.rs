@@ -72,7 +72,9 @@
 //!   hand can tell (each call sets a bit; the hand clears it as it passes and evicts the first
 //!   idle key whose bit is clear). If no key is idle, the call for the new key is shed with
 //!   `BulkheadFull` and counted by [`KeyedHandle::refused`]: the bound holds, and existing keys
-//!   keep their state.
+//!   keep their state. An evicted key forgets its breaker's window: size `max_keys` above the
+//!   number of keys in use at once, so that a key failing now and then is not evicted between
+//!   its failures before they add up.
 //! - **A cluster-wide outage.** With [`max_open(n)`](KeyedBuilder::max_open), up to `n` keys may
 //!   be open at once, each on its own. When one more opens, the fault is no longer one host's:
 //!   the layer reports one outage ([`KeyedHandle::outage`], the `tanker_keyed_outage` gauge, one
