@@ -265,14 +265,15 @@ fn shed<F, C>() -> ResponseFuture<F, C> {
     ResponseFuture::new(BreakerFuture::bypass(BulkheadFuture::shed()))
 }
 
-impl<S: Clone, K, F: Clone, C> Clone for Keyed<S, K, F, C> {
+impl<S: Clone, K: Hash + Eq + Clone, F: Clone, C: Clone> Clone for Keyed<S, K, F, C> {
     /// The clone shares the key table; it holds no reservation (no handle does).
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             table: self.table.clone(),
             key: self.key.clone(),
-            snapshot: self.snapshot.clone(),
+            // A stale snapshot is not passed on: the clone starts with the published one.
+            snapshot: self.table.fresh(&self.snapshot),
         }
     }
 }

@@ -1,16 +1,22 @@
 //! The key table shared by every service of one [`KeyedLayer`](super::KeyedLayer): one
 //! compartment and one breaker per key, a bound on the keys, and the count of open keys.
 //!
-//! Readers never lock. The table publishes an immutable [`Snapshot`] of its map, numbered by a
-//! version; a service keeps the snapshot it last saw and checks, with one atomic load per call,
-//! that the version has not moved. Only a new key (or an eviction) takes the lock: it copies the
-//! map, adds the key, and publishes the copy under the next version. Copying costs a walk of the
-//! map, which the bound on keys keeps small, and happens once per new key.
+//! Calls on known keys never lock. The table publishes an immutable [`Snapshot`] of its map,
+//! numbered by a version; a service keeps the snapshot it last saw and checks, with one atomic
+//! load per call, that the version has not moved. A service whose snapshot is stale (and a
+//! clone made from one: axum clones the service it was given, which is never called itself)
+//! takes the current one under a sharded read lock (crossbeam's `ShardedLock`: a reader locks
+//! only its own thread's shard, so readers on different cores do not contend). Only a new key
+//! (or an eviction) takes the writers' lock: it copies the map, adds the key, and publishes the
+//! copy under the next version. Copying costs a walk of the map, which the bound on keys keeps
+//! small, and happens once per new key.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_utils::sync::ShardedLock;
 use std::time::Duration;
 
 use super::ejection::{Ejection, OpenKeys};
@@ -132,6 +138,8 @@ pub(crate) struct Table<K, C> {
     settings: Settings<K, C>,
     /// The version of the published snapshot; read by every call.
     version: AtomicU64,
+    /// The published snapshot, for services whose own is stale.
+    current: ShardedLock<Arc<Snapshot<K, C>>>,
     keys: Mutex<Keys<K, C>>,
     /// Keys counted open.
     open: OpenKeys,
@@ -148,15 +156,17 @@ where
     C: Clone,
 {
     pub(crate) fn new(settings: Settings<K, C>) -> Self {
+        let empty = Arc::new(Snapshot {
+            version: 0,
+            entries: HashMap::new(),
+        });
         Self {
             metrics: TableMetrics::new(&settings.name),
             settings,
             version: AtomicU64::new(0),
+            current: ShardedLock::new(empty.clone()),
             keys: Mutex::new(Keys {
-                snapshot: Arc::new(Snapshot {
-                    version: 0,
-                    entries: HashMap::new(),
-                }),
+                snapshot: empty,
                 order: Vec::new(),
                 hand: 0,
             }),
@@ -179,9 +189,23 @@ where
         &self.settings.name
     }
 
-    /// The published snapshot.
+    /// The published snapshot, under this thread's shard of the read lock.
     pub(crate) fn snapshot(&self) -> Arc<Snapshot<K, C>> {
-        self.lock().snapshot.clone()
+        // Publishing cannot panic half-way: a poisoned lock still holds a whole snapshot.
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        current.clone()
+    }
+
+    /// `snapshot` if it is still the published one, or the published one.
+    #[inline]
+    pub(crate) fn fresh(&self, snapshot: &Arc<Snapshot<K, C>>) -> Arc<Snapshot<K, C>> {
+        if self.is_current(snapshot) {
+            return snapshot.clone();
+        }
+        self.snapshot()
     }
 
     /// Whether `snapshot` is still the published one: one atomic load.
@@ -249,6 +273,12 @@ where
         let version = keys.snapshot.version + 1;
         self.metrics.keys.set(entries.len() as u64);
         keys.snapshot = Arc::new(Snapshot { version, entries });
+        // The snapshot is in place before its version is: a reader that sees the new version
+        // finds the new snapshot.
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = keys.snapshot.clone();
         self.version.store(version, Ordering::Release);
     }
 
