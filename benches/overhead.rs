@@ -32,6 +32,15 @@
 //!   (`<variant>/prometheus`: its handles are atomics in that recorder's
 //!   registry). Filter with `-- metrics`.
 //!
+//! * `keyed_ready_call`, `keyed_oneshot`, `keyed_two_tasks` – the keyed layer
+//!   (a bulkhead and a breaker per key) measured as the three groups above
+//!   measure, next to `raw` and the unkeyed `tanker_stack`: `keyed_one_key`
+//!   sends every call to one key, `keyed_64_keys` spreads them over 64 keys
+//!   (`x % 64`). Every key exists before measuring (a warm-up call each,
+//!   through a clone, so that the measured service's view of the table is
+//!   stale, as an axum route's is): what is measured is a call on an existing
+//!   key. Filter with `-- keyed`.
+//!
 //! Variants: `raw`, `tanker_bulkhead`, `tanker_breaker`, `tanker_stack`,
 //! `tower_limit`, `resilience_bulkhead`, `resilience_breaker`,
 //! `resilience_stack` (no `raw` or stacks in `rejection`).
@@ -64,8 +73,9 @@ use tokio::runtime::{Builder, Runtime};
 use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
 use tracing_subscriber::layer::SubscriberExt;
 
-use tanker::breaker::{BreakerLayer, BreakerState};
-use tanker::bulkhead::BulkheadLayer;
+use tanker::breaker::{Breaker, BreakerLayer, BreakerState};
+use tanker::bulkhead::{Bulkhead, BulkheadLayer};
+use tanker::keyed::KeyedLayer;
 use tanker::ServiceBuilderExt;
 
 use tower_resilience::bulkhead::BulkheadLayer as RBulkheadLayer;
@@ -793,6 +803,72 @@ fn _error_types_are_boxed() {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Keyed: a bulkhead and a breaker per key, next to the unkeyed stack
+// ---------------------------------------------------------------------------
+
+/// How many keys the `keyed_64_keys` variant spreads its calls over.
+const KEYS: u64 = 64;
+
+/// A keyed layer with the unkeyed stack's settings per key (default breaker, a compartment of
+/// [`MAX_IN_FLIGHT`]), keyed by `key`.
+fn tanker_keyed_layer(key: fn(&u64) -> u32) -> KeyedLayer<u32, fn(&u64) -> u32> {
+    KeyedLayer::builder(key)
+        .bulkhead(BulkheadLayer::builder().max_in_flight(MAX_IN_FLIGHT))
+        .build()
+        .expect("valid keyed config")
+}
+
+/// The unkeyed breaker over a bulkhead, as `tanker_stack` builds it.
+fn unkeyed_stack<S>(inner: S) -> Breaker<Bulkhead<S>> {
+    ServiceBuilder::new()
+        .breaker(tanker_breaker_layer())
+        .bulkhead(tanker_bulkhead_layer(MAX_IN_FLIGHT))
+        .service(inner)
+}
+
+/// Calls `$f(group, runtime, name, service)` for the unkeyed stack and the keyed layer, each
+/// warmed so that its keys exist: what is measured is a call on an existing key.
+macro_rules! for_each_keyed_variant {
+    ($g:expr, $rt:expr, $f:ident) => {{
+        let (g, rt) = ($g, $rt);
+        $f(g, rt, "raw", inner());
+        $f(g, rt, "tanker_stack", unkeyed_stack(inner()));
+        let one_key: fn(&u64) -> u32 = |_| 7;
+        let spread: fn(&u64) -> u32 = |x| (*x % KEYS) as u32;
+        for (name, key) in [("keyed_one_key", one_key), ("keyed_64_keys", spread)] {
+            let svc = ServiceBuilder::new()
+                .layer(tanker_keyed_layer(key))
+                .service(inner());
+            // The keys come through a clone, as axum's per-request clones bring them: the
+            // measured service starts with a stale view of the table.
+            let mut warm = svc.clone();
+            rt.block_on(async {
+                for i in 0..KEYS {
+                    ready_call(&mut warm, i)
+                        .await
+                        .expect("warm-up call succeeds");
+                }
+            });
+            $f(g, rt, name, svc);
+        }
+    }};
+}
+
+fn group_keyed(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("keyed_ready_call");
+    for_each_keyed_variant!(&mut g, &rt, bench_ready_call);
+    g.finish();
+    let mut g = c.benchmark_group("keyed_oneshot");
+    for_each_keyed_variant!(&mut g, &rt, bench_oneshot);
+    g.finish();
+    let rt = two_workers();
+    let mut g = c.benchmark_group("keyed_two_tasks");
+    for_each_keyed_variant!(&mut g, &rt, bench_two_tasks);
+    g.finish();
+}
+
 fn config() -> Criterion {
     Criterion::default()
         .sample_size(50)
@@ -803,7 +879,7 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = group_ready_call, group_oneshot, group_two_tasks, group_rejection
+    targets = group_ready_call, group_oneshot, group_two_tasks, group_rejection, group_keyed
 }
 #[cfg(feature = "metrics")]
 criterion_group! {

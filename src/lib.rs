@@ -9,6 +9,8 @@
 //!   shedding beyond that bound. A slow dependency can hold at most that many callers.
 //! - [`breaker`]: a circuit breaker that counts failures, trips, fails fast while the dependency
 //!   is down, probes it after a cool-down, and closes by itself when it answers again.
+//! - [`keyed`]: both of them per key, the key taken from each request (a host, a tenant, a
+//!   Kafka broker), so that one sick part of a dependency costs only its own calls.
 //!
 //! # The recipe
 //!
@@ -339,6 +341,7 @@ mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod keyed;
 pub mod metrics;
 mod rejection;
 mod sync;

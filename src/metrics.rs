@@ -3,7 +3,7 @@
 //! With the `metrics` feature on, every component records its counters and gauges through the
 //! [`metrics`](https://docs.rs/metrics) facade, so the application picks the exporter
 //! (Prometheus, StatsD, OpenTelemetry...) by installing a recorder. Each metric carries one label
-//! naming the component, with the name given to its builder: `bulkhead`, `breaker`, `handoff` or
+//! naming the component, with the name given to its builder: `bulkhead`, `breaker`, `keyed`, `handoff` or
 //! `producer`. Some carry a second label, listed below. With the feature off nothing is
 //! recorded and nothing is compiled in; the constants below stay, so dashboards and alerts can
 //! be written against them either way.
@@ -14,6 +14,11 @@
 //! Install the recorder **before** building the layers: a component resolves its metric handles
 //! once, when it is built, so that a call only bumps them (an atomic add in most recorders) and
 //! never looks a metric up by name.
+//!
+//! A [keyed layer](crate::keyed) builds each key's bulkhead and breaker when the key first
+//! comes, named `name/key`: their metrics carry the key in their `bulkhead` and `breaker`
+//! labels, and are resolved with the recorder installed at that moment (install it globally,
+//! at start-up). An evicted key's series stay in the recorder with their last values.
 //!
 //! | metric | kind | extra label | meaning |
 //! |---|---|---|---|
@@ -27,6 +32,11 @@
 //! | `tanker_breaker_calls_total` | counter | `outcome` | calls that went through (probes included; not those of a breaker forced closed, which counts nothing) and finished, by what the classifier said: `success`, `failure` or `ignored` |
 //! | `tanker_breaker_slow_calls_total` | counter | | calls slower than the slow-call threshold (when slow-call detection is on) |
 //! | `tanker_breaker_rejected_total` | counter | | calls rejected with `BreakerOpen` |
+//! | `tanker_keyed_keys` | gauge | | keys in a keyed layer's table (label `keyed`) |
+//! | `tanker_keyed_open` | gauge | | keys of a keyed layer counted open |
+//! | `tanker_keyed_outage` | gauge | | 1 while more keys are open than the layer's `max_open`, else 0 |
+//! | `tanker_keyed_evicted_total` | counter | | idle keys evicted to make room for new ones |
+//! | `tanker_keyed_refused_total` | counter | | calls for a new key refused because the table was full of busy keys |
 //! | `tanker_handoff_accepted_total` | counter | | records put in the queue |
 //! | `tanker_handoff_dropped_total` | counter | `reason` | records refused by `send`: `full` (queue full) or `closed` (sent after close) |
 //! | `tanker_handoff_delivered_total` | counter | | records the stack handled successfully |
@@ -102,6 +112,16 @@ pub const BREAKER_CALLS: &str = "tanker_breaker_calls_total";
 pub const BREAKER_SLOW_CALLS: &str = "tanker_breaker_slow_calls_total";
 /// Counter: calls a breaker rejected.
 pub const BREAKER_REJECTED: &str = "tanker_breaker_rejected_total";
+/// Gauge: keys in a keyed layer's table.
+pub const KEYED_KEYS: &str = "tanker_keyed_keys";
+/// Gauge: keys of a keyed layer counted open.
+pub const KEYED_OPEN: &str = "tanker_keyed_open";
+/// Gauge: 1 while more keys of a keyed layer are open than its cap.
+pub const KEYED_OUTAGE: &str = "tanker_keyed_outage";
+/// Counter: idle keys a keyed layer evicted.
+pub const KEYED_EVICTED: &str = "tanker_keyed_evicted_total";
+/// Counter: calls for a new key a keyed layer refused, its table full of busy keys.
+pub const KEYED_REFUSED: &str = "tanker_keyed_refused_total";
 /// Counter: records a hand-off queued.
 pub const HANDOFF_ACCEPTED: &str = "tanker_handoff_accepted_total";
 /// Counter, label `reason`: records a hand-off refused.

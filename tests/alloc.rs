@@ -23,8 +23,9 @@ use futures::future::{pending, Either, Pending};
 use futures::task::noop_waker_ref;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder};
 
-use tanker::breaker::{BreakerLayer, BreakerOpen, BreakerState};
+use tanker::breaker::{BreakerBuilder, BreakerLayer, BreakerOpen, BreakerState};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
+use tanker::keyed::KeyedLayer;
 use tanker::ServiceBuilderExt;
 
 // ---------------------------------------------------------------------------------------------
@@ -190,13 +191,15 @@ fn expect_echo(fail_odd: bool) -> impl Fn(u64, Result<u64, BoxError>) {
 
 /// A breaker that nothing in this file trips: failures here alternate with successes.
 fn breaker() -> BreakerLayer {
+    breaker_settings().build().unwrap()
+}
+
+fn breaker_settings() -> BreakerBuilder {
     BreakerLayer::builder()
         .consecutive_failures(3)
         .failure_rate(0.9)
         .minimum_calls(10)
         .jitter(0.0)
-        .build()
-        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -345,6 +348,40 @@ fn breaker_over_bulkhead_on_a_runtime_allocates_nothing_per_call() {
         allocations_per_run(&mut svc, |i| i, expect_echo(true))
     });
     eprintln!("breaker over bulkhead on a runtime: {n} allocations in {CALLS} calls");
+    assert_eq!(n, 0);
+}
+
+/// The keyed layer on keys that exist (the warm-up makes all eight): a call costs no
+/// allocation, outside a runtime and on one, for successes and failures alike.
+#[test]
+fn keyed_layer_on_an_existing_key_allocates_nothing_per_call() {
+    const KEYS: u64 = 8;
+    let keyed = || {
+        // Consecutive numbers share a key, so each key sees successes and failures in turn.
+        KeyedLayer::builder(|x: &u64| (x / 2) % KEYS)
+            .bulkhead(BulkheadLayer::builder().max_in_flight(4))
+            .breaker(breaker_settings())
+            .build()
+            .unwrap()
+    };
+    let layer = keyed();
+    let mut svc = layer.layer(echo(true));
+    let n = allocations_per_run(&mut svc, |i| i, expect_echo(true));
+    eprintln!("keyed, {KEYS} keys, successes and failures: {n} allocations in {CALLS} calls");
+    assert_eq!(n, 0);
+    let handle = layer.handle();
+    assert_eq!(handle.len(), KEYS as usize);
+    let mut admitted = 0;
+    for key in handle.keys() {
+        assert_eq!(key.breaker().state(), BreakerState::Closed);
+        admitted += key.bulkhead().admitted();
+    }
+    assert_eq!(admitted, WARM_UP + CALLS);
+    let n = on_a_runtime(|| {
+        let mut svc = keyed().layer(echo(true));
+        allocations_per_run(&mut svc, |i| i, expect_echo(true))
+    });
+    eprintln!("keyed on a runtime: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
 }
 

@@ -49,6 +49,16 @@ impl<C> BreakerLayer<C> {
     pub fn handle(&self) -> BreakerHandle {
         BreakerHandle::new(self.engine.clone())
     }
+
+    /// The shared state, for the keyed layer, which decides admission per call itself.
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The classifier, for the keyed layer.
+    pub(crate) fn classifier(&self) -> &C {
+        &self.classifier
+    }
 }
 
 impl<C: Clone> Clone for BreakerLayer<C> {

@@ -127,3 +127,7 @@ pub use self::handle::{BreakerHandle, BreakerMetrics};
 pub use self::layer::{BreakerBuilder, BreakerLayer};
 pub use self::service::Breaker;
 pub use self::state::BreakerState;
+// The pieces the keyed layer (`crate::keyed`) drives per call.
+pub(crate) use self::state::Admission;
+pub(crate) use self::ticket::Ticket;
+pub(crate) use self::word::Word;
