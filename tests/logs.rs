@@ -12,7 +12,6 @@ use tanker::ServiceBuilderExt;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 use tracing::Level;
-use tracing_subscriber::layer::SubscriberExt;
 
 mod support;
 use support::capture::{Capture, Logged};
@@ -225,13 +224,11 @@ async fn dropped_records_are_reported_at_most_once_a_second() {
 #[cfg(feature = "kafka")]
 mod kafka_down {
     use super::*;
-    use std::sync::OnceLock;
     use std::time::Instant;
 
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
     use tanker::kafka::KafkaConfig;
-    use tracing_subscriber::util::SubscriberInitExt;
 
     /// The producer this test watches (other tests' events are ignored).
     const PRODUCER: &str = "down-and-quiet";
@@ -239,15 +236,7 @@ mod kafka_down {
 
     /// librdkafka logs from its own threads, which see only the global subscriber.
     fn global_capture() -> &'static Capture {
-        static CAPTURE: OnceLock<Capture> = OnceLock::new();
-        CAPTURE.get_or_init(|| {
-            let capture = Capture::default();
-            tracing_subscriber::registry()
-                .with(capture.clone())
-                .try_init()
-                .expect("the only global subscriber of this test binary");
-            capture
-        })
+        Capture::global()
     }
 
     #[test]

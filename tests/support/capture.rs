@@ -34,9 +34,28 @@ impl Logged {
 pub(crate) struct Capture(Arc<Mutex<Vec<Logged>>>);
 
 impl Capture {
+    /// The process-wide capture: every event logged on a thread without a subscriber of its
+    /// own (librdkafka's threads, say). Installed once, as the global default.
+    pub(crate) fn global() -> &'static Capture {
+        static GLOBAL: std::sync::OnceLock<Capture> = std::sync::OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let capture = Capture::default();
+            let _ = tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(capture.clone()),
+            );
+            capture
+        })
+    }
+
     /// Starts capturing on this thread (a current-thread runtime runs every task here), until
     /// the guard is dropped.
     pub(crate) fn start() -> (Self, DefaultGuard) {
+        // A process-wide subscriber that listens to everything (and keeps nothing), set once:
+        // without one, a test on another thread that logs while no subscriber exists anywhere can
+        // make tracing cache "nobody listens" for a callsite just as this thread starts to
+        // listen, and this thread then misses its events. With it, no callsite is ever cached
+        // as unwanted; this thread's own subscriber still gets its events.
+        let _ = Self::global();
         let capture = Self::default();
         let subscriber = tracing_subscriber::registry().with(capture.clone());
         let guard = tracing::subscriber::set_default(subscriber);
