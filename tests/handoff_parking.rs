@@ -544,3 +544,66 @@ async fn records_flow_again_soon_after_a_half_open_breaker_closes_early() {
     );
     assert_identity(&counts);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_weight_function_drops_the_record_and_leaves_nothing_behind() {
+    let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
+    let handoff = HandoffBuilder::new()
+        .max_bytes(100, |n: &u32| {
+            assert!(*n != 7, "no weight for seven");
+            1
+        })
+        .spawn(service)
+        .unwrap();
+    assert_eq!(handoff.send(1), Sent::Accepted);
+    assert_eq!(handoff.send(7), Sent::Dropped);
+    assert_eq!(handoff.send(2), Sent::Accepted);
+    let report = handoff.close(Duration::from_secs(1)).await;
+    assert!(report.drained, "{report:?}");
+    assert_eq!((report.counts.delivered, report.counts.dropped), (2, 1));
+    assert_eq!(report.counts.bytes, 0);
+    assert_identity(&report.counts);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_open_breaker_is_looked_at_ten_times_a_second_not_a_thousand() {
+    let dependency = Dependency::default();
+    let (breaker, service) = stack(&dependency);
+    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    breaker.force_open();
+    assert_eq!(send_all(&handoff, 0..5), 5);
+    run_for(Duration::from_secs(2)).await;
+    let rejected = breaker.metrics().rejected;
+    assert!(
+        (10..=25).contains(&rejected),
+        "{rejected} refusals in 2 s: the worker offers the oldest record again every 100 ms"
+    );
+    breaker.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, 5, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_dies_outside_the_guarded_calls_closes_the_handoff() {
+    struct Bomb;
+    impl Drop for Bomb {
+        fn drop(&mut self) {
+            if !std::thread::panicking() {
+                panic!("a response that panics when dropped");
+            }
+        }
+    }
+    let service = service_fn(|_: u32| async { Ok::<_, BoxError>(Bomb) });
+    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    assert_eq!(handoff.send(1), Sent::Accepted);
+    run_for(Duration::from_millis(10)).await;
+    let report = time::timeout(
+        Duration::from_millis(100),
+        handoff.close(Duration::from_secs(60)),
+    )
+    .await
+    .expect("close returns at once: the worker is gone");
+    assert!(handoff.is_closed());
+    assert_eq!(handoff.send(2), Sent::Dropped);
+    assert_eq!(report.counts.offered, 1);
+}

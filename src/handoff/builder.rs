@@ -169,7 +169,8 @@ impl<W> HandoffBuilder<W> {
 
     /// How long a record may wait, from `send` to the start of its last call, before it is
     /// discarded unsent and counted as [`expired`](super::HandoffCounts::expired). More than
-    /// 1 ms; [`Duration::MAX`] (or anything over 49 days) means no limit.
+    /// 1 ms; [`Duration::MAX`] (or anything over 24 days) means no limit. On a runtime without
+    /// the time driver there is no limit either: the worker cannot keep its clock moving there.
     ///
     /// Ages are read on the hand-off's coarse clock, which the worker moves each time it runs
     /// (at least every 100 ms while it has nothing to do): a record may be discarded up to that
@@ -287,8 +288,10 @@ impl<W> HandoffBuilder<W> {
         }
         let weigh = self.weigher.into_weigh();
         let shared = Arc::new(Shared::new(self.capacity, self.name, weigh, self.max_bytes));
-        // Ages beyond the coarse clock's range (49 days) mean no limit.
-        let max_age = (self.max_age.as_millis() < u128::from(u32::MAX)).then_some(self.max_age);
+        // Ages beyond the coarse clock's safe range (24 days) mean no limit; so does a runtime
+        // without the time driver, where the worker cannot keep the clock moving while it parks.
+        let max_age =
+            (self.max_age.as_millis() < 1 << 31 && tick.is_some()).then_some(self.max_age);
         let worker = Worker::new(
             shared.clone(),
             service,

@@ -216,26 +216,31 @@ impl<Req> Shared<Req> {
             front.dropped_full.fetch_add(1, Ordering::Relaxed);
             return Sent::Dropped;
         }
+        // The weight first, before anything is reserved: the weight function is user code, and
+        // a panic in it must leave nothing behind (the record is dropped, `send` returns).
+        let weight = match &self.weigh {
+            None => 0,
+            Some(weigh) => {
+                let weighed =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| weigh(&request)));
+                match weighed {
+                    Ok(weight) if self.reserve_bytes(weight) => weight,
+                    _ => {
+                        front.dropped_full.fetch_add(1, Ordering::Relaxed);
+                        return Sent::Dropped;
+                    }
+                }
+            }
+        };
         // Reserve before looking at `closed`: a worker that saw `closed` and then finds
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         front.accepted.fetch_add(1, Ordering::SeqCst);
         seq_cst_point();
         if front.closed.load(Ordering::SeqCst) {
+            self.release_bytes(weight);
             self.unreserve();
             return self.drop_closed();
         }
-        let weight = match &self.weigh {
-            None => 0,
-            Some(weigh) => {
-                let weight = weigh(&request);
-                if !self.reserve_bytes(weight) {
-                    self.unreserve();
-                    front.dropped_full.fetch_add(1, Ordering::Relaxed);
-                    return Sent::Dropped;
-                }
-                weight
-            }
-        };
         let stamp = self.clock.load(Ordering::Relaxed);
         if self
             .buffer
@@ -266,10 +271,12 @@ impl<Req> Shared<Req> {
     fn reserve_bytes(&self, weight: usize) -> bool {
         let mut held = self.bytes.load(Ordering::Relaxed);
         loop {
-            let after = held.saturating_add(weight);
-            if after > self.max_bytes {
+            let Some(after) = held
+                .checked_add(weight)
+                .filter(|&after| after <= self.max_bytes)
+            else {
                 return false;
-            }
+            };
             match self.bytes.compare_exchange_weak(
                 held,
                 after,
@@ -409,9 +416,10 @@ impl<Req> Shared<Req> {
         millis
     }
 
-    /// Milliseconds from the origin to `now`, saturated (49 days of uptime fit).
+    /// Milliseconds from the origin to `now`, wrapping every 49.7 days: ages are differences
+    /// (`wrapping_sub`), which stay right as long as they are under 24.8 days.
     pub(crate) fn millis(&self, now: Instant) -> u32 {
-        u32::try_from(self.origin.nanos(now) / 1_000_000).unwrap_or(u32::MAX)
+        (self.origin.nanos(now) / 1_000_000) as u32
     }
 
     /// Whether the hand-off is closed and every record it accepted is finished, with no sender

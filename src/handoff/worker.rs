@@ -170,6 +170,32 @@ enum Start {
     Held,
 }
 
+/// Closes the hand-off and says the worker ended, unless disarmed: see [`Worker::run`].
+struct WorkerGone<Req> {
+    shared: Option<Arc<Shared<Req>>>,
+}
+
+impl<Req> WorkerGone<Req> {
+    fn armed(shared: Arc<Shared<Req>>) -> Self {
+        Self {
+            shared: Some(shared),
+        }
+    }
+
+    fn disarm(mut self) {
+        self.shared = None;
+    }
+}
+
+impl<Req> Drop for WorkerGone<Req> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.close();
+            shared.worker_ended();
+        }
+    }
+}
+
 pub(crate) struct Worker<S, Req>
 where
     S: Service<Req>,
@@ -265,6 +291,11 @@ where
     }
 
     pub(crate) async fn run(mut self) {
+        // If the worker ends any other way (a panic outside the guarded call sites, such as a
+        // response's or an error's `Drop`; the runtime shutting down), the hand-off closes and
+        // `close` returns instead of waiting for a worker that is gone; what was pending stays
+        // counted as pending.
+        let ended = WorkerGone::armed(self.shared.clone());
         poll_fn(|cx| {
             let poll = self.poll_run(cx);
             // Each time the worker runs out of work, yields, or ends, its counters go out in
@@ -273,6 +304,7 @@ where
             poll
         })
         .await;
+        ended.disarm();
         self.shared.worker_ended();
     }
 
@@ -335,7 +367,7 @@ where
                     // At most `LOOK_AGAIN`: a half-open breaker's `retry_after` is its probe's
                     // remaining timeout, and the probe may succeed long before that. Looking
                     // again costs one refusal, which never reaches the dependency.
-                    self.pause_for(retry_after.unwrap_or(TICK).clamp(TICK, LOOK_AGAIN));
+                    self.pause_for(retry_after.unwrap_or(LOOK_AGAIN).clamp(TICK, LOOK_AGAIN));
                     return self.park(record);
                 }
                 Ended::BulkheadFull if self.park => {
@@ -424,7 +456,7 @@ where
                 }
             };
             match self.max_age {
-                Some(age) if self.now.saturating_sub(record.stamp) > age => {
+                Some(age) if self.now.wrapping_sub(record.stamp) > age => {
                     self.done(&record, Outcome::Expired);
                 }
                 _ => return Some(record),
@@ -515,6 +547,11 @@ where
     /// Something was started or finished: the worker is busy again, and ticks fast when it next
     /// runs out of records.
     fn busy(&mut self) {
+        if self.pause.is_some() {
+            // A refusal that parked its record is no sign of a dependency taking work: keep
+            // slowing down, so that an outage costs ten wake-ups a second, not a thousand.
+            return;
+        }
         self.idle_since = None;
         if self.slow {
             self.slow = false;
@@ -604,9 +641,9 @@ where
                     if tick.poll_tick(cx).is_ready() {
                         // The coarse clock follows, so that senders' stamps stay within a tick.
                         self.now = self.shared.set_clock(Instant::now());
-                        if idle || self.pause.is_some() {
-                            self.idle_tick();
-                        }
+                        // Nothing progressed since the last tick (progress resets this): idle,
+                        // paused, or blocked on calls that do not end (a frozen dependency).
+                        self.idle_tick();
                         continue;
                     }
                 }
