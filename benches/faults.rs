@@ -15,7 +15,8 @@
 //!
 //! - **raw**: a `ThreadedProducer` and `send`, errors ignored, never awaited: what a reviewer
 //!   names first. It gets the same librdkafka properties as `KafkaConfig`'s defaults (read from
-//!   `KafkaConfig` itself, so the two cannot drift), and a delivery callback that counts.
+//!   `KafkaConfig` itself by the incident demo's `raw.rs`, so the two cannot drift), and a
+//!   delivery callback that counts.
 //! - **tanker**: the README's quick start on its defaults: `Handoff` (64 MiB of records at
 //!   most) → `breaker` with `FaultClassifier` → `bulkhead(4096)` → `KafkaService`.
 //!
@@ -27,18 +28,13 @@
 //! offered rate.
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, DeliveryResult, Producer as _, ProducerContext,
-    ThreadedProducer,
-};
-use rdkafka::ClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use tokio::runtime::{Builder, Runtime};
 use tower::ServiceBuilder;
 
@@ -48,24 +44,16 @@ use tanker::handoff::{Handoff, HandoffBuilder};
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
+/// Raw fire-and-forget's configuration and delivery counting, shared with the incident demo.
+#[path = "../demo/examples/incident/raw.rs"]
+mod raw;
+
 type Cluster = MockCluster<'static, DefaultProducerContext>;
 
 const TOPIC: &str = "faults";
 const BROKERS: i32 = 3;
 const PARTITIONS: i32 = 6;
 static PAYLOAD: [u8; 100] = [b'x'; 100];
-/// The librdkafka properties `KafkaConfig` sets by default; raw gets the same values.
-const PROPERTIES: &[&str] = &[
-    "message.timeout.ms",
-    "queue.buffering.max.messages",
-    "queue.buffering.max.kbytes",
-    "linger.ms",
-    "reconnect.backoff.ms",
-    "reconnect.backoff.max.ms",
-    "socket.connection.setup.timeout.ms",
-    "request.timeout.ms",
-    "topic.metadata.propagation.max.ms",
-];
 /// A "frozen" broker holds every answer back this long while its connections stay open.
 const FROZEN_RTT: Duration = Duration::from_secs(30);
 /// A second counts as full delivery when it delivers this share of the offered rate.
@@ -180,33 +168,9 @@ fn record() -> Record {
 // The two variants
 // ------------------------------------------------------------------------------------------
 
-/// Raw fire-and-forget's delivery reports, counted.
-#[derive(Default)]
-struct Reports {
-    delivered: AtomicU64,
-    failed: AtomicU64,
-}
-
-#[derive(Clone)]
-struct Counting(Arc<Reports>);
-
-impl ClientContext for Counting {}
-
-impl ProducerContext for Counting {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        let counter = match result {
-            Ok(_) => &self.0.delivered,
-            Err(_) => &self.0.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 struct Raw {
-    producer: ThreadedProducer<Counting>,
-    reports: Arc<Reports>,
+    producer: ThreadedProducer<raw::Counting>,
+    reports: Arc<raw::Deliveries>,
     offered: u64,
     /// `send` answered `Err` (the local queue was full): the record is gone.
     refused: u64,
@@ -214,18 +178,11 @@ struct Raw {
 
 impl Raw {
     fn new(cluster: &Cluster) -> Self {
-        let defaults = KafkaConfig::new("unused");
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", cluster.bootstrap_servers());
-        config.set("client.id", "raw");
-        for &key in PROPERTIES {
-            let value = defaults.get(key).expect("a KafkaConfig default");
-            config.set(key, value);
-        }
-        config.set_log_level(RDKafkaLogLevel::Error);
-        let reports = Arc::new(Reports::default());
+        let config = raw::client_config(&KafkaConfig::new(cluster.bootstrap_servers()), "raw")
+            .expect("KafkaConfig's defaults");
+        let reports = Arc::new(raw::Deliveries::default());
         let producer = config
-            .create_with_context(Counting(reports.clone()))
+            .create_with_context(raw::Counting(reports.clone()))
             .expect("raw producer");
         Self {
             producer,
