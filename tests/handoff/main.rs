@@ -2,6 +2,7 @@
 //! whatever the stack does, bounded concurrency, the `Service` impl, `close`, broken services,
 //! the early wake-up, configuration, and a multi-threaded stress test.
 
+#[path = "../support/mod.rs"]
 mod support;
 
 use std::cell::Cell;
