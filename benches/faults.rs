@@ -40,7 +40,7 @@ use tower::ServiceBuilder;
 
 use tanker::breaker::{BreakerHandle, BreakerLayer};
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::{Handoff, HandoffBuilder};
+use tanker::handoff::Handoff;
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
@@ -229,7 +229,7 @@ impl Tanker {
             .breaker(breaker)
             .bulkhead(BulkheadLayer::new(4096).expect("bulkhead settings"))
             .service(kafka.clone());
-        let handoff = HandoffBuilder::new()
+        let handoff = Handoff::builder()
             .name("stats")
             .max_bytes(64 << 20, Record::weight)
             .spawn(stack)
@@ -441,7 +441,7 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
         ),
         sends: sorted(tanker_sends),
     };
-    let breaker_opened = breaker.metrics().times_opened;
+    let breaker_opened = breaker.counts().times_opened;
     drop(raw);
     drop(raw_cluster);
     drop(tanker_cluster);

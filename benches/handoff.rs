@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::runtime::{Builder, Runtime};
 use tower::{service_fn, BoxError};
 
-use tanker::handoff::{Handoff, HandoffBuilder, Sent};
+use tanker::handoff::{Handoff, Sent};
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -43,7 +43,7 @@ fn runtime() -> Runtime {
 
 fn handoff(rt: &Runtime, name: &str) -> Handoff<u64> {
     let _guard = rt.enter();
-    HandoffBuilder::new()
+    Handoff::builder()
         .name(name.to_owned())
         .spawn(service_fn(|x: u64| async move { Ok::<_, BoxError>(x) }))
         .expect("hand-off")

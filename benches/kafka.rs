@@ -61,7 +61,7 @@ use tower::ServiceBuilder;
 
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
+use tanker::handoff::{Handoff, HandoffCounts, Sent};
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
@@ -166,7 +166,7 @@ fn stack(rt: &Runtime, kafka: KafkaService, capacity: usize) -> Stack {
         .bulkhead(bulkhead)
         .service(kafka.clone());
     let _runtime = rt.enter();
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .name("bench")
         .capacity(capacity)
         .concurrency(IN_FLIGHT)
@@ -548,7 +548,7 @@ fn latency_case(rt: &Runtime, case: Case, n: usize, rate: u64) -> LatencyRow {
         .join()
         .expect("sender thread")
     };
-    let metrics = stack.breaker.metrics();
+    let metrics = stack.breaker.counts();
     let breaker = format!(
         "{:?}, opened {}×, rejected {}",
         metrics.state, metrics.times_opened, metrics.rejected

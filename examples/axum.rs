@@ -168,7 +168,7 @@ async fn main() -> Result<(), BoxError> {
     let spawn_get = |addr: String| tokio::spawn(async move { get_stats(&addr).await });
     let first = spawn_get(addr.clone());
     let second = spawn_get(addr.clone());
-    while slots.in_flight() < 2 {
+    while slots.counts().in_flight < 2 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     show(get_stats(&addr).await?);

@@ -143,17 +143,16 @@ async fn main() -> Result<(), BoxError> {
     }
     caller.abort();
 
-    let m = breaker_handle.metrics();
+    let breaker = breaker_handle.counts();
     println!();
     println!(
         "breaker: opened {} times, rejected {} calls, final state {}",
-        m.times_opened, m.rejected, m.state
+        breaker.times_opened, breaker.rejected, breaker.state
     );
+    let bulkhead = bulkhead_handle.counts();
     println!(
         "bulkhead: admitted {}, shed {}, in flight {}",
-        bulkhead_handle.admitted(),
-        bulkhead_handle.shed(),
-        bulkhead_handle.in_flight()
+        bulkhead.admitted, bulkhead.shed, bulkhead.in_flight
     );
     Ok(())
 }

@@ -103,7 +103,7 @@ fn since(start: Instant, at: Instant) -> String {
 }
 
 fn breaker_state(breaker: &BreakerHandle) -> String {
-    let metrics = breaker.metrics();
+    let metrics = breaker.counts();
     match metrics.state {
         BreakerState::Closed if metrics.consecutive_failures > 0 => {
             format!("Closed, {} failed in a row", metrics.consecutive_failures)
@@ -251,16 +251,12 @@ async fn main() -> Result<(), BoxError> {
     println!("\nrecovered:");
     caller.write_and_read("hello again").await?;
 
-    let m = breaker_handle.metrics();
+    let m = breaker_handle.counts();
+    let bulkhead = bulkhead_handle.counts();
     println!(
         "\nbreaker: opened {} times, {} calls rejected; {} succeeded and {} failed while closed \
          (probes not counted); bulkhead: {} admitted, {} shed",
-        m.times_opened,
-        m.rejected,
-        m.successes,
-        m.failures,
-        bulkhead_handle.admitted(),
-        bulkhead_handle.shed(),
+        m.times_opened, m.rejected, m.successes, m.failures, bulkhead.admitted, bulkhead.shed,
     );
     Ok(())
 }

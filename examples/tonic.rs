@@ -89,7 +89,7 @@ async fn main() -> Result<(), BoxError> {
     for _ in 0..2 {
         call(&mut client, &handle).await;
     }
-    let metrics = handle.metrics();
+    let metrics = handle.counts();
     println!(
         "breaker {:?}: opened {} time(s), {} call(s) failed, {} refused without calling the server",
         metrics.state, metrics.times_opened, metrics.failures, metrics.rejected

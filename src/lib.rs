@@ -52,7 +52,7 @@
 //!     Err(e) if e.is::<BulkheadFull>() => { /* too many calls in flight: shed */ }
 //!     Err(e) => return Err(e),
 //! }
-//! println!("{:?}", breaker.handle().metrics());
+//! println!("{:?}", breaker.handle().counts());
 //! # Ok(())
 //! # }
 //! ```

@@ -214,8 +214,8 @@ fn bulkhead_admit_path_allocates_nothing() {
     let n = allocations_per_run(&mut svc, |i| i, expect_echo(false));
     eprintln!("bulkhead, admitted: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
-    assert_eq!(handle.admitted(), WARM_UP + CALLS);
-    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.counts().admitted, WARM_UP + CALLS);
+    assert_eq!(handle.counts().in_flight, 0);
 }
 
 #[test]
@@ -240,7 +240,7 @@ fn breaker_closed_path_allocates_nothing_on_success() {
     let n = allocations_per_run(&mut svc, |i| i, expect_echo(false));
     eprintln!("breaker, closed, successes: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
-    assert_eq!(handle.metrics().successes, WARM_UP + CALLS);
+    assert_eq!(handle.counts().successes, WARM_UP + CALLS);
 }
 
 #[test]
@@ -251,7 +251,7 @@ fn breaker_closed_path_allocates_nothing_on_failure() {
     let n = allocations_per_run(&mut svc, |i| i, expect_echo(true));
     eprintln!("breaker, closed, successes and failures: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         m.state,
         BreakerState::Closed,
@@ -288,7 +288,7 @@ fn breaker_over_bulkhead_allocates_nothing_per_call() {
     eprintln!("breaker over bulkhead, successes and failures: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
     assert_eq!(b.state(), BreakerState::Closed);
-    assert_eq!(h.admitted(), WARM_UP + CALLS);
+    assert_eq!(h.counts().admitted, WARM_UP + CALLS);
 }
 
 #[test]
@@ -370,11 +370,11 @@ fn keyed_layer_on_an_existing_key_allocates_nothing_per_call() {
     eprintln!("keyed, {KEYS} keys, successes and failures: {n} allocations in {CALLS} calls");
     assert_eq!(n, 0);
     let handle = layer.handle();
-    assert_eq!(handle.len(), KEYS as usize);
+    assert_eq!(handle.counts().keys, KEYS as usize);
     let mut admitted = 0;
     for key in handle.keys() {
         assert_eq!(key.breaker().state(), BreakerState::Closed);
-        admitted += key.bulkhead().admitted();
+        admitted += key.bulkhead().counts().admitted;
     }
     assert_eq!(admitted, WARM_UP + CALLS);
     let n = on_a_runtime(|| {
@@ -433,9 +433,9 @@ fn shedding_allocates_nothing() {
         n, 0,
         "BulkheadFull is zero-sized: boxing it allocates nothing"
     );
-    assert_eq!(handle.shed(), WARM_UP + CALLS);
+    assert_eq!(handle.counts().shed, WARM_UP + CALLS);
     drop(held);
-    assert_eq!(handle.in_flight(), 0);
+    assert_eq!(handle.counts().in_flight, 0);
 }
 
 #[test]
@@ -469,7 +469,7 @@ fn an_open_breaker_allocates_at_most_the_boxed_error() {
         n <= CALLS,
         "{n} allocations: more than one per rejected call"
     );
-    assert_eq!(handle.metrics().rejected, WARM_UP + CALLS);
+    assert_eq!(handle.counts().rejected, WARM_UP + CALLS);
 }
 
 #[test]

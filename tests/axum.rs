@@ -162,7 +162,7 @@ async fn per_route_bulkhead_bounds_requests_although_axum_clones_the_service() {
     assert_pending!(first.poll());
     assert_pending!(second.poll());
     assert_eq!(calls.load(Ordering::SeqCst), 2, "both reached the handler");
-    assert_eq!(slots.in_flight(), 2);
+    assert_eq!(slots.counts().in_flight, 2);
 
     // The compartment is full: the third request is answered at once, without the handler.
     let asked = Instant::now();
@@ -175,7 +175,7 @@ async fn per_route_bulkhead_bounds_requests_although_axum_clones_the_service() {
         2,
         "the handler never saw the shed request"
     );
-    assert_eq!(slots.shed(), 1);
+    assert_eq!(slots.counts().shed, 1);
 
     // The bulkhead is per route: another route is not held up.
     assert_eq!(send(&app, "/fast").await.status(), StatusCode::OK);
@@ -188,7 +188,7 @@ async fn per_route_bulkhead_bounds_requests_although_axum_clones_the_service() {
         assert_eq!(text(response).await, "slow answer");
     }
     assert_eq!(
-        slots.in_flight(),
+        slots.counts().in_flight,
         0,
         "finished requests gave their slots back"
     );
@@ -196,7 +196,7 @@ async fn per_route_bulkhead_bounds_requests_although_axum_clones_the_service() {
     let fourth = send(&app, "/slow").await;
     assert_eq!(fourth.status(), StatusCode::OK);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(slots.admitted(), 3);
+    assert_eq!(slots.counts().admitted, 3);
 }
 
 // ===== breaker =====

@@ -652,7 +652,7 @@ where
     fn check(&self, what: &str) -> Result<(), TestCaseError> {
         let m = &self.model;
         let step = self.step;
-        let got = self.handle.metrics();
+        let got = self.handle.counts();
         prop_assert_eq!(
             self.handle.state(),
             m.state,

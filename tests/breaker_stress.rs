@@ -27,7 +27,7 @@ where
         std::thread::spawn(move || {
             let mut snapshots = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let m = handle.metrics();
+                let m = handle.counts();
                 assert!(m.window_failures <= m.window_calls, "{m:?}");
                 assert!(m.window_slow_calls <= m.window_calls, "{m:?}");
                 assert!(m.successes < u64::MAX / 2, "wrapped: {m:?}");
@@ -93,7 +93,7 @@ fn successes_alone_never_open_the_breaker() {
     hammer(echo_breaker(&layer), handle.clone(), |svc, thread, _| {
         calls(svc, thread, 0)
     });
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         (m.state, m.times_opened, m.failures),
         (BreakerState::Closed, 0, 0)
@@ -119,7 +119,7 @@ fn a_failure_rate_below_the_threshold_never_opens_the_breaker() {
     hammer(echo_breaker(&layer), handle.clone(), |svc, thread, _| {
         calls(svc, thread, 4)
     });
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         (m.state, m.times_opened),
         (BreakerState::Closed, 0),
@@ -178,7 +178,7 @@ fn never_more_probes_in_the_dependency_than_allowed() {
             let _ = ready.call(delay).await;
         }
     });
-    let m = handle.metrics();
+    let m = handle.counts();
     assert!(
         m.times_opened > 10,
         "the breaker reopened many times: {m:?}"

@@ -104,9 +104,9 @@ async fn service_builder_stacks_breaker_bulkhead_timeout_and_map_request() -> Re
     assert_eq!(svc.ready().await?.call("four").await?, 4);
     assert_eq!(svc.ready().await?.call("").await?, 0);
     assert_eq!(dependency.calls(), 2);
-    assert_eq!(h.admitted(), 2);
-    assert_eq!(h.in_flight(), 0);
-    let m = b.metrics();
+    assert_eq!(h.counts().admitted, 2);
+    assert_eq!(h.counts().in_flight, 0);
+    let m = b.counts();
     assert_eq!(
         (m.state, m.successes, m.failures),
         (BreakerState::Closed, 2, 0)
@@ -136,12 +136,12 @@ async fn hung_calls_time_out_count_as_failures_and_open_the_breaker() -> Result<
         let err = svc.ready().await?.call(HANG).await.unwrap_err();
         assert!(err.is::<Elapsed>(), "{err}");
         assert_eq!(started.elapsed(), Duration::from_millis(100));
-        let m = handle.metrics();
+        let m = handle.counts();
         assert_eq!(m.failures, n);
         assert_eq!(m.consecutive_failures, n as u32);
     }
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().times_opened, 1);
+    assert_eq!(handle.counts().times_opened, 1);
 
     // Open: rejected at once, without waiting for the timeout or reaching the dependency.
     let started = time::Instant::now();
@@ -231,18 +231,18 @@ async fn behind_a_buffer_a_full_bulkhead_still_sheds_with_bulkhead_full() -> Res
 
     // One call that never ends takes the only slot.
     let held = tokio::spawn(buffer.clone().oneshot(HANG));
-    until(|| handle.in_flight() == 1).await;
+    until(|| handle.counts().in_flight == 1).await;
 
     let err = buffer.clone().oneshot(1).await.unwrap_err();
     assert!(err.is::<BulkheadFull>(), "not recognisable: {err}");
     assert!(find::<BulkheadFull>(&err).is_some());
     assert!(!err.is::<ServiceError>());
-    assert_eq!(handle.shed(), 1);
+    assert_eq!(handle.counts().shed, 1);
     assert_eq!(dependency.calls(), 1);
 
     // The buffer keeps working: once the slot is free, calls go through.
     held.abort();
-    until(|| handle.in_flight() == 0).await;
+    until(|| handle.counts().in_flight == 0).await;
     assert_eq!(buffer.clone().oneshot(2).await?, 2);
     Ok(())
 }
@@ -332,11 +332,11 @@ async fn shed_calls_never_count_as_breaker_failures_by_default() -> Result<(), B
     for n in 1..=5 {
         let err = svc.ready().await?.call(1).await.unwrap_err();
         assert!(err.is::<BulkheadFull>(), "{err}");
-        assert_eq!((b.metrics().failures, b.metrics().ignored), (0, n));
+        assert_eq!((b.counts().failures, b.counts().ignored), (0, n));
     }
     // Shedding is tanker's own back-pressure: the dependency never failed.
     assert_eq!(b.state(), BreakerState::Closed);
-    assert_eq!(h.shed(), 5);
+    assert_eq!(h.counts().shed, 5);
     assert_eq!(dependency.calls(), 1);
     drop(held);
 
@@ -373,10 +373,10 @@ async fn a_classifier_can_ignore_shedding_so_it_never_trips_the_breaker() -> Res
         let err = svc.ready().await?.call(1).await.unwrap_err();
         assert!(err.is::<BulkheadFull>(), "{err}");
     }
-    let m = b.metrics();
+    let m = b.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.failures, m.ignored, m.consecutive_failures), (0, 10, 0));
-    assert_eq!(h.shed(), 10);
+    assert_eq!(h.counts().shed, 10);
     drop(held);
 
     // Real failures still trip it.
@@ -409,7 +409,7 @@ async fn load_shed_outside_lets_tanker_rejections_through_unchanged() -> Result<
     let held = svc.call(HANG);
     let err = svc.ready().await?.call(1).await.unwrap_err();
     assert!(err.is::<BulkheadFull>() && !err.is::<Overloaded>(), "{err}");
-    assert_eq!(h.shed(), 1);
+    assert_eq!(h.counts().shed, 1);
     // A shed call is not the dependency's failure: the breaker stays closed.
     assert_eq!(b.state(), BreakerState::Closed);
     drop(held);
@@ -443,7 +443,7 @@ async fn load_shed_outside_a_waiting_room_sheds_instead_of_waiting() -> Result<(
     // Without `LoadShed`, a caller waits in the room.
     let mut wait = tokio_test::task::spawn(waiting.ready());
     assert_pending!(wait.poll());
-    assert_eq!(handle.waiting(), 1);
+    assert_eq!(handle.counts().waiting, 1);
 
     // With it, the caller is shed at once.
     let err = shedding.ready().await?.call(1).await.unwrap_err();

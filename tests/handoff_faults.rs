@@ -17,7 +17,7 @@ use tower::{service_fn, BoxError, Service, ServiceBuilder};
 
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent, SpawnError, MAX_CAPACITY};
+use tanker::handoff::{Handoff, HandoffCounts, Sent, SpawnError, MAX_CAPACITY};
 use tanker::ServiceBuilderExt;
 
 /// Lets the worker run and paused time move a tick at a time until nothing is pending.
@@ -115,7 +115,7 @@ impl Service<u32> for Panicky {
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_poll_ready_closes_the_handoff_and_counts_every_record() {
     let service = Panicky::new(PanicAt::PollReady(3));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .concurrency(1)
         .spawn(service.clone())
@@ -144,7 +144,7 @@ async fn a_panic_in_poll_ready_closes_the_handoff_and_counts_every_record() {
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_call_fails_that_record_and_the_worker_goes_on() {
     let service = Panicky::new(PanicAt::Call(3));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .concurrency(4)
         .spawn(service.clone())
@@ -168,7 +168,7 @@ async fn a_panic_in_call_fails_that_record_and_the_worker_goes_on() {
 #[tokio::test(start_paused = true)]
 async fn a_panic_in_a_response_future_fails_that_record_and_the_worker_goes_on() {
     let service = Panicky::new(PanicAt::Future(5));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .concurrency(4)
         .spawn(service)
@@ -192,7 +192,7 @@ async fn a_burst_to_an_instant_service_behind_a_small_bulkhead_is_delivered_not_
         .bulkhead(BulkheadLayer::new(64).unwrap())
         .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
     // The defaults: concurrency 1024, far above the bulkhead.
-    let handoff = HandoffBuilder::new().capacity(10_000).spawn(stack).unwrap();
+    let handoff = Handoff::builder().capacity(10_000).spawn(stack).unwrap();
 
     assert_eq!(send_all(&handoff, 0..10_000), 10_000);
     let counts = settle(&handoff).await;
@@ -233,7 +233,7 @@ async fn a_shed_wrapped_in_another_error_is_counted_as_shed() {
             Ok::<_, BoxError>(())
         }));
     // Parking off: the refusal is final, and counted by what it is.
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .concurrency(8)
         .park(false)
@@ -253,7 +253,7 @@ async fn a_breaker_rejection_wrapped_in_another_error_is_counted_as_rejected() {
         .map_err(|error: BoxError| BoxError::from(Wrapped(Box::new(Wrapped(error)))))
         .breaker(breaker)
         .service(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .park(false)
         .spawn(stack)
@@ -312,7 +312,7 @@ proptest! {
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let spawned = HandoffBuilder::new()
+            let spawned = Handoff::builder()
                 .capacity(capacity)
                 .concurrency(concurrency)
                 .name(name)
@@ -346,7 +346,7 @@ fn spawn_on_a_runtime_without_the_time_driver_works() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let handoff = HandoffBuilder::new()
+        let handoff = Handoff::builder()
             .spawn(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }))
             .expect("no timers needed");
         for round in 0..3u64 {
@@ -370,7 +370,7 @@ fn spawn_on_a_runtime_without_the_time_driver_works() {
 async fn eight_senders_racing_close_are_counted_exactly() {
     const SENDERS: usize = 8;
     for round in 0..40 {
-        let handoff = HandoffBuilder::new()
+        let handoff = Handoff::builder()
             .capacity(64)
             .concurrency(4)
             .spawn(service_fn(|_: u64| async { Ok::<_, BoxError>(()) }))

@@ -11,7 +11,7 @@ use tokio::time;
 use tower::{service_fn, BoxError, ServiceBuilder};
 
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
-use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
+use tanker::handoff::{Handoff, HandoffCounts, Sent};
 use tanker::ServiceBuilderExt;
 
 /// Lets the worker run without moving paused time.
@@ -115,7 +115,7 @@ fn stack(
 async fn records_refused_by_an_open_breaker_wait_and_are_delivered_oldest_first() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new().capacity(100).spawn(service).unwrap();
+    let handoff = Handoff::builder().capacity(100).spawn(service).unwrap();
     breaker.force_open();
 
     assert_eq!(send_all(&handoff, 0..20), 20);
@@ -146,7 +146,7 @@ async fn records_refused_by_an_open_breaker_wait_and_are_delivered_oldest_first(
 async fn a_sick_dependency_gets_only_probes_and_every_record_is_delivered_after_the_heal() {
     let dependency = Dependency::default();
     let (_breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(1000)
         .concurrency(8)
         .spawn(service)
@@ -204,7 +204,7 @@ async fn a_sick_dependency_gets_only_probes_and_every_record_is_delivered_after_
 async fn delivery_resumes_within_a_cool_down_of_the_heal() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new().capacity(1000).spawn(service).unwrap();
+    let handoff = Handoff::builder().capacity(1000).spawn(service).unwrap();
 
     dependency.down.store(true, Ordering::SeqCst);
     assert_eq!(send_all(&handoff, 0..50), 50);
@@ -230,7 +230,7 @@ async fn delivery_resumes_within_a_cool_down_of_the_heal() {
 async fn the_queue_drops_the_newest_only_when_full() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(10)
         .concurrency(4)
         .spawn(service)
@@ -264,7 +264,7 @@ async fn the_queue_drops_the_newest_only_when_full() {
 async fn records_older_than_max_age_expire_unsent() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .max_age(Duration::from_secs(2))
         .spawn(service)
         .unwrap();
@@ -301,7 +301,7 @@ async fn a_dependency_fault_gets_exactly_one_more_try() {
                 Ok::<_, BoxError>(())
             }
         }));
-    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    let handoff = Handoff::builder().spawn(service).unwrap();
     assert_eq!(send_all(&handoff, 0..10), 10);
     let counts = settle(&handoff).await;
     assert_eq!(counts.failed, 10, "{counts:?}");
@@ -320,7 +320,7 @@ async fn retry_failed_off_makes_a_dependency_fault_final() {
             counter.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<Result<(), BoxError>>()
         }));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .retry_failed(false)
         .spawn(service)
         .unwrap();
@@ -347,7 +347,7 @@ async fn a_callers_fault_is_never_retried() {
         counter.fetch_add(1, Ordering::SeqCst);
         async { Err::<(), BoxError>(TooLarge.into()) }
     });
-    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    let handoff = Handoff::builder().spawn(service).unwrap();
     assert_eq!(send_all(&handoff, 0..10), 10);
     let counts = settle(&handoff).await;
     assert_eq!((counts.failed, counts.retried), (10, 0), "{counts:?}");
@@ -358,7 +358,7 @@ async fn a_callers_fault_is_never_retried() {
 async fn parking_off_counts_refusals_at_once() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new().park(false).spawn(service).unwrap();
+    let handoff = Handoff::builder().park(false).spawn(service).unwrap();
     breaker.force_open();
     assert_eq!(send_all(&handoff, 0..10), 10);
     let counts = settle(&handoff).await;
@@ -369,7 +369,7 @@ async fn parking_off_counts_refusals_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_max_age_of_a_millisecond_or_less_is_refused() {
     let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
-    let err = HandoffBuilder::new()
+    let err = Handoff::builder()
         .max_age(Duration::from_millis(1))
         .spawn(service)
         .unwrap_err();
@@ -381,7 +381,7 @@ async fn a_max_age_of_a_millisecond_or_less_is_refused() {
 async fn closing_drains_parked_records_once_the_dependency_takes_them() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    let handoff = Handoff::builder().spawn(service).unwrap();
     breaker.force_open();
     assert_eq!(send_all(&handoff, 0..5), 5);
     run_for(Duration::from_millis(10)).await;
@@ -405,7 +405,7 @@ async fn a_byte_budget_drops_what_would_not_fit_and_gets_its_bytes_back() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
     // Each record weighs its own value, in bytes.
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .max_bytes(100, |n: &u32| *n as usize)
         .spawn(service)
         .unwrap();
@@ -451,7 +451,7 @@ async fn expired_and_failed_records_give_their_bytes_back() {
             counter.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<Result<(), BoxError>>()
         }));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .max_bytes(1000, |n: &u32| *n as usize)
         .spawn(service)
         .unwrap();
@@ -472,7 +472,7 @@ fn a_byte_budget_of_zero_is_refused() {
         .unwrap();
     let _entered = runtime.enter();
     let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
-    let err = HandoffBuilder::new()
+    let err = Handoff::builder()
         .max_bytes(0, |n: &u32| *n as usize)
         .spawn(service)
         .unwrap_err();
@@ -508,7 +508,7 @@ async fn records_flow_again_soon_after_a_half_open_breaker_closes_early() {
                 Ok(())
             }
         }));
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .retry_failed(false)
         .spawn(service)
         .unwrap();
@@ -537,7 +537,7 @@ async fn records_flow_again_soon_after_a_half_open_breaker_closes_early() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_weight_function_drops_the_record_and_leaves_nothing_behind() {
     let service = service_fn(|_: u32| async { Ok::<_, BoxError>(()) });
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .max_bytes(100, |n: &u32| {
             assert!(*n != 7, "no weight for seven");
             1
@@ -558,11 +558,11 @@ async fn a_panicking_weight_function_drops_the_record_and_leaves_nothing_behind(
 async fn a_forced_open_breaker_is_looked_at_ten_times_a_second_not_a_thousand() {
     let dependency = Dependency::default();
     let (breaker, service) = stack(&dependency);
-    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    let handoff = Handoff::builder().spawn(service).unwrap();
     breaker.force_open();
     assert_eq!(send_all(&handoff, 0..5), 5);
     run_for(Duration::from_secs(2)).await;
-    let rejected = breaker.metrics().rejected;
+    let rejected = breaker.counts().rejected;
     assert!(
         (10..=25).contains(&rejected),
         "{rejected} refusals in 2 s: the worker offers the oldest record again every 100 ms"
@@ -583,7 +583,7 @@ async fn a_worker_that_dies_outside_the_guarded_calls_closes_the_handoff() {
         }
     }
     let service = service_fn(|_: u32| async { Ok::<_, BoxError>(Bomb) });
-    let handoff = HandoffBuilder::new().spawn(service).unwrap();
+    let handoff = Handoff::builder().spawn(service).unwrap();
     assert_eq!(handoff.send(1), Sent::Accepted);
     run_for(Duration::from_millis(10)).await;
     let report = time::timeout(

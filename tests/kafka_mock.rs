@@ -310,7 +310,7 @@ impl Rig {
     /// The breaker must never have more probes in flight than configured, by its own count and
     /// by the tap's.
     fn check_probes(&self) {
-        let in_flight = self.breaker.metrics().probes_in_flight;
+        let in_flight = self.breaker.counts().probes_in_flight;
         assert!(
             in_flight <= self.probes,
             "{in_flight} probes in flight, at most {} allowed",
@@ -342,9 +342,9 @@ impl Rig {
         assert_eq!(c.delivered, self.log.delivered(), "{c:?}");
         // Shed: what the bulkhead shed, as the tap saw it.
         assert_eq!(c.shed, self.log.shed.load(Ordering::SeqCst), "{c:?}");
-        assert_eq!(c.shed, self.bulkhead.shed(), "{c:?}");
+        assert_eq!(c.shed, self.bulkhead.counts().shed, "{c:?}");
         // Rejected: what the breaker rejected.
-        assert_eq!(c.rejected, self.breaker.metrics().rejected, "{c:?}");
+        assert_eq!(c.rejected, self.breaker.counts().rejected, "{c:?}");
         // Failed: one per error that came back from Kafka (no other errors in this stack).
         assert_eq!(self.log.other_errors.load(Ordering::SeqCst), 0);
         assert_eq!(c.failed, self.log.kafka_errors().len() as u64, "{c:?}");
@@ -354,7 +354,7 @@ impl Rig {
             c.accepted - c.rejected,
             "{c:?}"
         );
-        assert_eq!(self.bulkhead.in_flight(), 0);
+        assert_eq!(self.bulkhead.counts().in_flight, 0);
         assert_eq!(self.log.probes_now.load(Ordering::SeqCst), 0);
         c
     }
@@ -391,7 +391,7 @@ async fn healthy_cluster_delivers_every_accepted_record() {
         breaker().consecutive_failures(1),
         1,
         256,
-        HandoffBuilder::new().capacity(4096).concurrency(256),
+        Handoff::builder().capacity(4096).concurrency(256),
     );
 
     for i in 0..RECORDS {
@@ -406,7 +406,7 @@ async fn healthy_cluster_delivers_every_accepted_record() {
     assert_eq!(c.delivered, RECORDS, "{c:?}");
     assert_eq!((c.dropped, c.shed, c.rejected, c.failed), (0, 0, 0, 0));
     assert_eq!(rig.breaker.state(), BreakerState::Closed);
-    assert_eq!(rig.breaker.metrics().successes, RECORDS);
+    assert_eq!(rig.breaker.counts().successes, RECORDS);
 
     // Each record landed in the partition it asked for, at an offset no other record has; a
     // fresh partition's offsets are exactly 0..n.
@@ -461,7 +461,7 @@ async fn broker_down_opens_the_breaker_and_send_never_blocks() {
             .open_for(Duration::from_secs(60)),
         1,
         256,
-        HandoffBuilder::new()
+        Handoff::builder()
             .capacity(1000)
             .concurrency(256)
             .park(false)
@@ -485,7 +485,7 @@ async fn broker_down_opens_the_breaker_and_send_never_blocks() {
             rig.offer(record(TOPIC, format!("down-{i}")));
             i += 1;
         }
-        let m = rig.breaker.metrics();
+        let m = rig.breaker.counts();
         m.state == BreakerState::Open && m.rejected > 0
     })
     .await;
@@ -518,7 +518,7 @@ async fn broker_down_opens_the_breaker_and_send_never_blocks() {
     assert!(max < Duration::from_millis(250), "a send took {max:?}");
 
     let c = rig.close_and_check().await;
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Open);
     assert_eq!(m.times_opened, 1);
     assert!(c.rejected > 0, "{c:?}");
@@ -570,7 +570,7 @@ async fn slow_broker_trips_the_breaker_on_slow_calls() {
             .open_for(Duration::from_secs(60)),
         1,
         256,
-        HandoffBuilder::new()
+        Handoff::builder()
             .capacity(1000)
             .concurrency(256)
             .park(false)
@@ -582,7 +582,7 @@ async fn slow_broker_trips_the_breaker_on_slow_calls() {
         rig.offer(record(TOPIC, format!("fast-{i}")));
     }
     wait_until("the fast deliveries", || rig.log.delivered() == 10).await;
-    assert_eq!(rig.breaker.metrics().slow_calls, 0);
+    assert_eq!(rig.breaker.counts().slow_calls, 0);
 
     cluster
         .broker_round_trip_time(-1, Duration::from_millis(400))
@@ -596,7 +596,7 @@ async fn slow_broker_trips_the_breaker_on_slow_calls() {
     .await;
 
     let c = rig.close_and_check().await;
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Open);
     assert_eq!(m.times_opened, 1);
     assert_eq!(m.failures, 0, "{m:?}");
@@ -657,7 +657,7 @@ async fn retriable_error_storm_is_absorbed_by_librdkafka_retries() {
         breaker().consecutive_failures(1),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        Handoff::builder().capacity(1000).concurrency(256),
     );
     rig.offer(record(TOPIC, "warm".into()));
     wait_until("the warm-up delivery", || rig.log.delivered() == 1).await;
@@ -678,7 +678,7 @@ async fn retriable_error_storm_is_absorbed_by_librdkafka_retries() {
     let c = rig.close_and_check().await;
     assert_eq!(c.delivered, RECORDS + 1, "{c:?}");
     assert_eq!((c.failed, c.rejected, c.shed, c.dropped), (0, 0, 0, 0));
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.failures, m.times_opened), (0, 0), "{m:?}");
 
@@ -722,7 +722,7 @@ async fn oversized_record_is_the_callers_fault_and_never_trips_the_breaker() {
         breaker().consecutive_failures(1),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        Handoff::builder().capacity(1000).concurrency(256),
     );
     for i in 0..20 {
         rig.offer(Record::new(TOPIC, big.clone()).key(format!("big-{i}")));
@@ -730,7 +730,7 @@ async fn oversized_record_is_the_callers_fault_and_never_trips_the_breaker() {
     }
     let c = rig.close_and_check().await;
     assert_eq!((c.delivered, c.failed), (20, 20), "{c:?}");
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.failures, m.times_opened, m.ignored), (0, 0, 20), "{m:?}");
     assert!(rig
@@ -767,7 +767,7 @@ async fn unknown_topic_is_the_callers_fault_and_never_trips_the_breaker() {
         breaker().consecutive_failures(1),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        Handoff::builder().capacity(1000).concurrency(256),
     );
     for i in 0..10 {
         rig.offer(Record::new("no-such-topic", b"x".to_vec()).key(format!("lost-{i}")));
@@ -775,7 +775,7 @@ async fn unknown_topic_is_the_callers_fault_and_never_trips_the_breaker() {
     }
     let c = rig.close_and_check().await;
     assert_eq!((c.delivered, c.failed), (10, 10), "{c:?}");
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.failures, m.times_opened, m.ignored), (0, 0, 10), "{m:?}");
 }
@@ -801,7 +801,7 @@ async fn unknown_topic_with_default_settings_is_the_callers_fault() {
         breaker().consecutive_failures(1),
         1,
         256,
-        HandoffBuilder::new().capacity(1000).concurrency(256),
+        Handoff::builder().capacity(1000).concurrency(256),
     );
     rig.offer(Record::new("no-such-topic", b"x".to_vec()).key("lost"));
     let c = rig.close_and_check().await;
@@ -814,7 +814,7 @@ async fn unknown_topic_with_default_settings_is_the_callers_fault() {
     );
     assert_eq!(error.topic(), Some("no-such-topic"), "{error}");
     assert!(error.to_string().contains("`no-such-topic`"), "{error}");
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(
         (m.state, m.times_opened),
         (BreakerState::Closed, 0),
@@ -844,7 +844,7 @@ async fn flapping_broker_opens_and_closes_the_breaker_by_itself_each_time() {
             .backoff(1.0, Duration::from_millis(400)),
         PROBES,
         256,
-        HandoffBuilder::new()
+        Handoff::builder()
             .capacity(1000)
             .concurrency(256)
             .park(false)
@@ -863,7 +863,7 @@ async fn flapping_broker_opens_and_closes_the_breaker_by_itself_each_time() {
                 i += 1;
             }
             rig.check_probes();
-            let m = rig.breaker.metrics();
+            let m = rig.breaker.counts();
             m.times_opened >= cycle && m.state == BreakerState::Open
         })
         .await;
@@ -885,7 +885,7 @@ async fn flapping_broker_opens_and_closes_the_breaker_by_itself_each_time() {
     }
 
     let c = rig.close_and_check().await;
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert!(m.times_opened >= CYCLES, "{m:?}");
     let max_probes = rig.log.max_probes.load(Ordering::SeqCst);
@@ -925,7 +925,7 @@ async fn breaker_closes_after_one_probe_when_the_broker_returns_and_delivery_res
             .backoff(2.0, Duration::from_secs(10)),
         1,
         256,
-        HandoffBuilder::new()
+        Handoff::builder()
             .capacity(1000)
             .concurrency(256)
             .park(false)
@@ -959,7 +959,7 @@ async fn breaker_closes_after_one_probe_when_the_broker_returns_and_delivery_res
         up_at.elapsed()
     );
     // Closed by the first probe after the first cool-down: no probe failed, no second trip.
-    let m = rig.breaker.metrics();
+    let m = rig.breaker.counts();
     assert_eq!(m.times_opened, 1, "{m:?}");
     assert_eq!(
         rig.log.probe_calls.load(Ordering::SeqCst) - probes_before,

@@ -45,7 +45,7 @@ use tower::{Service, ServiceBuilder};
 
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
+use tanker::handoff::{Handoff, HandoffCounts, Sent};
 use tanker::kafka::{
     Delivery, Fault, FaultClassifier, KafkaConfig, KafkaError, KafkaErrorKind, KafkaService, Record,
 };
@@ -371,7 +371,7 @@ impl Stack {
             });
         // Parking off: these tests tell the breaker's story against a real broker, refusal by
         // refusal (tests/incident.rs and benches/faults.rs run the parking default).
-        let handoff = HandoffBuilder::new()
+        let handoff = Handoff::builder()
             .name(topic)
             .capacity(10_000)
             .concurrency(256)
@@ -431,7 +431,7 @@ impl Stack {
         format!(
             "counts {:?}\nbreaker {:?}\nkafka errors {:?}",
             self.counts(),
-            self.breaker.metrics(),
+            self.breaker.counts(),
             self.error_kinds()
         )
     }
@@ -511,7 +511,7 @@ impl Stack {
             "{}: {counts:?}; kafka errors {:?}; breaker opened {} times; sends {:?}",
             self.topic,
             self.error_kinds(),
-            self.breaker.metrics().times_opened,
+            self.breaker.counts().times_opened,
             self.sends
         );
         counts
@@ -775,12 +775,12 @@ async fn frozen_broker_opens_the_breaker_and_recovery_closes_it() {
     broker.freeze();
     stack
         .wait("the breaker opens while frozen", true, |s| {
-            s.breaker.metrics().times_opened >= 1
+            s.breaker.counts().times_opened >= 1
         })
         .await;
     stack
         .wait("a probe fails while frozen", true, |s| {
-            s.breaker.metrics().times_opened >= 2
+            s.breaker.counts().times_opened >= 2
         })
         .await;
     stack.assert_dependency_faults(KafkaErrorKind::MessageTimedOut, TRIP_AFTER as usize);
@@ -823,7 +823,7 @@ async fn killed_broker_opens_the_breaker_and_a_restart_closes_it() {
     broker.kill();
     stack
         .wait("the breaker opens while the broker is down", true, |s| {
-            s.breaker.metrics().times_opened >= 1
+            s.breaker.counts().times_opened >= 1
         })
         .await;
     stack.assert_dependency_faults(KafkaErrorKind::MessageTimedOut, 0);
@@ -876,7 +876,7 @@ async fn every_delivered_record_is_stored_around_a_freeze() {
     stack.send_batch(300);
     stack
         .wait("the breaker opens while frozen", true, |s| {
-            s.breaker.metrics().times_opened >= 1
+            s.breaker.counts().times_opened >= 1
         })
         .await;
     broker.thaw();

@@ -123,7 +123,7 @@ async fn a_sick_keys_breaker_opens_while_another_key_keeps_flowing() {
         handle.get(&"up").unwrap().breaker().state(),
         BreakerState::Closed
     );
-    assert_eq!(down.breaker().metrics().rejected, 1);
+    assert_eq!(down.breaker().counts().rejected, 1);
 
     // After the cool-down, a probe closes the sick key's breaker.
     tokio::time::advance(Duration::from_secs(1)).await;
@@ -147,8 +147,14 @@ async fn per_key_bulkheads_bound_independently() {
     assert!(refused(&mut svc, ("b", 3)).await.is::<BulkheadFull>());
     let a = handle.get(&"a").unwrap();
     let b = handle.get(&"b").unwrap();
-    assert_eq!((a.bulkhead().in_flight(), a.bulkhead().shed()), (2, 1));
-    assert_eq!((b.bulkhead().in_flight(), b.bulkhead().shed()), (2, 1));
+    assert_eq!(
+        (a.bulkhead().counts().in_flight, a.bulkhead().counts().shed),
+        (2, 1)
+    );
+    assert_eq!(
+        (b.bulkhead().counts().in_flight, b.bulkhead().counts().shed),
+        (2, 1)
+    );
     // The shed calls never reached the dependency: it saw the four admitted, in order.
     for expected in [("a", 1), ("a", 2), ("b", 1), ("b", 2)] {
         let (got, respond) = deps.next_request().await.unwrap();
@@ -158,9 +164,9 @@ async fn per_key_bulkheads_bound_independently() {
     for (call, n) in [(first, 1), (second, 2), (third, 1), (fourth, 2)] {
         assert_eq!(call.await.unwrap(), n);
     }
-    assert_eq!(a.bulkhead().in_flight(), 0);
+    assert_eq!(a.bulkhead().counts().in_flight, 0);
     // A shed is not the dependency's failure: the breaker did not count it.
-    assert_eq!(a.breaker().metrics().failures, 0);
+    assert_eq!(a.breaker().counts().failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,11 +176,11 @@ async fn idle_keys_are_evicted_least_recently_used_first() {
     for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
         next_is(&mut svc, &mut deps, (key, i as u32)).await;
     }
-    assert_eq!(handle.len(), 3);
+    assert_eq!(handle.counts().keys, 3);
     // A fourth key takes the place of the oldest.
     next_is(&mut svc, &mut deps, ("d", 4)).await;
-    assert_eq!(handle.len(), 3);
-    assert_eq!(handle.evicted(), 1);
+    assert_eq!(handle.counts().keys, 3);
+    assert_eq!(handle.counts().evicted, 1);
     assert!(handle.get(&"a").is_none());
     // `c` is used again; then a fifth key evicts `b`, unused since before `c`'s call.
     next_is(&mut svc, &mut deps, ("c", 5)).await;
@@ -183,10 +189,10 @@ async fn idle_keys_are_evicted_least_recently_used_first() {
     let mut keys: Vec<&str> = handle.keys().iter().map(|k| *k.key()).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["c", "d", "e"]);
-    assert_eq!(handle.evicted(), 2);
+    assert_eq!(handle.counts().evicted, 2);
     // An evicted key comes back with fresh state.
     next_is(&mut svc, &mut deps, ("a", 7)).await;
-    assert_eq!(handle.get(&"a").unwrap().bulkhead().admitted(), 1);
+    assert_eq!(handle.get(&"a").unwrap().bulkhead().counts().admitted, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -206,16 +212,16 @@ async fn busy_and_open_keys_are_never_evicted_and_a_full_table_refuses_new_keys(
     // A new key finds no idle key: refused with `BulkheadFull`, as a full compartment is.
     let err = refused(&mut svc, ("c", 1)).await;
     assert!(err.is::<BulkheadFull>());
-    assert_eq!(handle.refused(), 1);
-    assert_eq!(handle.evicted(), 0);
-    assert_eq!(handle.len(), 2);
+    assert_eq!(handle.counts().refused, 1);
+    assert_eq!(handle.counts().evicted, 0);
+    assert_eq!(handle.counts().keys, 2);
     // Once `a`'s call is over, `a` is idle and makes room.
     respond_a.send_response(1);
     assert_eq!(held.await.unwrap(), 1);
     next_is(&mut svc, &mut deps, ("c", 2)).await;
     assert!(handle.get(&"a").is_none());
     assert!(handle.get(&"b").is_some(), "an open key stays");
-    assert_eq!(handle.evicted(), 1);
+    assert_eq!(handle.counts().evicted, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -228,7 +234,7 @@ async fn beyond_the_open_cap_the_layer_reports_one_outage_until_a_key_heals() {
         let _ = round_trip(&mut svc, &mut deps, ("a", i), Err(())).await;
     }
     assert!(refused(&mut svc, ("a", 9)).await.is::<BreakerOpen>());
-    assert_eq!(handle.open_keys(), 1);
+    assert_eq!(handle.counts().open_keys, 1);
     assert!(!handle.outage());
     next_is(&mut svc, &mut deps, ("healthy", 1)).await;
 
@@ -238,7 +244,7 @@ async fn beyond_the_open_cap_the_layer_reports_one_outage_until_a_key_heals() {
         let _ = round_trip(&mut svc, &mut deps, ("b", i), Err(())).await;
     }
     assert!(refused(&mut svc, ("b", 9)).await.is::<BreakerOpen>());
-    assert_eq!(handle.open_keys(), 2);
+    assert_eq!(handle.counts().open_keys, 2);
     assert!(handle.outage());
     let err = refused(&mut svc, ("healthy", 2)).await;
     assert!(err.is::<BreakerOpen>(), "{err}");
@@ -253,7 +259,7 @@ async fn beyond_the_open_cap_the_layer_reports_one_outage_until_a_key_heals() {
     tokio::time::advance(Duration::from_millis(500)).await;
     next_is(&mut svc, &mut deps, ("a", 10)).await;
     next_is(&mut svc, &mut deps, ("a", 11)).await;
-    assert_eq!(handle.open_keys(), 1);
+    assert_eq!(handle.counts().open_keys, 1);
     assert!(!handle.outage());
     next_is(&mut svc, &mut deps, ("healthy", 3)).await;
 }
@@ -296,7 +302,7 @@ async fn handles_list_each_key_with_its_label_and_control_its_breaker() {
     );
     let seven = handle.get(&7).unwrap();
     assert_eq!(seven.bulkhead().name(), "tenants/tenant-7");
-    assert_eq!(seven.bulkhead().admitted(), 1);
+    assert_eq!(seven.bulkhead().counts().admitted, 1);
     // An operator forces one tenant's breaker open: only its calls are refused.
     seven.breaker().force_open();
     let err = svc.ready().await.unwrap().call(("x", 7)).await.unwrap_err();
@@ -319,7 +325,7 @@ async fn clones_and_services_of_one_layer_share_the_table() {
     let first = clone.ready().await.unwrap().call(("a", 1));
     let second = other.ready().await.unwrap().call(("a", 2));
     assert!(refused(&mut svc, ("a", 3)).await.is::<BulkheadFull>());
-    assert_eq!(layer.handle().len(), 1);
+    assert_eq!(layer.handle().counts().keys, 1);
     let (_, respond) = deps.next_request().await.unwrap();
     respond.send_response(1);
     let (_, respond) = other_deps.next_request().await.unwrap();
@@ -335,10 +341,10 @@ async fn a_dropped_response_future_gives_the_slot_back_and_counts_nothing() {
     let call = svc.ready().await.unwrap().call(("a", 1));
     let (_, _respond) = deps.next_request().await.unwrap();
     let a = layer.handle().get(&"a").unwrap();
-    assert_eq!(a.bulkhead().in_flight(), 1);
+    assert_eq!(a.bulkhead().counts().in_flight, 1);
     drop(call);
-    assert_eq!(a.bulkhead().in_flight(), 0);
-    let metrics = a.breaker().metrics();
+    assert_eq!(a.bulkhead().counts().in_flight, 0);
+    let metrics = a.breaker().counts();
     assert_eq!((metrics.successes, metrics.failures), (0, 0));
 }
 
@@ -446,7 +452,7 @@ async fn metrics_are_labelled_per_key_and_the_table_reports_its_keys_and_outage(
         .is::<BulkheadFull>());
     assert_eq!(value(names::KEYED_REFUSED, ("keyed", "http")), Some(1.0));
     drop(held);
-    assert_eq!(layer.handle().refused(), 1);
+    assert_eq!(layer.handle().counts().refused, 1);
 
     // `c` opens too: two open keys, beyond the cap of one, is one outage.
     for i in 2..4 {
@@ -516,9 +522,9 @@ fn keys_come_and_go_under_load_on_more_threads_than_cores() {
                         held.push(svc.call(t * 7 + round * 3 + i * 11));
                     }
                     for key in handle.keys() {
-                        assert!(key.bulkhead().in_flight() <= MAX_IN_FLIGHT);
+                        assert!(key.bulkhead().counts().in_flight <= MAX_IN_FLIGHT);
                     }
-                    assert!(handle.len() <= 16);
+                    assert!(handle.counts().keys <= 16);
                     for mut call in held {
                         match Pin::new(&mut call).poll(&mut cx) {
                             Poll::Ready(Ok(_)) => ok += 1,
@@ -550,11 +556,11 @@ fn keys_come_and_go_under_load_on_more_threads_than_cores() {
         ok > 0 && failed > 0 && refused > 0,
         "{ok} {failed} {refused}"
     );
-    assert!(handle.evicted() > 0, "keys came and went");
+    assert!(handle.counts().evicted > 0, "keys came and went");
     let keys = handle.keys();
     assert!(keys.len() <= 16);
     for key in &keys {
-        assert_eq!(key.bulkhead().in_flight(), 0);
+        assert_eq!(key.bulkhead().counts().in_flight, 0);
     }
     let open = keys
         .iter()
@@ -562,12 +568,12 @@ fn keys_come_and_go_under_load_on_more_threads_than_cores() {
         .count();
     // Every open key in the table was seen open by a call after it opened (each got several).
     assert!(
-        handle.open_keys() >= open,
+        handle.counts().open_keys >= open,
         "{} < {open}",
-        handle.open_keys()
+        handle.counts().open_keys
     );
     // Evicted keys were never counted open: the count holds only keys in the table.
-    assert!(handle.open_keys() <= keys.len());
+    assert!(handle.counts().open_keys <= keys.len());
 }
 
 /// What the dependency behind the hand-off got.
@@ -596,7 +602,7 @@ async fn one_broker_forced_open(
         .build()
         .unwrap();
     let brokers = layer.handle();
-    let handoff = tanker::handoff::HandoffBuilder::new()
+    let handoff = tanker::handoff::Handoff::builder()
         .capacity(100)
         .park(park)
         .spawn(layer.layer(dependency))

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tanker::breaker::{BreakerLayer, BreakerOpen};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
-use tanker::handoff::{HandoffBuilder, Sent};
+use tanker::handoff::{Handoff, Sent};
 use tanker::ServiceBuilderExt;
 use tower::{service_fn, BoxError, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
@@ -76,7 +76,7 @@ async fn shedding_is_reported_at_most_once_a_second_with_a_count() {
         "the calls shed since the first report"
     );
     assert_eq!(reports[1].field("shed_total"), "129");
-    assert_eq!(layer.handle().shed(), 160);
+    assert_eq!(layer.handle().counts().shed, 160);
 }
 
 #[tokio::test(start_paused = true)]
@@ -169,7 +169,7 @@ async fn dropped_records_are_reported_at_most_once_a_second() {
     let (capture, _guard) = Capture::start();
     let (service, mut handle) = mock::pair::<u32, ()>();
     handle.allow(0);
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .name("audit")
         .capacity(4)
         .spawn(service)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use tanker::breaker::{BreakerLayer, BreakerOpen};
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
-use tanker::handoff::{HandoffBuilder, Sent};
+use tanker::handoff::{Handoff, Sent};
 use tanker::metrics as names;
 use tokio::sync::oneshot;
 use tokio_test::{assert_pending, assert_ready_ok, task};
@@ -209,7 +209,7 @@ async fn bulkhead_waiting_gauge_drops_when_a_waiter_times_out_or_leaves() {
         .await
         .unwrap_err()
         .is::<BulkheadFull>());
-    assert_eq!(layer.handle().waiting(), 0);
+    assert_eq!(layer.handle().counts().waiting, 0);
 }
 
 /// A recorder whose gauges keep only absolute values and drop increments and decrements, as
@@ -456,7 +456,7 @@ async fn handoff_publishes_its_counts_by_outcome_and_reason() {
         }
     });
     let handoff = store.build(|| {
-        HandoffBuilder::new()
+        Handoff::builder()
             .name("events")
             .capacity(8)
             // Refusals final, so that each reason is counted once.
@@ -508,7 +508,7 @@ async fn handoff_splits_drops_into_full_and_closed() {
     let (service, mut handle) = mock::pair::<u32, ()>();
     handle.allow(0);
     let handoff = store.build(|| {
-        HandoffBuilder::new()
+        Handoff::builder()
             .name("stats")
             .capacity(2)
             .spawn(service)

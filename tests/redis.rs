@@ -322,7 +322,7 @@ async fn paused_redis_opens_the_breaker_which_fails_fast_then_closes_by_itself()
         Some("hello")
     );
     assert_eq!(stack.breaker.state(), BreakerState::Closed);
-    assert_eq!(stack.breaker.metrics().successes, 2);
+    assert_eq!(stack.breaker.counts().successes, 2);
 
     // Redis freezes: each call times out, and the breaker counts each one.
     let pause_over = pause_all(&admin, PAUSE).await;
@@ -336,7 +336,7 @@ async fn paused_redis_opens_the_breaker_which_fails_fast_then_closes_by_itself()
         };
         assert_eq!(stack.breaker.state(), expected, "after {n} timeouts");
     }
-    let metrics = stack.breaker.metrics();
+    let metrics = stack.breaker.counts();
     assert_eq!(
         (metrics.failures, metrics.times_opened),
         (3, 1),
@@ -362,7 +362,7 @@ async fn paused_redis_opens_the_breaker_which_fails_fast_then_closes_by_itself()
         reached,
         "a rejected call reached the leaf"
     );
-    assert_eq!(stack.breaker.metrics().rejected, 5);
+    assert_eq!(stack.breaker.counts().rejected, 5);
 
     // Redis answers again. The breaker, still cooling down or not, lets a probe through when
     // its cool-down is over; the probe succeeds and closes it.
@@ -385,7 +385,7 @@ async fn paused_redis_opens_the_breaker_which_fails_fast_then_closes_by_itself()
     }
     assert_eq!(probe.unwrap().as_deref(), Some("hello"), "the probe");
     assert_eq!(stack.leaf_calls(), reached + 1, "exactly one probe");
-    let metrics = stack.breaker.metrics();
+    let metrics = stack.breaker.counts();
     assert_eq!(metrics.state, BreakerState::Closed, "{metrics:?}");
     assert_eq!(metrics.times_opened, 1, "the probe failed: {metrics:?}");
 
@@ -405,8 +405,8 @@ async fn paused_redis_opens_the_breaker_which_fails_fast_then_closes_by_itself()
         .await
         .expect("EXISTS");
     assert_eq!(integer(reply), 0, "a rejected write reached Redis");
-    assert_eq!(stack.bulkhead.in_flight(), 0);
-    assert_eq!(stack.bulkhead.shed(), 0);
+    assert_eq!(stack.bulkhead.counts().in_flight, 0);
+    assert_eq!(stack.bulkhead.counts().shed, 0);
 }
 
 fn integer(value: Value) -> i64 {
@@ -437,7 +437,7 @@ async fn bulkhead_sheds_at_once_while_its_calls_are_stuck_behind_the_pause() {
     wait_for(
         "every slot taken by a call sent to the paused Redis",
         || {
-            bulkhead.in_flight() == CAPACITY
+            bulkhead.counts().in_flight == CAPACITY
                 && leaf_calls.load(Ordering::SeqCst) == 1 + CAPACITY as u64
         },
     )
@@ -449,7 +449,7 @@ async fn bulkhead_sheds_at_once_while_its_calls_are_stuck_behind_the_pause() {
         "expected BulkheadFull, got {err} (pause over already: {})",
         pause_over.is_finished()
     );
-    assert_eq!(stack.bulkhead.shed(), 1);
+    assert_eq!(stack.bulkhead.counts().shed, 1);
     assert_eq!(
         stack.leaf_calls(),
         1 + CAPACITY as u64,
@@ -463,10 +463,10 @@ async fn bulkhead_sheds_at_once_while_its_calls_are_stuck_behind_the_pause() {
             .unwrap_or_else(|e| panic!("stuck call {n}: {e}"));
         assert_eq!(string(value).as_deref(), Some("blue"), "stuck call {n}");
     }
-    assert_eq!(stack.bulkhead.in_flight(), 0);
+    assert_eq!(stack.bulkhead.counts().in_flight, 0);
     assert_eq!(stack.get("colour").await.unwrap().as_deref(), Some("blue"));
 
-    let metrics = stack.breaker.metrics();
+    let metrics = stack.breaker.counts();
     assert_eq!(metrics.state, BreakerState::Closed, "{metrics:?}");
     assert_eq!(
         (metrics.successes, metrics.failures, metrics.ignored),

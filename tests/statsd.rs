@@ -18,7 +18,7 @@ use tower::ServiceBuilder;
 
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::HandoffBuilder;
+use tanker::handoff::Handoff;
 use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
 use tanker::ServiceBuilderExt;
 
@@ -130,7 +130,7 @@ async fn ignored_records_and_kafka_errors_reach_statsd_as_graphite_names() {
             .service(kafka.clone());
         // One record at a time: two time out, the breaker opens, the rest are rejected (parking
         // off, so that the refusals are counted as ignored at once).
-        let stats = HandoffBuilder::new()
+        let stats = Handoff::builder()
             .name("stats")
             .concurrency(1)
             .park(false)

@@ -25,7 +25,7 @@ use tower::{BoxError, ServiceBuilder};
 
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::HandoffBuilder;
+use tanker::handoff::Handoff;
 use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
 use tanker::ServiceBuilderExt;
 
@@ -62,7 +62,7 @@ async fn main() -> Result<(), BoxError> {
         )
         .bulkhead(BulkheadLayer::builder().name("stats").build()?)
         .service(kafka.clone());
-    let stats = HandoffBuilder::new().name("stats").spawn(stack)?;
+    let stats = Handoff::builder().name("stats").spawn(stack)?;
 
     println!("sending to StatsD at {statsd}; Kafka goes down from 5 s to 10 s");
     let mut tick = tokio::time::interval(Duration::from_millis(5));

@@ -67,7 +67,7 @@ impl Engine {
             open_until: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             times_opened: AtomicU64::new(0),
-            window: Window::new(origin, policy.window, policy.buckets),
+            window: Window::new(origin, policy.window(), policy.buckets()),
             machine: Mutex::new(Machine::new(origin.instant(), seed)),
             policy,
             origin,
@@ -88,7 +88,7 @@ impl Engine {
     /// Whether slow-call detection needs the start time of each call.
     #[inline]
     pub(crate) fn times_calls(&self) -> bool {
-        self.policy.slow_calls.is_some()
+        self.policy.slow_threshold().is_some()
     }
 
     /// Decides whether a call may go through. The closed path is one atomic load.
@@ -207,8 +207,8 @@ impl Engine {
 
     /// Whether a call that started at `started` and ended `now` was slow; counts it if so.
     fn is_slow(&self, now: Instant, started: Option<Instant>) -> bool {
-        let slow = match (self.policy.slow_calls, started) {
-            (Some(slow), Some(started)) => now.saturating_duration_since(started) >= slow.threshold,
+        let slow = match (self.policy.slow_threshold(), started) {
+            (Some(threshold), Some(started)) => now.saturating_duration_since(started) >= threshold,
             _ => false,
         };
         if slow {

@@ -42,13 +42,22 @@ impl BreakerHandle {
     }
 
     /// A snapshot of the counters.
-    pub fn metrics(&self) -> BreakerMetrics {
+    ///
+    /// ```
+    /// use tanker::breaker::{BreakerLayer, BreakerState};
+    ///
+    /// let layer = BreakerLayer::new();
+    /// let counts = layer.handle().counts();
+    /// assert_eq!(counts.state, BreakerState::Closed);
+    /// assert_eq!((counts.failures, counts.rejected), (0, 0));
+    /// ```
+    pub fn counts(&self) -> BreakerCounts {
         let engine = &self.engine;
         let view = engine.view();
         // Each of these is consistent in itself: failures and slow calls never exceed calls.
         let window = engine.window_totals();
         let all = engine.all_time();
-        BreakerMetrics {
+        BreakerCounts {
             state: view.state,
             window_calls: window.calls,
             window_failures: window.failures,
@@ -95,7 +104,7 @@ impl fmt::Debug for BreakerHandle {
     }
 }
 
-/// A snapshot of a breaker's counters, from [`BreakerHandle::metrics`].
+/// A snapshot of a breaker's counters, from [`BreakerHandle::counts`].
 ///
 /// The all-time counters (`successes`, `failures`, `slow_calls`) count calls admitted while the
 /// breaker was closed; probes are not included. The window's counts are consistent with each
@@ -104,7 +113,7 @@ impl fmt::Debug for BreakerHandle {
 /// may be a few calls apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct BreakerMetrics {
+pub struct BreakerCounts {
     /// The state.
     pub state: BreakerState,
     /// Calls counted in the sliding window.

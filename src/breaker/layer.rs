@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use super::classify::ErrorsAsFailures;
 use super::engine::Engine;
 use super::handle::BreakerHandle;
-use super::policy::{Policy, SlowCalls};
+use super::policy::Policy;
 use super::service::Breaker;
 use crate::ConfigError;
 
@@ -139,26 +139,26 @@ impl<C> BreakerBuilder<C> {
 
     /// Trips after `n` failures in a row, whatever the window says. Must be at least 1.
     pub fn consecutive_failures(mut self, n: u32) -> Self {
-        self.policy.consecutive_failures = Some(n);
+        self.policy.set_consecutive_failures(Some(n));
         self
     }
 
     /// Turns off tripping on consecutive failures.
     pub fn no_consecutive_failures(mut self) -> Self {
-        self.policy.consecutive_failures = None;
+        self.policy.set_consecutive_failures(None);
         self
     }
 
     /// Trips when at least this share of the calls in the window failed (above 0, at most 1),
     /// once the window holds [`minimum_calls`](Self::minimum_calls).
     pub fn failure_rate(mut self, rate: f64) -> Self {
-        self.policy.failure_rate = Some(rate);
+        self.policy.set_failure_rate(Some(rate));
         self
     }
 
     /// Turns off tripping on the failure rate.
     pub fn no_failure_rate(mut self) -> Self {
-        self.policy.failure_rate = None;
+        self.policy.set_failure_rate(None);
         self
     }
 
@@ -175,14 +175,13 @@ impl<C> BreakerBuilder<C> {
     /// printed once, nothing is spawned), successes read the clock instead. Memory is three words
     /// per bucket, fixed when the layer is built.
     pub fn window(mut self, length: Duration, buckets: u32) -> Self {
-        self.policy.window = length;
-        self.policy.buckets = buckets;
+        self.policy.set_window(length, buckets);
         self
     }
 
     /// How many calls the window must hold before a rate can trip the breaker. At least 1.
     pub fn minimum_calls(mut self, n: u32) -> Self {
-        self.policy.minimum_calls = n;
+        self.policy.set_minimum_calls(n);
         self
     }
 
@@ -192,7 +191,7 @@ impl<C> BreakerBuilder<C> {
     /// Turning this on reads the clock at the start and end of every call, which costs about as
     /// much as the rest of the breaker's work; it is off by default.
     pub fn slow_calls(mut self, threshold: Duration, rate: f64) -> Self {
-        self.policy.slow_calls = Some(SlowCalls { threshold, rate });
+        self.policy.set_slow_calls(threshold, rate);
         self
     }
 
@@ -200,7 +199,7 @@ impl<C> BreakerBuilder<C> {
     /// is longer than the default cap (1 s) and [`backoff`](Self::backoff) is not set, the cap
     /// is raised to it.
     pub fn open_for(mut self, base: Duration) -> Self {
-        self.policy.open_for = base;
+        self.policy.set_open_for(base);
         self
     }
 
@@ -208,8 +207,7 @@ impl<C> BreakerBuilder<C> {
     /// `max`. A multiplier of 1 keeps the cool-down constant. It returns to
     /// [`open_for`](Self::open_for) once the breaker closes.
     pub fn backoff(mut self, multiplier: f64, max: Duration) -> Self {
-        self.policy.backoff = multiplier;
-        self.policy.max_open_for = max;
+        self.policy.set_backoff(multiplier, max);
         self.backoff_set = true;
         self
     }
@@ -217,7 +215,7 @@ impl<C> BreakerBuilder<C> {
     /// Shortens each cool-down by a random share of up to `fraction` (0 to below 1). With 0 the
     /// cool-downs are exact and deterministic.
     pub fn jitter(mut self, fraction: f64) -> Self {
-        self.policy.jitter = fraction;
+        self.policy.set_jitter(fraction);
         self
     }
 
@@ -232,7 +230,7 @@ impl<C> BreakerBuilder<C> {
     /// and any failure opens it again. At least 1. A probe holds its place until its call ends,
     /// across reopenings, so never more than `n` probes are in the dependency at once.
     pub fn probes(mut self, n: u32) -> Self {
-        self.policy.probes = n;
+        self.policy.set_probes(n);
         self
     }
 
@@ -242,7 +240,7 @@ impl<C> BreakerBuilder<C> {
     /// probe place until it ends (see [`probes`](Self::probes)); while it does, each cool-down
     /// that ends with every place taken trips the breaker again.
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
-        self.policy.probe_timeout = timeout;
+        self.policy.set_probe_timeout(timeout);
         self
     }
 
@@ -269,9 +267,9 @@ impl<C> BreakerBuilder<C> {
     /// Durations longer than 100 years (`Duration::MAX` included) are cut to 100 years, as
     /// tokio's `sleep` cuts its own: a breaker never overflows the clock, whatever the back-off.
     pub fn build(mut self) -> Result<BreakerLayer<C>, ConfigError> {
-        if !self.backoff_set && self.policy.open_for > self.policy.max_open_for {
+        if !self.backoff_set {
             // A long cool-down with the default back-off: the cap follows it rather than refuse.
-            self.policy.max_open_for = self.policy.open_for;
+            self.policy.cap_at_least_open_for();
         }
         self.policy.clamp_durations();
         self.policy.check()?;

@@ -123,7 +123,7 @@ mod word;
 
 pub use self::classify::{Classify, ErrorsAsFailures, Outcome};
 pub use self::error::BreakerOpen;
-pub use self::handle::{BreakerHandle, BreakerMetrics};
+pub use self::handle::{BreakerCounts, BreakerHandle};
 pub use self::layer::{BreakerBuilder, BreakerLayer};
 pub use self::service::Breaker;
 pub use self::state::BreakerState;

@@ -34,26 +34,26 @@ impl TripReason {
 
 /// Slow-call detection: a call that takes at least `threshold` counts as slow.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct SlowCalls {
-    pub(crate) threshold: Duration,
-    pub(crate) rate: f64,
+struct SlowCalls {
+    threshold: Duration,
+    rate: f64,
 }
 
 /// The settings of a breaker, checked by [`Policy::check`].
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Policy {
-    pub(crate) consecutive_failures: Option<u32>,
-    pub(crate) failure_rate: Option<f64>,
-    pub(crate) window: Duration,
-    pub(crate) buckets: u32,
-    pub(crate) minimum_calls: u32,
-    pub(crate) slow_calls: Option<SlowCalls>,
-    pub(crate) open_for: Duration,
-    pub(crate) backoff: f64,
-    pub(crate) max_open_for: Duration,
-    pub(crate) jitter: f64,
-    pub(crate) probes: u32,
-    pub(crate) probe_timeout: Duration,
+    consecutive_failures: Option<u32>,
+    failure_rate: Option<f64>,
+    window: Duration,
+    buckets: u32,
+    minimum_calls: u32,
+    slow_calls: Option<SlowCalls>,
+    open_for: Duration,
+    backoff: f64,
+    max_open_for: Duration,
+    jitter: f64,
+    probes: u32,
+    probe_timeout: Duration,
 }
 
 impl Default for Policy {
@@ -105,6 +105,116 @@ impl Policy {
         if let Some(slow) = &mut self.slow_calls {
             slow.threshold = slow.threshold.min(LONGEST);
         }
+    }
+
+    /// At most `n` failures in a row (`None`: no such threshold).
+    pub(crate) fn set_consecutive_failures(&mut self, n: Option<u32>) -> &mut Self {
+        self.consecutive_failures = n;
+        self
+    }
+
+    /// A failure rate over the window (`None`: no such threshold).
+    pub(crate) fn set_failure_rate(&mut self, rate: Option<f64>) -> &mut Self {
+        self.failure_rate = rate;
+        self
+    }
+
+    /// The window's length and its number of buckets.
+    pub(crate) fn set_window(&mut self, length: Duration, buckets: u32) -> &mut Self {
+        self.window = length;
+        self.buckets = buckets;
+        self
+    }
+
+    /// The calls the window needs before a rate can trip the breaker.
+    pub(crate) fn set_minimum_calls(&mut self, n: u32) -> &mut Self {
+        self.minimum_calls = n;
+        self
+    }
+
+    /// Slow-call detection: calls of at least `threshold`, tripping at `rate`.
+    pub(crate) fn set_slow_calls(&mut self, threshold: Duration, rate: f64) -> &mut Self {
+        self.slow_calls = Some(SlowCalls { threshold, rate });
+        self
+    }
+
+    /// The first cool-down.
+    pub(crate) fn set_open_for(&mut self, base: Duration) -> &mut Self {
+        self.open_for = base;
+        self
+    }
+
+    /// How each trip in a row grows the cool-down, and its cap.
+    pub(crate) fn set_backoff(&mut self, multiplier: f64, max: Duration) -> &mut Self {
+        self.backoff = multiplier;
+        self.max_open_for = max;
+        self
+    }
+
+    /// The share of each cool-down taken off at random.
+    pub(crate) fn set_jitter(&mut self, fraction: f64) -> &mut Self {
+        self.jitter = fraction;
+        self
+    }
+
+    /// The probes a half-open breaker lets through, all of which must succeed.
+    pub(crate) fn set_probes(&mut self, n: u32) -> &mut Self {
+        self.probes = n;
+        self
+    }
+
+    /// How long a probe may take before it counts as failed.
+    pub(crate) fn set_probe_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// Raises the cap of the cool-down to the first cool-down when it is below it (for a long
+    /// cool-down with the default back-off, which would otherwise be refused).
+    pub(crate) fn cap_at_least_open_for(&mut self) {
+        self.max_open_for = self.max_open_for.max(self.open_for);
+    }
+
+    /// The window's length.
+    pub(crate) fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// The window's number of buckets.
+    pub(crate) fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The duration from which a call counts as slow, if slow calls are detected.
+    pub(crate) fn slow_threshold(&self) -> Option<Duration> {
+        self.slow_calls.map(|slow| slow.threshold)
+    }
+
+    /// The most probes a half-open breaker lets through.
+    pub(crate) fn probes(&self) -> u32 {
+        self.probes
+    }
+
+    /// How long a probe may take before it counts as failed.
+    pub(crate) fn probe_timeout(&self) -> Duration {
+        self.probe_timeout
+    }
+
+    /// The cool-down after `trips` trips in a row (1 for the first): the first cool-down grown
+    /// by the back-off, capped, then shortened by the jitter's share of `unit` (a number in
+    /// `[0, 1)`, asked for only with jitter).
+    pub(crate) fn cool_down(&self, trips: u32, unit: impl FnOnce() -> f64) -> Duration {
+        let base = self.open_for.as_secs_f64();
+        let exponent = trips.saturating_sub(1).min(1_000) as i32;
+        let grown = (base * self.backoff.powi(exponent)).min(self.max_open_for.as_secs_f64());
+        let jittered = if self.jitter > 0.0 {
+            grown * (1.0 - self.jitter * unit())
+        } else {
+            grown
+        };
+        Duration::try_from_secs_f64(jittered)
+            .unwrap_or(self.max_open_for)
+            .min(self.max_open_for)
     }
 
     /// Whether a closed breaker must trip, given the failures in a row and the window's totals

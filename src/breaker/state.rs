@@ -247,17 +247,7 @@ impl Machine {
 
     /// The cool-down after the current number of consecutive trips.
     fn cool_down(&mut self, policy: &Policy) -> Duration {
-        let base = policy.open_for.as_secs_f64();
-        let exponent = self.trips.saturating_sub(1).min(1_000) as i32;
-        let grown = (base * policy.backoff.powi(exponent)).min(policy.max_open_for.as_secs_f64());
-        let jittered = if policy.jitter > 0.0 {
-            grown * (1.0 - policy.jitter * self.next_unit())
-        } else {
-            grown
-        };
-        Duration::try_from_secs_f64(jittered)
-            .unwrap_or(policy.max_open_for)
-            .min(policy.max_open_for)
+        policy.cool_down(self.trips, || self.next_unit())
     }
 
     /// A number in `[0, 1)` (splitmix64).
@@ -336,12 +326,12 @@ impl Machine {
         now: Instant,
         policy: &Policy,
     ) -> (Admission, Option<Transition>) {
-        let deadline = |probe: &Probe| probe.admitted + policy.probe_timeout;
+        let deadline = |probe: &Probe| probe.admitted + policy.probe_timeout();
         let overdue = self
             .probes
             .iter()
             .any(|probe| probe.generation == self.generation && now >= deadline(probe));
-        let full = self.probes.len() >= policy.probes as usize;
+        let full = self.probes.len() >= policy.probes() as usize;
         let first_deadline = self.probes.iter().map(deadline).min();
         // A probe of this period did not finish in time, or every place is held by probes that
         // outlived their timeout: count it as a failed probe.
@@ -392,7 +382,7 @@ impl Machine {
             ProbeEnd::Failure => Some(self.open(now, policy, TripReason::ProbeFailed)),
             ProbeEnd::Success => {
                 self.probe_successes += 1;
-                (self.probe_successes >= policy.probes).then(|| {
+                (self.probe_successes >= policy.probes()).then(|| {
                     self.trips = 0;
                     self.move_to(now, BreakerState::Closed, None, Reason::ProbesSucceeded)
                 })
@@ -415,15 +405,14 @@ mod tests {
     use super::*;
 
     fn policy() -> Policy {
-        Policy {
-            open_for: Duration::from_secs(1),
-            backoff: 2.0,
-            max_open_for: Duration::from_secs(5),
-            jitter: 0.0,
-            probes: 2,
-            probe_timeout: Duration::from_secs(10),
-            ..Policy::default()
-        }
+        let mut policy = Policy::default();
+        policy
+            .set_open_for(Duration::from_secs(1))
+            .set_backoff(2.0, Duration::from_secs(5))
+            .set_jitter(0.0)
+            .set_probes(2)
+            .set_probe_timeout(Duration::from_secs(10));
+        policy
     }
 
     fn secs(n: u64) -> Duration {
@@ -601,7 +590,7 @@ mod tests {
     #[test]
     fn jitter_shortens_the_cool_down_within_bounds_and_varies() {
         let mut p = policy();
-        p.jitter = 0.5;
+        p.set_jitter(0.5);
         let mut seen = std::collections::HashSet::new();
         for seed in 0..50 {
             let t0 = Instant::now();
@@ -658,16 +647,15 @@ mod loom_tests {
     #[test]
     fn loom_never_more_probes_than_places_across_reopenings() {
         loom::model(|| {
-            let policy = Arc::new(Policy {
-                consecutive_failures: Some(1),
-                open_for: Duration::from_secs(1),
-                backoff: 1.0,
-                max_open_for: Duration::from_secs(1),
-                jitter: 0.0,
-                probes: 1,
-                probe_timeout: Duration::from_secs(1),
-                ..Policy::default()
-            });
+            let mut policy = Policy::default();
+            policy
+                .set_consecutive_failures(Some(1))
+                .set_open_for(Duration::from_secs(1))
+                .set_backoff(1.0, Duration::from_secs(1))
+                .set_jitter(0.0)
+                .set_probes(1)
+                .set_probe_timeout(Duration::from_secs(1));
+            let policy = Arc::new(policy);
             let t0 = Instant::now();
             let mut machine = Machine::new(t0, 1);
             machine.trip(t0, 0, &policy, TripReason::ConsecutiveFailures);
@@ -683,7 +671,7 @@ mod loom_tests {
                     };
                     if let Admission::Probe { generation, id } = admission {
                         let before = inside.fetch_add(1, Ordering::SeqCst);
-                        assert!(before < policy.probes as usize, "more probes than places");
+                        assert!(before < policy.probes() as usize, "more probes than places");
                         inside.fetch_sub(1, Ordering::SeqCst);
                         let mut locked = locked.lock().unwrap();
                         let now = locked.now(t0);

@@ -24,7 +24,7 @@ pub(crate) struct Compartment {
     slots: Slots,
     shed: AtomicU64,
     room: Option<WaitingRoom>,
-    pub(crate) name: Arc<str>,
+    name: Arc<str>,
     metrics: CompartmentMetrics,
     /// Spaces out the warnings about shedding.
     shed_reports: Throttle,
@@ -222,6 +222,11 @@ impl Compartment {
                 room.wake_all();
             }
         }
+    }
+
+    /// The name given to the builder.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Slots taken now, never more than the capacity.

@@ -12,43 +12,46 @@ use super::compartment::Compartment;
 /// layer value reports through the same handle.
 #[derive(Clone)]
 pub struct BulkheadHandle {
-    pub(crate) compartment: Arc<Compartment>,
+    compartment: Arc<Compartment>,
 }
 
 impl BulkheadHandle {
+    pub(crate) fn new(compartment: Arc<Compartment>) -> Self {
+        Self { compartment }
+    }
+
+    /// The compartment itself, for the keyed layer's per-key checks.
+    pub(crate) fn compartment(&self) -> &Arc<Compartment> {
+        &self.compartment
+    }
+
     /// The compartment's name, as given to the builder (it labels log events and metrics).
     pub fn name(&self) -> &str {
-        &self.compartment.name
-    }
-
-    /// Calls admitted and not yet finished, and slots held for callers between their
-    /// `poll_ready` and their `call` (with a waiting room). Never more than
-    /// [`max_in_flight`](Self::max_in_flight).
-    pub fn in_flight(&self) -> usize {
-        self.compartment.in_flight() as usize
-    }
-
-    /// Callers waiting in the waiting room for a slot, not counting those whose maximum wait is
-    /// over (a caller that stopped polling its handle without dropping it).
-    pub fn waiting(&self) -> usize {
-        self.compartment.waiting() as usize
-    }
-
-    /// Calls made to the inner service since the compartment was built. It counts each call
-    /// once, when it is made, and never goes backwards.
-    pub fn admitted(&self) -> u64 {
-        self.compartment.admitted()
-    }
-
-    /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was
-    /// built.
-    pub fn shed(&self) -> u64 {
-        self.compartment.shed()
+        self.compartment.name()
     }
 
     /// The configured maximum number of calls in flight.
     pub fn max_in_flight(&self) -> usize {
         self.compartment.max_in_flight() as usize
+    }
+
+    /// A snapshot of the counters.
+    ///
+    /// ```
+    /// use tanker::bulkhead::BulkheadLayer;
+    ///
+    /// let layer = BulkheadLayer::new(8).unwrap();
+    /// let counts = layer.handle().counts();
+    /// assert_eq!((counts.in_flight, counts.admitted, counts.shed), (0, 0, 0));
+    /// ```
+    pub fn counts(&self) -> BulkheadCounts {
+        let compartment = &self.compartment;
+        BulkheadCounts {
+            in_flight: compartment.in_flight() as usize,
+            waiting: compartment.waiting() as usize,
+            admitted: compartment.admitted(),
+            shed: compartment.shed(),
+        }
     }
 }
 
@@ -56,11 +59,30 @@ impl fmt::Debug for BulkheadHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BulkheadHandle")
             .field("name", &self.name())
-            .field("in_flight", &self.in_flight())
             .field("max_in_flight", &self.max_in_flight())
-            .field("waiting", &self.waiting())
-            .field("admitted", &self.admitted())
-            .field("shed", &self.shed())
+            .field("counts", &self.counts())
             .finish()
     }
+}
+
+/// A snapshot of a compartment's counters, from [`BulkheadHandle::counts`].
+///
+/// Each counter is read on its own, one after the other, so under load they may be a few calls
+/// apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BulkheadCounts {
+    /// Calls admitted and not yet finished, and slots held for callers between their
+    /// `poll_ready` and their `call` (with a waiting room). Never more than
+    /// [`max_in_flight`](BulkheadHandle::max_in_flight).
+    pub in_flight: usize,
+    /// Callers waiting in the waiting room for a slot, not counting those whose maximum wait is
+    /// over (a caller that stopped polling its handle without dropping it).
+    pub waiting: usize,
+    /// Calls made to the inner service since the compartment was built. It counts each call
+    /// once, when it is made, and never goes backwards.
+    pub admitted: u64,
+    /// Calls shed (rejected with [`BulkheadFull`](super::BulkheadFull)) since the compartment was
+    /// built.
+    pub shed: u64,
 }

@@ -40,9 +40,7 @@ impl BulkheadLayer {
 
     /// The counters of this compartment.
     pub fn handle(&self) -> BulkheadHandle {
-        BulkheadHandle {
-            compartment: self.compartment.clone(),
-        }
+        BulkheadHandle::new(self.compartment.clone())
     }
 }
 

@@ -26,13 +26,13 @@
 //! // ...so the third is shed at once, without waiting.
 //! let err = svc.ready().await?.call(3).await.unwrap_err();
 //! assert!(err.is::<BulkheadFull>());
-//! assert_eq!(handle.shed(), 1);
+//! assert_eq!(handle.counts().shed, 1);
 //!
 //! // Finishing a call frees its slot.
 //! assert_eq!(first.await?, 2);
 //! assert_eq!(second.await?, 4);
 //! assert_eq!(svc.ready().await?.call(5).await?, 10);
-//! assert_eq!(handle.in_flight(), 0);
+//! assert_eq!(handle.counts().in_flight, 0);
 //! # Ok(())
 //! # }
 //! ```
@@ -84,6 +84,6 @@ mod service;
 mod slots;
 
 pub use self::error::BulkheadFull;
-pub use self::handle::BulkheadHandle;
+pub use self::handle::{BulkheadCounts, BulkheadHandle};
 pub use self::layer::{BulkheadBuilder, BulkheadLayer};
 pub use self::service::Bulkhead;

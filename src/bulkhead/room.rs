@@ -23,6 +23,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -50,7 +51,7 @@ pub(crate) struct WaitingRoom {
     /// The latest deadline of a place of the current generation, in nanoseconds after `origin`.
     claim_until: AtomicU64,
     origin: Origin,
-    pub(crate) notify: Arc<Notify>,
+    notify: Arc<Notify>,
 }
 
 /// A place taken in the room, as [`WaitingRoom::enter`] hands it out.
@@ -58,12 +59,31 @@ pub(crate) struct WaitingRoom {
 pub(crate) struct Place {
     generation: u64,
     /// When this caller's maximum wait ends.
-    pub(crate) deadline: Instant,
+    deadline: Instant,
     /// Until when callers that came before may still claim a freed slot, if any were waiting.
-    pub(crate) behind_until: Option<Instant>,
+    behind_until: Option<Instant>,
+}
+
+impl Place {
+    /// When this caller's maximum wait ends.
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Until when callers that came before may still claim a freed slot, if any were waiting
+    /// when this caller came.
+    pub(crate) fn behind_until(&self) -> Option<Instant> {
+        self.behind_until
+    }
 }
 
 impl WaitingRoom {
+    /// A registration for the next broadcast of a freed slot, owned so that a waiting handle
+    /// can keep it.
+    pub(crate) fn notified(&self) -> OwnedNotified {
+        self.notify.clone().notified_owned()
+    }
+
     /// A room of `capacity` places (at most [`MAX_PLACES`]), each held at most `max_wait`
     /// (clamped to [`LONGEST_WAIT`]).
     pub(crate) fn new(capacity: usize, max_wait: Duration) -> Self {

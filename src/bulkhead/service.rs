@@ -96,9 +96,7 @@ impl<S> Bulkhead<S> {
 
     /// The counters of the compartment this service belongs to.
     pub fn handle(&self) -> BulkheadHandle {
-        BulkheadHandle {
-            compartment: self.compartment.clone(),
-        }
+        BulkheadHandle::new(self.compartment.clone())
     }
 
     /// A reference to the inner service.
@@ -133,7 +131,7 @@ impl<S> Bulkhead<S> {
             if wait.notified.as_mut().poll(cx).is_ready() {
                 // A slot was freed: try for it, with a fresh registration for the next one.
                 *wait.queued = false;
-                wait.notified.set(room.notify.clone().notified_owned());
+                wait.notified.set(room.notified());
                 continue;
             }
             match wait.timer.as_mut().poll(cx) {
@@ -141,7 +139,7 @@ impl<S> Bulkhead<S> {
                 Poll::Ready(()) if *wait.queued => {
                     // Those ahead have had their chance: wait on our own account now.
                     *wait.queued = false;
-                    let deadline = wait.place.place.deadline;
+                    let deadline = wait.place.place.deadline();
                     wait.timer.as_mut().reset(deadline);
                     continue;
                 }
@@ -170,13 +168,13 @@ impl<S> Bulkhead<S> {
     fn enter_waiting_room(&self) -> Option<Pin<Box<Wait>>> {
         let room = self.compartment.room()?;
         // Registered before entering, so that a slot freed from now on wakes us.
-        let notified = room.notify.clone().notified_owned();
+        let notified = room.notified();
         let place = self.compartment.enter_room()?;
-        let queued = place.behind_until.is_some();
-        let until: Instant = place.behind_until.unwrap_or(place.deadline);
+        let queued = place.behind_until().is_some();
+        let until: Instant = place.behind_until().unwrap_or(place.deadline());
         Some(Box::pin(Wait {
             notified,
-            timer: tokio::time::sleep_until(until.min(place.deadline)),
+            timer: tokio::time::sleep_until(until.min(place.deadline())),
             place: RoomPlace {
                 compartment: self.compartment.clone(),
                 place,

@@ -51,13 +51,13 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// waits; once it is full, `send` drops the newest records, as always.
 ///
 /// ```
-/// use tanker::handoff::HandoffBuilder;
+/// use tanker::handoff::Handoff;
 /// use tower::{service_fn, BoxError};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
 /// let service = service_fn(|line: String| async move { Ok::<_, BoxError>(line.len()) });
-/// let err = HandoffBuilder::new().concurrency(0).spawn(service).unwrap_err();
+/// let err = Handoff::builder().concurrency(0).spawn(service).unwrap_err();
 /// assert_eq!(err.config().unwrap().setting(), "concurrency");
 /// # }
 /// ```
@@ -71,6 +71,21 @@ pub struct HandoffBuilder<W = Unweighed> {
     max_bytes: usize,
     weigher: W,
     name: Arc<str>,
+}
+
+impl Handoff<()> {
+    /// A [`HandoffBuilder`] with the defaults: the same entry point as the layers'
+    /// (`BreakerLayer::builder()`, `BulkheadLayer::builder()`).
+    ///
+    /// ```
+    /// use tanker::handoff::Handoff;
+    ///
+    /// let builder = Handoff::builder().name("stats").capacity(10_000);
+    /// # let _ = builder;
+    /// ```
+    pub fn builder() -> HandoffBuilder {
+        HandoffBuilder::default()
+    }
 }
 
 impl Default for HandoffBuilder {
@@ -103,13 +118,6 @@ impl<W> fmt::Debug for HandoffBuilder<W> {
     }
 }
 
-impl HandoffBuilder {
-    /// A builder with the defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-}
-
 impl<W> HandoffBuilder<W> {
     /// Bounds the records the hand-off holds (queued, parked and in the stack) by their total
     /// weight as well as by their number: a `send` that would go over `bytes` drops the record,
@@ -122,13 +130,13 @@ impl<W> HandoffBuilder<W> {
     /// whatever the dependency does. It costs `send` one call of `weigh` and one atomic add.
     ///
     /// ```
-    /// use tanker::handoff::{HandoffBuilder, Sent};
+    /// use tanker::handoff::{Handoff, Sent};
     /// use tower::{service_fn, BoxError};
     ///
     /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
     /// # async fn main() {
     /// let never = service_fn(|_: String| std::future::pending::<Result<(), BoxError>>());
-    /// let lines = HandoffBuilder::new()
+    /// let lines = Handoff::builder()
     ///     .max_bytes(10, |line: &String| line.len())
     ///     .spawn(never)
     ///     .unwrap();

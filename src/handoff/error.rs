@@ -8,16 +8,16 @@ use crate::ConfigError;
 /// [`HandoffBuilder::spawn`](super::HandoffBuilder::spawn) refused to start a hand-off.
 ///
 /// ```
-/// use tanker::handoff::{HandoffBuilder, SpawnError};
+/// use tanker::handoff::{Handoff, SpawnError};
 /// use tower::{service_fn, BoxError};
 ///
 /// let service = service_fn(|line: String| async move { Ok::<_, BoxError>(line.len()) });
 /// // Not inside a tokio runtime: there is nowhere to run the worker.
-/// let err = HandoffBuilder::new().spawn(service).unwrap_err();
+/// let err = Handoff::builder().spawn(service).unwrap_err();
 /// assert!(matches!(err, SpawnError::NoRuntime));
 ///
 /// let service = service_fn(|line: String| async move { Ok::<_, BoxError>(line.len()) });
-/// let err = HandoffBuilder::new().capacity(0).spawn(service).unwrap_err();
+/// let err = Handoff::builder().capacity(0).spawn(service).unwrap_err();
 /// assert_eq!(err.config().map(|e| e.setting()), Some("capacity"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]

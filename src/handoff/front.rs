@@ -30,21 +30,6 @@ pub struct CloseReport {
     pub counts: HandoffCounts,
 }
 
-impl Handoff<()> {
-    /// A [`HandoffBuilder`](super::HandoffBuilder) with the defaults: the layers' entry point
-    /// (`BreakerLayer::builder()`, `BulkheadLayer::builder()`), for the hand-off.
-    ///
-    /// ```
-    /// use tanker::handoff::Handoff;
-    ///
-    /// let builder = Handoff::builder().name("stats").capacity(10_000);
-    /// # let _ = builder;
-    /// ```
-    pub fn builder() -> super::HandoffBuilder {
-        super::HandoffBuilder::new()
-    }
-}
-
 impl<Req> Handoff<Req> {
     pub(crate) fn new(shared: Arc<Shared<Req>>) -> Self {
         Self { shared }

@@ -11,7 +11,7 @@
 //! use std::convert::Infallible;
 //! use std::time::Duration;
 //! use tower::{service_fn, BoxError, ServiceBuilder};
-//! use tanker::handoff::{HandoffBuilder, Sent};
+//! use tanker::handoff::{Handoff, Sent};
 //! use tanker::{breaker::BreakerLayer, bulkhead::BulkheadLayer, ServiceBuilderExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -22,7 +22,7 @@
 //!     .bulkhead(BulkheadLayer::new(64)?)
 //!     .service(write_stats);
 //!
-//! let stats = HandoffBuilder::new().capacity(10_000).name("stats").spawn(stack)?;
+//! let stats = Handoff::builder().capacity(10_000).name("stats").spawn(stack)?;
 //!
 //! // In the request handler: no await, no error to handle.
 //! assert_eq!(stats.send("GET / 200".to_owned()), Sent::Accepted);

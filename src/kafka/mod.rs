@@ -12,7 +12,7 @@
 //! use tower::ServiceBuilder;
 //! use tanker::breaker::BreakerLayer;
 //! use tanker::bulkhead::BulkheadLayer;
-//! use tanker::handoff::HandoffBuilder;
+//! use tanker::handoff::Handoff;
 //! use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
 //! use tanker::ServiceBuilderExt;
 //!
@@ -23,7 +23,7 @@
 //!     .breaker(BreakerLayer::builder().name("kafka").classify(FaultClassifier).build()?)
 //!     .bulkhead(BulkheadLayer::new(4096)?)
 //!     .service(kafka.clone());
-//! let stats = HandoffBuilder::new().name("stats").spawn(stack)?;
+//! let stats = Handoff::builder().name("stats").spawn(stack)?;
 //!
 //! // In a request handler: returns at once, whatever Kafka does.
 //! stats.send(Record::new("page-views", b"/index.html".to_vec()));

@@ -90,7 +90,7 @@ impl Record {
 
     /// What the record weighs in memory, in bytes: its payload, key, headers and an owned topic
     /// name, plus the record itself. For a hand-off bounded by bytes:
-    /// `HandoffBuilder::new().max_bytes(64 << 20, Record::weight)`.
+    /// `Handoff::builder().max_bytes(64 << 20, Record::weight)`.
     ///
     /// Payloads that share one buffer (`Bytes` clones) are each counted whole, so the weight
     /// errs on the heavy side.

@@ -56,37 +56,21 @@ where
             .collect()
     }
 
-    /// How many keys the table holds.
-    pub fn len(&self) -> usize {
-        self.table.snapshot().entries().count()
-    }
-
-    /// Whether the table holds no key.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// How many keys are counted open: keys whose breaker rejected a call or let a probe
-    /// through, and has not let an ordinary call through since.
-    pub fn open_keys(&self) -> usize {
-        self.table.open_keys()
+    /// A snapshot of the table's counters.
+    pub fn counts(&self) -> KeyedCounts {
+        let table = &self.table;
+        KeyedCounts {
+            keys: table.snapshot().entries().count(),
+            open_keys: table.open_keys(),
+            evicted: table.evicted(),
+            refused: table.refused(),
+        }
     }
 
     /// Whether more keys are open than [`max_open`](super::KeyedBuilder::max_open) allows: the
     /// layer then treats the fault as one outage of the whole cluster.
     pub fn outage(&self) -> bool {
         self.table.outage()
-    }
-
-    /// Idle keys evicted to make room for new ones since the layer was built.
-    pub fn evicted(&self) -> u64 {
-        self.table.evicted()
-    }
-
-    /// Calls for a new key refused, since the layer was built, because the table held
-    /// [`max_keys`](super::KeyedBuilder::max_keys) keys and none was idle.
-    pub fn refused(&self) -> u64 {
-        self.table.refused()
     }
 }
 
@@ -111,9 +95,9 @@ impl<K: Clone> KeyHandle<K> {
     fn new<C>(key: &K, entry: &KeyEntry<C>) -> Self {
         Self {
             key: key.clone(),
-            label: entry.label.clone(),
-            bulkhead: entry.bulkhead.clone(),
-            breaker: entry.breaker.handle(),
+            label: entry.label().clone(),
+            bulkhead: entry.bulkhead().clone(),
+            breaker: entry.breaker().handle(),
         }
     }
 }
@@ -148,4 +132,24 @@ impl<K: fmt::Debug> fmt::Debug for KeyHandle<K> {
             .field("breaker", &self.breaker)
             .finish()
     }
+}
+
+/// A snapshot of a keyed layer's counters, from [`KeyedHandle::counts`].
+///
+/// Each counter is read on its own, one after the other, so under load they may be a few calls
+/// apart. A key's own counters are its bulkhead's and breaker's
+/// ([`KeyHandle::bulkhead`], [`KeyHandle::breaker`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyedCounts {
+    /// How many keys the table holds.
+    pub keys: usize,
+    /// How many keys are counted open: keys whose breaker rejected a call or let a probe
+    /// through, and has not let an ordinary call through since.
+    pub open_keys: usize,
+    /// Idle keys evicted to make room for new ones since the layer was built.
+    pub evicted: u64,
+    /// Calls for a new key refused, since the layer was built, because the table held
+    /// [`max_keys`](super::KeyedBuilder::max_keys) keys and none was idle.
+    pub refused: u64,
 }

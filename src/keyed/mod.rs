@@ -131,6 +131,6 @@ mod layer;
 mod service;
 mod table;
 
-pub use self::handle::{KeyHandle, KeyedHandle};
+pub use self::handle::{KeyHandle, KeyedCounts, KeyedHandle};
 pub use self::layer::{KeyedBuilder, KeyedLayer};
 pub use self::service::Keyed;

@@ -147,8 +147,8 @@ where
     C: Clone,
 {
     entry.touch();
-    let engine = entry.breaker.engine();
-    let classifier = entry.breaker.classifier();
+    let engine = entry.breaker().engine();
+    let classifier = entry.breaker().classifier();
     match engine.admit() {
         Admission::Call { generation } => {
             if entry.counted_open() {
@@ -195,7 +195,7 @@ where
     K: Hash + Eq + Clone,
     C: Clone,
 {
-    let engine = entry.breaker.engine();
+    let engine = entry.breaker().engine();
     match admission {
         Admission::Probe { generation, id } => {
             // Still open until the probe says otherwise; a probe goes out even during an
@@ -211,7 +211,7 @@ where
             ResponseFuture::new(BreakerFuture::called(
                 future,
                 ticket,
-                entry.breaker.classifier().clone(),
+                entry.breaker().classifier().clone(),
             ))
         }
         // `admit` handles `Call` itself; were one to come here, it would go through uncounted,
@@ -240,7 +240,7 @@ fn call_in<S, C, Request>(
 where
     S: Service<Request>,
 {
-    let compartment = &entry.bulkhead.compartment;
+    let compartment = entry.bulkhead().compartment();
     if !compartment.admit() {
         compartment.record_shed();
         return None;
@@ -256,7 +256,7 @@ fn reject<F, C>(
     entry: &KeyEntry<C>,
     retry_after: Option<std::time::Duration>,
 ) -> ResponseFuture<F, C> {
-    entry.breaker.engine().count_rejection();
+    entry.breaker().engine().count_rejection();
     ResponseFuture::new(BreakerFuture::rejected(BreakerOpen::new(retry_after)))
 }
 

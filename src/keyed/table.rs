@@ -35,9 +35,9 @@ const NO_RETRY: u64 = u64::MAX;
 
 /// One key's compartment and breaker.
 pub(crate) struct KeyEntry<C> {
-    pub(crate) label: Arc<str>,
-    pub(crate) breaker: BreakerLayer<C>,
-    pub(crate) bulkhead: BulkheadHandle,
+    label: Arc<str>,
+    breaker: BreakerLayer<C>,
+    bulkhead: BulkheadHandle,
     /// Set by calls, cleared by the eviction hand as it passes (the CLOCK approximation of
     /// least recently used): a call pays one load, and a store only when the bit was clear.
     touched: AtomicBool,
@@ -46,6 +46,21 @@ pub(crate) struct KeyEntry<C> {
 }
 
 impl<C> KeyEntry<C> {
+    /// The key's label, as the layer's label function made it.
+    pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// The key's breaker, as a layer: its engine and classifier.
+    pub(crate) fn breaker(&self) -> &BreakerLayer<C> {
+        &self.breaker
+    }
+
+    /// The key's compartment.
+    pub(crate) fn bulkhead(&self) -> &BulkheadHandle {
+        &self.bulkhead
+    }
+
     /// Marks the key as used, for the eviction hand.
     #[inline]
     pub(crate) fn touch(&self) {
@@ -63,7 +78,8 @@ impl<C> KeyEntry<C> {
     /// Whether nothing holds the key: no call in flight (a probe is a call in the key's
     /// compartment too) and a closed breaker.
     fn idle(&self) -> bool {
-        self.bulkhead.in_flight() == 0 && self.breaker.handle().state() == BreakerState::Closed
+        self.bulkhead.compartment().in_flight() == 0
+            && self.breaker.handle().state() == BreakerState::Closed
     }
 }
 
@@ -399,7 +415,7 @@ where
     C: Clone,
 {
     let compartment = bulkhead.clone().build()?;
-    if compartment.handle().compartment.room().is_some() {
+    if compartment.handle().compartment().room().is_some() {
         return Err(ConfigError::new(
             "bulkhead",
             "a keyed compartment cannot have a waiting room (the key is known only in `call`, \

@@ -19,7 +19,7 @@ async fn every_error_is_a_failure_by_default() {
     fail_with(&mut svc, &mut mock, "timeout").await;
     fail_with(&mut svc, &mut mock, "whatever").await;
 
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.state, m.failures, m.ignored), (BreakerState::Open, 3, 0));
 }
 
@@ -72,7 +72,7 @@ async fn ignored_errors_never_trip_the_breaker() {
     for _ in 0..100 {
         fail_with(&mut svc, &mut mock, "bad request").await;
     }
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.ignored, m.failures, m.window_calls), (100, 0, 0));
     assert_eq!(m.consecutive_failures, 0);
@@ -98,7 +98,7 @@ async fn an_ignored_probe_frees_its_place() {
     time::advance(secs(1)).await;
 
     fail_with(&mut svc, &mut mock, "bad request").await; // the probe
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::HalfOpen, "neither closed nor opened");
     assert_eq!((m.probes_in_flight, m.ignored, m.times_opened), (0, 1, 1));
 
@@ -128,7 +128,7 @@ async fn calls_admitted_while_closed_that_finish_after_the_breaker_opened_are_no
     // One fails while the breaker is open: not counted.
     first_send.send_error("timeout");
     assert_ready_err!(first.poll());
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.failures, m.times_opened), (2, 1));
 
     // The other fails while a probe is out: it is not the probe, so the breaker stays half-open.
@@ -138,13 +138,13 @@ async fn calls_admitted_while_closed_that_finish_after_the_breaker_opened_are_no
     let probe_send = assert_request_eq!(mock, 1);
     second_send.send_error("timeout");
     assert_ready_err!(second.poll());
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.state, m.probes_in_flight), (BreakerState::HalfOpen, 1));
 
     probe_send.send_response(0);
     probe.await.unwrap();
     assert_eq!(handle.state(), BreakerState::Closed);
-    assert_eq!(handle.metrics().times_opened, 1);
+    assert_eq!(handle.counts().times_opened, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -165,7 +165,7 @@ async fn a_call_from_an_old_closed_period_does_not_count_in_the_next_one() {
 
     early_send.send_error("timeout");
     assert_ready_err!(early_response.poll());
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.consecutive_failures, m.window_calls), (0, 0));
 
     // Had the old failure counted, this would be the second in a row.

@@ -14,11 +14,11 @@ async fn trips_after_n_consecutive_failures() {
     fail(&mut svc, &mut mock).await;
     fail(&mut svc, &mut mock).await;
     assert_eq!(handle.state(), BreakerState::Closed);
-    assert_eq!(handle.metrics().consecutive_failures, 2);
+    assert_eq!(handle.counts().consecutive_failures, 2);
 
     fail(&mut svc, &mut mock).await;
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().times_opened, 1);
+    assert_eq!(handle.counts().times_opened, 1);
     reject(&mut svc, &mut mock);
 }
 
@@ -29,7 +29,7 @@ async fn a_success_resets_the_consecutive_failure_count() {
     fail(&mut svc, &mut mock).await;
     fail(&mut svc, &mut mock).await;
     succeed(&mut svc, &mut mock).await;
-    assert_eq!(handle.metrics().consecutive_failures, 0);
+    assert_eq!(handle.counts().consecutive_failures, 0);
 
     // Four failures out of five calls, but never three in a row.
     fail(&mut svc, &mut mock).await;
@@ -58,13 +58,13 @@ async fn slow_calls_trip_the_breaker() {
     call_taking(&mut svc, &mut mock, ms(100)).await; // the threshold itself is slow
     call_taking(&mut svc, &mut mock, ms(500)).await;
     assert_eq!(handle.state(), BreakerState::Closed, "below minimum_calls");
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_slow_calls), (3, 3));
     assert_eq!(m.failures, 0, "a slow success is not a failure");
 
     call_taking(&mut svc, &mut mock, ms(150)).await;
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().slow_calls, 4);
+    assert_eq!(handle.counts().slow_calls, 4);
     reject(&mut svc, &mut mock);
 }
 
@@ -84,7 +84,7 @@ async fn fast_calls_do_not_trip_the_slow_call_rate() {
         call_taking(&mut svc, &mut mock, ms(99)).await;
     }
     assert_eq!(handle.state(), BreakerState::Closed);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_slow_calls), (50, 0));
     assert_eq!(m.slow_calls, 0);
 }
@@ -111,7 +111,7 @@ async fn slow_calls_below_the_rate_do_not_trip() {
         BreakerState::Closed,
         "a third of the calls are slow"
     );
-    assert_eq!(handle.metrics().window_slow_calls, 3);
+    assert_eq!(handle.counts().window_slow_calls, 3);
 }
 
 #[tokio::test(start_paused = true)]

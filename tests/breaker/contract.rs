@@ -1,8 +1,8 @@
 //! The tower contract, and Send + Sync.
 
 use tanker::breaker::{
-    Breaker, BreakerBuilder, BreakerHandle, BreakerLayer, BreakerMetrics, BreakerOpen,
-    BreakerState, Outcome,
+    Breaker, BreakerBuilder, BreakerCounts, BreakerHandle, BreakerLayer, BreakerOpen, BreakerState,
+    Outcome,
 };
 use tanker::ConfigError;
 use tokio_test::assert_ready_ok;
@@ -43,7 +43,7 @@ const _: () = {
     assert_send_sync::<<Breaker<Mock> as Service<u32>>::Future>();
     assert_send_sync::<<Breaker<Mock, Classifier> as Service<u32>>::Future>();
     assert_send_sync::<BreakerOpen>();
-    assert_send_sync::<BreakerMetrics>();
+    assert_send_sync::<BreakerCounts>();
     assert_send_sync::<BreakerState>();
     assert_send_sync::<ConfigError>();
 };

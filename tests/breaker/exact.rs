@@ -141,7 +141,7 @@ async fn a_handle_readied_while_closed_is_rejected_once_the_breaker_opened() {
         1,
         "the stale handle never reached the service"
     );
-    assert_eq!(handle.metrics().rejected, 1);
+    assert_eq!(handle.counts().rejected, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,7 +182,7 @@ async fn a_probe_place_readied_before_a_reopening_is_rejected_in_call() {
     let rx = unanswered();
     assert!(late.call(rx).await.unwrap_err().is::<BreakerOpen>());
     assert_eq!(
-        handle.metrics().probes_in_flight,
+        handle.counts().probes_in_flight,
         0,
         "the stale place was given back"
     );
@@ -200,7 +200,7 @@ async fn a_handle_readied_before_a_reset_goes_through_in_the_new_closed_period()
     let call = svc.call(rx);
     tx.send(Ok(7)).unwrap();
     assert_eq!(call.await.unwrap(), 7);
-    assert_eq!(handle.metrics().successes, 1, "counted in the new period");
+    assert_eq!(handle.counts().successes, 1, "counted in the new period");
 }
 
 // ===== probes across reopenings =====
@@ -222,7 +222,7 @@ async fn a_reopening_does_not_forget_the_probes_still_running() {
     tx.answer(Err("still down"), task).await;
     assert_eq!(handle.state(), BreakerState::Open);
     assert_eq!(
-        handle.metrics().probes_in_flight,
+        handle.counts().probes_in_flight,
         1,
         "the hung probe keeps its place"
     );
@@ -265,7 +265,7 @@ async fn probes_hung_past_their_timeout_keep_the_breaker_open_not_stuck() {
     time::advance(secs(10)).await;
     rejected(&mut svc).await;
     assert_eq!(handle.state(), BreakerState::Open);
-    let opened = handle.metrics().times_opened;
+    let opened = handle.counts().times_opened;
 
     // Each cool-down that ends with the place still held trips again, rather than letting a
     // second probe into a dependency that has not answered the first.
@@ -274,7 +274,7 @@ async fn probes_hung_past_their_timeout_keep_the_breaker_open_not_stuck() {
         let open = rejected(&mut svc).await;
         assert_eq!(open.retry_after(), Some(secs(1)), "round {round}");
         assert_eq!(handle.state(), BreakerState::Open);
-        assert_eq!(handle.metrics().times_opened, opened + round);
+        assert_eq!(handle.counts().times_opened, opened + round);
     }
     assert_eq!(gate.most.load(Ordering::SeqCst), 1);
 
@@ -311,7 +311,7 @@ async fn the_default_classifier_ignores_the_sheds_of_an_inner_bulkhead() {
         BreakerState::Closed,
         "sheds are not the dependency's failures"
     );
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.failures, m.ignored), (0, 10));
     held.answer(Ok(1), held_task).await;
 }
@@ -337,7 +337,7 @@ async fn a_refusal_wrapped_by_another_layer_is_ignored_whatever_the_classifier()
         assert!(svc.ready().await.unwrap().call(()).await.is_err());
     }
     assert_eq!(handle.state(), BreakerState::Closed);
-    assert_eq!(handle.metrics().ignored, 5);
+    assert_eq!(handle.counts().ignored, 5);
 }
 
 /// A `BreakerOpen` as an inner breaker returns it.
@@ -509,11 +509,11 @@ async fn drive_trips(layer: BreakerLayer) {
                 }
             }
         }
-        let m = handle.metrics();
+        let m = handle.counts();
         assert!(m.window_failures <= m.window_calls, "{m:?}");
     }
     let _ = svc.ready().await.unwrap().call(true).await;
-    let m = handle.metrics();
+    let m = handle.counts();
     assert!(m.failures <= m.successes + m.failures, "{m:?}");
 }
 

@@ -47,7 +47,7 @@ async fn half_open_lets_only_p_probes_through_a_crowd() {
     }
     assert_eq!((waiting.len(), rejected), (3, 47));
     assert_eq!(handle.state(), BreakerState::HalfOpen);
-    assert_eq!(handle.metrics().probes_in_flight, 3);
+    assert_eq!(handle.counts().probes_in_flight, 3);
 
     // Exactly three requests reached the dependency.
     let mut probes = Vec::new();
@@ -67,7 +67,7 @@ async fn half_open_lets_only_p_probes_through_a_crowd() {
     probes.pop().unwrap().send_response(0);
     assert_ready_ok!(crowd[waiting[0]].poll());
     assert_eq!(handle.state(), BreakerState::Closed);
-    assert_eq!(handle.metrics().probes_in_flight, 0);
+    assert_eq!(handle.counts().probes_in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,12 +79,12 @@ async fn closing_after_probes_forgets_the_old_window() {
         fail(&mut svc, &mut mock).await;
     }
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().window_failures, 4);
+    assert_eq!(handle.counts().window_failures, 4);
 
     time::advance(secs(1)).await;
     succeed(&mut svc, &mut mock).await;
     assert_eq!(handle.state(), BreakerState::Closed);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_failures), (0, 0));
 
     // The old failures are still inside the 60 s window but no longer count.
@@ -114,7 +114,7 @@ async fn a_failed_probe_reopens_with_a_longer_cool_down() {
     fail(&mut svc, &mut mock).await;
 
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().times_opened, 2);
+    assert_eq!(handle.counts().times_opened, 2);
     assert_eq!(reject(&mut svc, &mut mock).retry_after(), Some(secs(6)));
 }
 
@@ -145,7 +145,7 @@ async fn one_failed_probe_reopens_even_if_the_other_probes_then_succeed() {
         BreakerState::Open,
         "a late success does not close it"
     );
-    assert_eq!(handle.metrics().probes_in_flight, 0);
+    assert_eq!(handle.counts().probes_in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -182,10 +182,10 @@ async fn a_dropped_probe_response_frees_its_place_without_an_outcome() {
     let probe = prober.call(1);
     let _send = assert_request_eq!(mock, 1);
     reject(&mut svc, &mut mock); // the only place is taken
-    assert_eq!(handle.metrics().probes_in_flight, 1);
+    assert_eq!(handle.counts().probes_in_flight, 1);
 
     drop(probe);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::HalfOpen, "no outcome was recorded");
     assert_eq!(m.probes_in_flight, 0);
     assert_eq!(m.times_opened, 1);
@@ -203,14 +203,14 @@ async fn a_probe_place_is_freed_when_its_service_is_dropped_before_calling() {
 
     let mut holder = svc.clone();
     assert_ready_ok!(holder.poll_ready());
-    assert_eq!(handle.metrics().probes_in_flight, 1);
+    assert_eq!(handle.counts().probes_in_flight, 1);
     // A clone of the holder does not inherit its place.
     let mut holder_clone = holder.clone();
     reject(&mut holder_clone, &mut mock);
     reject(&mut svc, &mut mock);
 
     drop(holder);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::HalfOpen);
     assert_eq!(m.probes_in_flight, 0);
 
@@ -226,9 +226,9 @@ async fn into_inner_gives_back_a_probe_place() {
 
     let mut holder = svc.clone();
     assert_ready_ok!(holder.poll_ready());
-    assert_eq!(handle.metrics().probes_in_flight, 1);
+    assert_eq!(handle.counts().probes_in_flight, 1);
     let _inner: Mock = holder.into_inner().into_inner();
-    assert_eq!(handle.metrics().probes_in_flight, 0);
+    assert_eq!(handle.counts().probes_in_flight, 0);
     assert_eq!(handle.state(), BreakerState::HalfOpen);
 }
 
@@ -241,7 +241,7 @@ async fn an_inner_readiness_error_frees_the_probe_place() {
     let mut broken = svc.clone();
     mock.send_error("connection lost");
     assert_ready_err!(broken.poll_ready());
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.state, m.probes_in_flight), (BreakerState::HalfOpen, 0));
 
     succeed(&mut svc, &mut mock).await;
@@ -274,7 +274,7 @@ async fn a_probe_that_never_finishes_reopens_the_breaker_after_the_probe_timeout
     // The next call finds the probe timed out: the breaker opens again, as for a failed probe.
     assert_eq!(reject(&mut svc, &mut mock).retry_after(), Some(secs(2)));
     assert_eq!(handle.state(), BreakerState::Open);
-    assert_eq!(handle.metrics().times_opened, 2);
+    assert_eq!(handle.counts().times_opened, 2);
 
     // The hung probe finally answers: its caller gets the answer, the breaker ignores it.
     send.send_response(5);
@@ -316,5 +316,5 @@ async fn a_probe_place_that_outlived_its_half_open_period_does_not_pass_a_call_w
     let err = assert_ready_err!(response.poll());
     let open = err.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
     assert_eq!(open.retry_after(), Some(secs(2)));
-    assert_eq!(handle.metrics().probes_in_flight, 0);
+    assert_eq!(handle.counts().probes_in_flight, 0);
 }

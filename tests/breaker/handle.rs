@@ -17,7 +17,7 @@ async fn metrics_track_calls_rejections_probes_and_transitions() {
     let layer = consecutive(3).open_for(secs(5)).build().unwrap();
     let (mut svc, mut mock, handle) = spawn(layer);
 
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!(
         (m.window_calls, m.window_failures, m.window_slow_calls),
@@ -36,7 +36,7 @@ async fn metrics_track_calls_rejections_probes_and_transitions() {
     succeed(&mut svc, &mut mock).await;
     succeed(&mut svc, &mut mock).await;
     fail(&mut svc, &mut mock).await;
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_failures), (3, 1));
     assert_eq!((m.successes, m.failures, m.consecutive_failures), (2, 1, 1));
 
@@ -46,7 +46,7 @@ async fn metrics_track_calls_rejections_probes_and_transitions() {
     let tripped = Instant::now();
     reject(&mut svc, &mut mock);
     reject(&mut svc, &mut mock);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::Open);
     assert_eq!((m.failures, m.consecutive_failures), (3, 3));
     assert_eq!((m.rejected, m.times_opened), (2, 1));
@@ -57,13 +57,13 @@ async fn metrics_track_calls_rejections_probes_and_transitions() {
     assert_ready_ok!(svc.poll_ready());
     let probe = svc.call(1);
     let send = assert_request_eq!(mock, 1);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::HalfOpen);
     assert_eq!((m.probes_in_flight, m.open_until), (1, None));
 
     send.send_response(0);
     probe.await.unwrap();
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!(
         (m.window_calls, m.window_failures, m.consecutive_failures),
@@ -85,10 +85,10 @@ async fn window_metrics_drop_calls_that_slid_out_of_the_window() {
 
     drive(&mut svc, Ok(1), 5).await;
     drive(&mut svc, Err("down"), 5).await;
-    assert_eq!(handle.metrics().window_calls, 10);
+    assert_eq!(handle.counts().window_calls, 10);
 
     time::advance(secs(11)).await;
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         (m.window_calls, m.window_failures),
         (0, 0),
@@ -156,7 +156,7 @@ async fn force_open_rejects_every_call_without_a_retry_time() {
     // No cool-down ends a forced opening.
     time::advance(secs(3600)).await;
     assert_eq!(reject(&mut svc, &mut mock).retry_after(), None);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::ForcedOpen);
     assert_eq!((m.rejected, m.times_opened, m.open_until), (2, 0, None));
 
@@ -178,7 +178,7 @@ async fn force_closed_lets_every_call_through_and_never_trips() {
         fail(&mut svc, &mut mock).await;
     }
     succeed(&mut svc, &mut mock).await;
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::ForcedClosed);
     assert_eq!(
         (m.failures, m.successes, m.times_opened),
@@ -212,7 +212,7 @@ async fn reset_closes_with_an_empty_window_and_the_base_cool_down() {
     assert_eq!(reject(&mut svc, &mut mock).retry_after(), Some(secs(2)));
 
     handle.reset();
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(m.state, BreakerState::Closed);
     assert_eq!((m.window_calls, m.consecutive_failures), (0, 0));
     assert_eq!(m.open_until, None);
@@ -259,7 +259,7 @@ async fn clones_and_every_service_from_one_layer_share_one_breaker() {
     }
     assert_eq!(handle.state(), BreakerState::Open);
     assert_eq!(svc.handle().state(), BreakerState::Open);
-    assert_eq!(svc.handle().metrics(), handle.metrics());
+    assert_eq!(svc.handle().counts(), handle.counts());
 
     // A new clone, another service from the same layer, and one from a clone of the layer:
     // all see the same open breaker.
@@ -269,7 +269,7 @@ async fn clones_and_every_service_from_one_layer_share_one_breaker() {
     for svc in [&mut fresh_clone, &mut another, &mut from_layer_clone] {
         assert_eq!(echo_rejected(svc).await.retry_after(), Some(secs(5)));
     }
-    assert_eq!(handle.metrics().rejected, 3);
+    assert_eq!(handle.counts().rejected, 3);
 }
 
 #[tokio::test(start_paused = true)]

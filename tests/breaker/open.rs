@@ -25,7 +25,7 @@ async fn open_breaker_rejects_at_once_with_the_rest_of_the_cool_down() {
     assert_eq!(open.retry_after(), Some(ms(500)));
     assert!(open.to_string().contains("open"), "{open}");
 
-    assert_eq!(handle.metrics().rejected, 3);
+    assert_eq!(handle.counts().rejected, 3);
     assert_eq!(handle.state(), BreakerState::Open);
 }
 
@@ -40,7 +40,7 @@ async fn open_breaker_never_polls_inner() {
     for _ in 0..10 {
         reject(&mut svc, &mut mock);
     }
-    assert_eq!(handle.metrics().rejected, 10);
+    assert_eq!(handle.counts().rejected, 10);
 }
 
 #[tokio::test(start_paused = true)]
@@ -128,7 +128,7 @@ async fn cool_down_grows_with_each_failed_probe_up_to_the_cap_and_resets_after_c
         Some(secs(1)),
         "back to the base cool-down after closing"
     );
-    assert_eq!(handle.metrics().times_opened, 6);
+    assert_eq!(handle.counts().times_opened, 6);
 }
 
 #[tokio::test(start_paused = true)]

@@ -17,7 +17,7 @@ async fn failure_rate_does_not_trip_before_minimum_calls() {
     // A 100% failure rate, over too few calls to mean anything.
     drive(&mut svc, Err("down"), 9).await;
     assert_eq!(handle.state(), BreakerState::Closed);
-    assert_eq!(handle.metrics().window_failures, 9);
+    assert_eq!(handle.counts().window_failures, 9);
 
     drive(&mut svc, Err("down"), 1).await;
     assert_eq!(handle.state(), BreakerState::Open);
@@ -33,7 +33,7 @@ async fn failure_rate_trips_exactly_when_the_share_of_failures_reaches_the_thres
     drive(&mut svc, Err("down"), 4).await; // 4 of 10
     drive(&mut svc, Err("down"), 1).await; // 5 of 11
     assert_eq!(handle.state(), BreakerState::Closed);
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_failures), (11, 5));
 
     drive(&mut svc, Err("down"), 1).await; // 6 of 12: 50%
@@ -52,7 +52,7 @@ async fn failures_after_successes_that_slid_out_of_the_window_trip_it() {
     // The 1000 successes are history: the window holds only the new failures.
     drive(&mut svc, Err("down"), 9).await;
     assert_eq!(handle.state(), BreakerState::Closed, "below minimum_calls");
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_failures), (9, 9));
     assert_eq!(m.successes, 1000, "all-time counters keep them");
 
@@ -75,7 +75,7 @@ async fn successes_still_inside_the_window_hold_the_failure_rate_down() {
         BreakerState::Closed,
         "999 of 1999 is below 50%"
     );
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!((m.window_calls, m.window_failures), (1999, 999));
 
     drive(&mut svc, Err("down"), 1).await;
@@ -92,7 +92,7 @@ async fn successes_after_a_quiet_spell_count_in_the_window() {
     drive(&mut svc, Ok(1), 1000).await;
     time::advance(secs(60)).await;
     drive(&mut svc, Ok(1), 30).await;
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         (m.window_calls, m.window_failures),
         (30, 0),
@@ -100,7 +100,7 @@ async fn successes_after_a_quiet_spell_count_in_the_window() {
     );
     drive(&mut svc, Err("down"), 29).await;
 
-    let m = handle.metrics();
+    let m = handle.counts();
     assert_eq!(
         (m.window_calls, m.window_failures),
         (59, 29),
@@ -129,7 +129,7 @@ async fn calls_from_long_ago_never_come_back_into_the_window() {
     drive(&mut svc, Err("down"), 1).await;
 
     assert_eq!(
-        handle.metrics().window_calls,
+        handle.counts().window_calls,
         1,
         "only the new call is in the window"
     );

@@ -126,8 +126,8 @@ async fn services_built_from_one_layer_share_one_capacity() {
     let (_fut, _send) = admit(&mut a, &mut handle_a, "a").await;
     assert_shed_now(&mut b, "b");
     assert_no_request(&mut handle_b);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
-    assert_eq!(b.get_ref().handle().shed(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
+    assert_eq!(b.get_ref().handle().counts().shed, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -160,9 +160,9 @@ async fn clones_made_per_request_share_the_capacity_like_axum_routes() {
     assert_eq!(fut.await.expect("admitted"), "ok");
 
     let counters = route.handle();
-    assert_eq!(counters.admitted(), 3);
-    assert_eq!(counters.shed(), 1);
-    assert_eq!(counters.in_flight(), 1);
+    assert_eq!(counters.counts().admitted, 3);
+    assert_eq!(counters.counts().shed, 1);
+    assert_eq!(counters.counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -174,7 +174,7 @@ async fn clones_of_the_layer_share_one_compartment() {
     let (_fut, _send) = admit(&mut a, &mut handle_a, "a").await;
     assert_shed_now(&mut b, "b");
     assert_no_request(&mut handle_b);
-    assert_eq!(bulkhead.handle().shed(), 1);
+    assert_eq!(bulkhead.handle().counts().shed, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -186,9 +186,12 @@ async fn separate_layer_values_are_separate_compartments() {
 
     let (_fa, _sa) = admit(&mut a, &mut handle_a, "a").await;
     let (_fb, _sb) = admit(&mut b, &mut handle_b, "b").await;
-    assert_eq!(first.handle().in_flight(), 1);
-    assert_eq!(second.handle().in_flight(), 1);
-    assert_eq!(first.handle().shed() + second.handle().shed(), 0);
+    assert_eq!(first.handle().counts().in_flight, 1);
+    assert_eq!(second.handle().counts().in_flight, 1);
+    assert_eq!(
+        first.handle().counts().shed + second.handle().counts().shed,
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -227,9 +230,9 @@ async fn calls_beyond_max_in_flight_are_shed_at_once_and_never_reach_the_inner_s
     assert_no_request(&mut handle);
 
     let counters = bulkhead.handle();
-    assert_eq!(counters.in_flight(), 2);
-    assert_eq!(counters.admitted(), 2);
-    assert_eq!(counters.shed(), 3);
+    assert_eq!(counters.counts().in_flight, 2);
+    assert_eq!(counters.counts().admitted, 2);
+    assert_eq!(counters.counts().shed, 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -243,7 +246,7 @@ async fn poll_ready_is_ready_at_once_when_full_without_a_waiting_room() {
     assert_ready_ok!(other.poll_ready());
     // Polling again does not change the outcome nor start waiting.
     assert_ready_ok!(other.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
     let mut fut = task::spawn(other.call("b"));
     assert_full(assert_ready_err!(fut.poll()));
 }
@@ -255,11 +258,11 @@ async fn a_shed_call_holds_no_slot() {
     let (mut first, send) = admit(&mut svc, &mut handle, "a").await;
 
     assert_shed_now(&mut svc, "b");
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     send.send_response("ok");
     assert_ready_ok!(first.poll());
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
     let (_f, _s) = admit(&mut svc, &mut handle, "c").await;
 }
 
@@ -273,9 +276,9 @@ async fn inner_errors_pass_through_the_response_future_and_free_the_slot() {
     let err = assert_ready_err!(fut.poll());
     assert!(!err.is::<BulkheadFull>());
     assert_eq!(err.to_string(), "dependency failed");
-    assert_eq!(bulkhead.handle().in_flight(), 0);
-    assert_eq!(bulkhead.handle().admitted(), 1);
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
+    assert_eq!(bulkhead.handle().counts().admitted, 1);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,7 +296,7 @@ async fn inner_not_ready_is_shed_rather_than_queued_and_keeps_no_slot() {
         "an unready inner service must not make the caller wait"
     );
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         0,
         "the slot must be given back at once"
     );
@@ -307,8 +310,8 @@ async fn inner_not_ready_is_shed_rather_than_queued_and_keeps_no_slot() {
     let (_f, _s) = admit(&mut ready, &mut ready_handle, "b").await;
 
     let counters = bulkhead.handle();
-    assert_eq!(counters.shed(), 1);
-    assert_eq!(counters.admitted(), 1);
+    assert_eq!(counters.counts().shed, 1);
+    assert_eq!(counters.counts().admitted, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -322,8 +325,8 @@ async fn service_is_admitted_again_once_its_inner_service_is_ready() {
     let (mut fut, send) = admit(&mut svc, &mut handle, "b").await;
     send.send_response("ok");
     assert_eq!(assert_ready_ok!(fut.poll()), "ok");
-    assert_eq!(bulkhead.handle().admitted(), 1);
-    assert_eq!(bulkhead.handle().shed(), 1);
+    assert_eq!(bulkhead.handle().counts().admitted, 1);
+    assert_eq!(bulkhead.handle().counts().shed, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -340,9 +343,13 @@ async fn inner_poll_ready_errors_pass_through_and_hold_no_slot() {
     assert_eq!(err.to_string(), "inner broke");
 
     let counters = bulkhead.handle();
-    assert_eq!(counters.in_flight(), 0, "a failed poll_ready holds no slot");
-    assert_eq!(counters.admitted(), 0);
-    assert_eq!(counters.shed(), 0);
+    assert_eq!(
+        counters.counts().in_flight,
+        0,
+        "a failed poll_ready holds no slot"
+    );
+    assert_eq!(counters.counts().admitted, 0);
+    assert_eq!(counters.counts().shed, 0);
 
     let (mut other, mut other_handle) = spawn(&bulkhead);
     let (_f, _s) = admit(&mut other, &mut other_handle, "b").await;
@@ -356,7 +363,7 @@ async fn poll_ready_alone_holds_no_slot() {
     let (mut idle, mut idle_handle) = spawn(&bulkhead);
     assert_ready_ok!(idle.poll_ready());
     assert_ready_ok!(idle.poll_ready());
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
 
     let (mut other, mut other_handle) = spawn(&bulkhead);
     let (_f, _s) = admit(&mut other, &mut other_handle, "other").await;
@@ -366,9 +373,9 @@ async fn poll_ready_alone_holds_no_slot() {
     assert_full(assert_ready_err!(fut.poll()));
     assert_no_request(&mut idle_handle);
     let counters = bulkhead.handle();
-    assert_eq!(counters.admitted(), 1);
-    assert_eq!(counters.shed(), 1);
-    assert_eq!(counters.in_flight(), 1);
+    assert_eq!(counters.counts().admitted, 1);
+    assert_eq!(counters.counts().shed, 1);
+    assert_eq!(counters.counts().in_flight, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -384,12 +391,12 @@ async fn slot_is_freed_when_the_inner_future_completes_even_if_the_future_is_kep
     send.send_response("ok");
     assert_eq!(assert_ready_ok!(fut.poll()), "ok");
     // `fut` is still alive here.
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
     let (_f, _s) = admit(&mut svc, &mut handle, "b").await;
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
     drop(fut);
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         1,
         "dropping a finished future frees nothing twice"
     );
@@ -400,12 +407,12 @@ async fn dropping_a_pending_response_future_frees_its_slot() {
     let bulkhead = layer(1);
     let (mut svc, mut handle) = spawn(&bulkhead);
     let (fut, _send) = admit(&mut svc, &mut handle, "a").await;
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     drop(fut);
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
     assert_eq!(
-        bulkhead.handle().admitted(),
+        bulkhead.handle().counts().admitted,
         1,
         "a cancelled call was still admitted"
     );
@@ -419,7 +426,7 @@ async fn dropping_an_unpolled_response_future_frees_its_slot() {
     assert_ready_ok!(svc.poll_ready());
     drop(svc.call("a"));
     let _send = request!(handle, "a");
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
     let (_f, _s) = admit(&mut svc, &mut handle, "b").await;
 }
 
@@ -434,7 +441,7 @@ async fn holder_of_a_waited_for_slot(bulkhead: &BulkheadLayer) -> (Svc, Handle) 
     assert_ready_ok!(first.poll());
     assert!(waiter.is_woken());
     assert_ready_ok!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
     (waiter, handle)
 }
 
@@ -443,20 +450,20 @@ async fn dropping_a_service_holding_a_waited_for_slot_frees_it() {
     let bulkhead = layer_with_room(1, 1, MAX_WAIT);
     let (holder, mut handle) = holder_of_a_waited_for_slot(&bulkhead).await;
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         1,
         "a waited-for slot is held until call"
     );
 
     drop(holder);
     let counters = bulkhead.handle();
-    assert_eq!(counters.in_flight(), 0);
+    assert_eq!(counters.counts().in_flight, 0);
     assert_eq!(
-        counters.admitted(),
+        counters.counts().admitted,
         1,
         "a slot given back unused is not an admitted call"
     );
-    assert_eq!(counters.shed(), 0);
+    assert_eq!(counters.counts().shed, 0);
     assert_no_request_or_closed(&mut handle);
 
     let (mut other, mut other_handle) = spawn(&bulkhead);
@@ -474,11 +481,11 @@ fn assert_no_request_or_closed(handle: &mut Handle) {
 async fn into_inner_gives_a_waited_for_slot_back() {
     let bulkhead = layer_with_room(1, 1, MAX_WAIT);
     let (holder, _handle) = holder_of_a_waited_for_slot(&bulkhead).await;
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     let _inner: MockSvc = holder.into_inner().into_inner();
-    assert_eq!(bulkhead.handle().in_flight(), 0);
-    assert_eq!(bulkhead.handle().admitted(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
+    assert_eq!(bulkhead.handle().counts().admitted, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -488,13 +495,13 @@ async fn a_clone_does_not_inherit_a_waited_for_slot() {
 
     let mut clone = holder.clone();
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         1,
         "cloning must not take a second slot"
     );
     // The clone has to ask for itself, and the only slot is the holder's: it waits.
     assert_pending!(clone.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
     assert_no_request(&mut handle);
 
     // The holder still has its slot, and the clone gets it once the holder's call is over.
@@ -505,7 +512,7 @@ async fn a_clone_does_not_inherit_a_waited_for_slot() {
     assert_ready_ok!(fut.poll());
     assert!(clone.is_woken());
     assert_ready_ok!(clone.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -513,13 +520,13 @@ async fn dropping_a_clone_keeps_the_originals_waited_for_slot() {
     let bulkhead = layer_with_room(1, 1, MAX_WAIT);
     let (mut holder, mut handle) = holder_of_a_waited_for_slot(&bulkhead).await;
     drop(holder.clone());
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     let mut fut = task::spawn(holder.call("holder"));
     assert_pending!(fut.poll());
     let _send = request!(handle, "holder");
-    assert_eq!(bulkhead.handle().in_flight(), 1);
-    assert_eq!(bulkhead.handle().admitted(), 2);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
+    assert_eq!(bulkhead.handle().counts().admitted, 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,10 +540,10 @@ async fn handle_reports_every_counter() {
     assert_eq!(counters.max_in_flight(), 2);
     assert_eq!(
         (
-            counters.in_flight(),
-            counters.waiting(),
-            counters.admitted(),
-            counters.shed()
+            counters.counts().in_flight,
+            counters.counts().waiting,
+            counters.counts().admitted,
+            counters.counts().shed
         ),
         (0, 0, 0, 0)
     );
@@ -544,28 +551,42 @@ async fn handle_reports_every_counter() {
     let (mut svc, mut handle) = spawn(&bulkhead);
     assert_eq!(svc.get_ref().handle().max_in_flight(), 2);
     let (mut f1, s1) = admit(&mut svc, &mut handle, "a").await;
-    assert_eq!((counters.in_flight(), counters.admitted()), (1, 1));
+    assert_eq!(
+        (counters.counts().in_flight, counters.counts().admitted),
+        (1, 1)
+    );
     let (_f2, _s2) = admit(&mut svc, &mut handle, "b").await;
-    assert_eq!((counters.in_flight(), counters.admitted()), (2, 2));
+    assert_eq!(
+        (counters.counts().in_flight, counters.counts().admitted),
+        (2, 2)
+    );
     assert_shed_now(&mut svc, "c");
     assert_eq!(
-        (counters.in_flight(), counters.admitted(), counters.shed()),
+        (
+            counters.counts().in_flight,
+            counters.counts().admitted,
+            counters.counts().shed
+        ),
         (2, 2, 1)
     );
 
     s1.send_response("ok");
     assert_ready_ok!(f1.poll());
     assert_eq!(
-        (counters.in_flight(), counters.admitted(), counters.shed()),
+        (
+            counters.counts().in_flight,
+            counters.counts().admitted,
+            counters.counts().shed
+        ),
         (1, 2, 1)
     );
-    assert_eq!(counters.waiting(), 0);
+    assert_eq!(counters.counts().waiting, 0);
 
     // Every handle of the compartment reports the same numbers.
     let from_service = svc.get_ref().handle();
-    assert_eq!(from_service.in_flight(), 1);
-    assert_eq!(from_service.admitted(), 2);
-    assert_eq!(from_service.shed(), 1);
+    assert_eq!(from_service.counts().in_flight, 1);
+    assert_eq!(from_service.counts().admitted, 2);
+    assert_eq!(from_service.counts().shed, 1);
     let debug = format!("{counters:?}");
     assert!(
         debug.contains("in_flight: 1") && debug.contains("shed: 1"),
@@ -577,19 +598,19 @@ async fn handle_reports_every_counter() {
 async fn in_flight_counts_a_waited_for_slot_until_its_call_ends() {
     let bulkhead = layer_with_room(1, 1, MAX_WAIT);
     let (mut holder, mut handle) = holder_of_a_waited_for_slot(&bulkhead).await;
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     let mut fut = task::spawn(holder.call("holder"));
     assert_pending!(fut.poll());
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         1,
         "the held slot becomes the call's slot"
     );
     request!(handle, "holder").send_response("ok");
     assert_ready_ok!(fut.poll());
-    assert_eq!(bulkhead.handle().in_flight(), 0);
-    assert_eq!(bulkhead.handle().admitted(), 2);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
+    assert_eq!(bulkhead.handle().counts().admitted, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -616,15 +637,15 @@ async fn admitted_counts_neither_shed_calls_nor_unused_readiness() {
     let (holder, _room_handle) = holder_of_a_waited_for_slot(&with_room).await;
     drop(holder);
     assert_eq!(
-        with_room.handle().admitted(),
+        with_room.handle().counts().admitted,
         1,
         "only the first call was admitted"
     );
 
     let counters = bulkhead.handle();
-    assert_eq!(counters.admitted(), 1);
-    assert_eq!(counters.shed(), 2);
-    assert_eq!(counters.in_flight(), 1);
+    assert_eq!(counters.counts().admitted, 1);
+    assert_eq!(counters.counts().shed, 2);
+    assert_eq!(counters.counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -637,17 +658,17 @@ async fn admitted_counts_calls_not_readiness() {
 
     assert_ready_ok!(svc.poll_ready());
     assert_eq!(
-        counters.admitted(),
+        counters.counts().admitted,
         0,
         "readiness alone was reported as an admitted call"
     );
     let mut fut = task::spawn(svc.call("a"));
     assert_pending!(fut.poll());
-    assert_eq!(counters.admitted(), 1);
+    assert_eq!(counters.counts().admitted, 1);
     let _send = request!(handle, "a");
     drop(fut);
     assert_eq!(
-        counters.admitted(),
+        counters.counts().admitted,
         1,
         "a cancelled call was still admitted"
     );
@@ -665,7 +686,7 @@ async fn waiter_is_admitted_when_a_slot_frees_before_max_wait() {
 
     let mut waiter = svc.clone();
     assert_pending!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
 
     time::advance(MAX_WAIT - MS).await;
     assert!(!waiter.is_woken());
@@ -675,14 +696,14 @@ async fn waiter_is_admitted_when_a_slot_frees_before_max_wait() {
     assert_ready_ok!(first.poll());
     assert!(waiter.is_woken(), "freeing a slot must wake the waiter");
     assert_ready_ok!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 
     let mut fut = task::spawn(waiter.call("waiter"));
     request!(handle, "waiter").send_response("late");
     assert_eq!(assert_ready_ok!(fut.poll()), "late");
-    assert_eq!(bulkhead.handle().admitted(), 2);
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().admitted, 2);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -695,7 +716,7 @@ async fn waiter_is_shed_once_max_wait_has_passed() {
     assert_pending!(waiter.poll_ready());
     time::advance(MAX_WAIT - MS).await;
     assert_pending!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 
     time::advance(MS).await;
     assert!(
@@ -706,13 +727,13 @@ async fn waiter_is_shed_once_max_wait_has_passed() {
         waiter.poll_ready(),
         "a shed waiter is ready, and not an error"
     );
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 
     let mut fut = task::spawn(waiter.call("waiter"));
     assert_full(assert_ready_err!(fut.poll()));
     assert_no_request(&mut handle);
-    assert_eq!(bulkhead.handle().shed(), 1);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().shed, 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -729,7 +750,7 @@ async fn max_wait_counts_from_when_the_caller_started_waiting() {
     assert_pending!(waiter.poll_ready());
     time::advance(MS).await;
     assert_ready_ok!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -740,17 +761,17 @@ async fn full_waiting_room_sheds_at_once() {
 
     let mut waiter = svc.clone();
     assert_pending!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
 
     let mut late = svc.clone();
     assert_shed_now(&mut late, "late");
     assert_no_request(&mut handle);
     assert_eq!(
-        bulkhead.handle().waiting(),
+        bulkhead.handle().counts().waiting,
         1,
         "the shed caller never entered the room"
     );
-    assert_eq!(bulkhead.handle().shed(), 1);
+    assert_eq!(bulkhead.handle().counts().shed, 1);
     assert_pending!(waiter.poll_ready(), "the waiter keeps its place");
 }
 
@@ -762,15 +783,15 @@ async fn dropping_a_waiting_service_leaves_the_room() {
 
     let mut waiter = svc.clone();
     assert_pending!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
     drop(waiter);
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 
     // The place is free for the next caller, who waits instead of being shed.
     let mut next = svc.clone();
     assert_pending!(next.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 1);
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -784,7 +805,7 @@ async fn each_waiter_is_woken_as_slots_free() {
     for w in &mut waiters {
         assert_pending!(w.poll_ready());
     }
-    assert_eq!(bulkhead.handle().waiting(), 3);
+    assert_eq!(bulkhead.handle().counts().waiting, 3);
 
     // Only woken waiters are polled, as an executor would: a lost wakeup leaves one stuck.
     let mut admitted = Vec::new();
@@ -807,13 +828,13 @@ async fn each_waiter_is_woken_as_slots_free() {
         1,
         "one freed slot admits exactly one waiter"
     );
-    assert_eq!(bulkhead.handle().waiting(), 2);
+    assert_eq!(bulkhead.handle().counts().waiting, 2);
 
     s2.send_response("2");
     assert_ready_ok!(f2.poll());
     poll_woken(&mut waiters, &mut admitted);
     assert_eq!(admitted.len(), 2);
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
 
     // The first admitted waiter makes its call and finishes: the last waiter gets its slot.
     let mut w = admitted.remove(0);
@@ -822,9 +843,9 @@ async fn each_waiter_is_woken_as_slots_free() {
     assert_ready_ok!(fut.poll());
     poll_woken(&mut waiters, &mut admitted);
     assert!(waiters.is_empty(), "the last waiter was never woken");
-    assert_eq!(bulkhead.handle().waiting(), 0);
-    assert_eq!(bulkhead.handle().shed(), 0);
-    assert_eq!(bulkhead.handle().in_flight(), 2);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -853,7 +874,7 @@ async fn two_slots_freed_together_wake_two_waiters() {
     let _fb = b.call("b");
     let _sa = request!(handle, "a");
     let _sb = request!(handle, "b");
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -877,7 +898,7 @@ async fn a_woken_waiter_that_is_dropped_passes_the_wakeup_on() {
     assert_ready_ok!(left.poll_ready());
     let _fut = left.call("left");
     let _s = request!(handle, "left");
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -897,8 +918,8 @@ async fn giving_back_a_waited_for_slot_wakes_the_next_waiter() {
     let mut fut = task::spawn(next.call("next"));
     assert_pending!(fut.poll());
     let _s = request!(handle, "next");
-    assert_eq!(bulkhead.handle().admitted(), 2);
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().admitted, 2);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -965,8 +986,8 @@ async fn a_newcomer_with_room_to_wait_queues_behind_a_woken_waiter() {
         newcomer_ready.is_pending(),
         "the newcomer should wait its turn in the room"
     );
-    assert_eq!(bulkhead.handle().waiting(), 1);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -983,7 +1004,7 @@ async fn a_waiter_left_unpolled_past_max_wait_does_not_shed_calls_to_an_empty_co
     send.send_response("ok");
     assert_ready_ok!(first.poll());
     time::advance(MAX_WAIT * 2).await;
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
 
     let mut newcomer = svc.clone();
     assert_ready_ok!(newcomer.poll_ready());
@@ -1013,13 +1034,13 @@ async fn a_waited_for_slot_is_given_back_when_the_inner_poll_ready_fails() {
 
     let counters = bulkhead.handle();
     assert_eq!(
-        counters.in_flight(),
+        counters.counts().in_flight,
         0,
         "the slot waited for must be given back"
     );
-    assert_eq!(counters.waiting(), 0);
-    assert_eq!(counters.admitted(), 1);
-    assert_eq!(counters.shed(), 0);
+    assert_eq!(counters.counts().waiting, 0);
+    assert_eq!(counters.counts().admitted, 1);
+    assert_eq!(counters.counts().shed, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1033,8 +1054,8 @@ async fn a_cancelled_call_wakes_a_waiter() {
     drop(first);
     assert!(waiter.is_woken());
     assert_ready_ok!(waiter.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 0);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1043,7 +1064,7 @@ async fn waiting_room_admits_at_once_while_a_slot_is_free() {
     let (mut svc, mut handle) = spawn(&bulkhead);
     // No waiting happens, and no time needs to pass.
     let (_f, _s) = admit(&mut svc, &mut handle, "a").await;
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1059,7 +1080,7 @@ async fn admitted_waiter_whose_inner_service_is_not_ready_is_shed() {
     assert!(waiter.is_woken());
     assert_ready_ok!(waiter.poll_ready());
     assert_eq!(
-        bulkhead.handle().in_flight(),
+        bulkhead.handle().counts().in_flight,
         0,
         "the waiter's slot must not be kept"
     );
@@ -1083,7 +1104,7 @@ async fn two_handles_readied_for_one_free_slot_the_second_waits_instead_of_being
         b.poll_ready(),
         "the only slot is a's: b must wait in the empty room, not be readied to be shed"
     );
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
 
     let mut fut_a = task::spawn(a.call("a"));
     assert_pending!(fut_a.poll());
@@ -1097,8 +1118,11 @@ async fn two_handles_readied_for_one_free_slot_the_second_waits_instead_of_being
     request!(handle, "b").send_response("done");
     assert_ready_ok!(fut_b.poll());
     let counters = bulkhead.handle();
-    assert_eq!((counters.admitted(), counters.shed()), (2, 0));
-    assert_eq!((counters.in_flight(), counters.waiting()), (0, 0));
+    assert_eq!((counters.counts().admitted, counters.counts().shed), (2, 0));
+    assert_eq!(
+        (counters.counts().in_flight, counters.counts().waiting),
+        (0, 0)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1113,7 +1137,7 @@ async fn a_waiter_that_stopped_polling_does_not_swallow_the_wakeup_of_the_one_be
     assert_pending!(abandoned.poll_ready());
     let mut behind = svc.clone();
     assert_pending!(behind.poll_ready());
-    assert_eq!(bulkhead.handle().waiting(), 2);
+    assert_eq!(bulkhead.handle().counts().waiting, 2);
 
     send.send_response("ok");
     assert_ready_ok!(first.poll());
@@ -1125,9 +1149,9 @@ async fn a_waiter_that_stopped_polling_does_not_swallow_the_wakeup_of_the_one_be
     let mut fut = task::spawn(behind.call("behind"));
     assert_pending!(fut.poll());
     let _send = request!(handle, "behind");
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
     drop(abandoned);
-    assert_eq!(bulkhead.handle().waiting(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1142,7 +1166,7 @@ async fn an_abandoned_waiter_holds_its_place_no_longer_than_its_max_wait() {
 
     time::advance(MAX_WAIT).await;
     assert_eq!(
-        bulkhead.handle().waiting(),
+        bulkhead.handle().counts().waiting,
         0,
         "a place past its max wait is not a waiter"
     );
@@ -1151,8 +1175,8 @@ async fn an_abandoned_waiter_holds_its_place_no_longer_than_its_max_wait() {
         next.poll_ready(),
         "the stale place must be free for a new waiter"
     );
-    assert_eq!(bulkhead.handle().waiting(), 1);
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
 
     send.send_response("ok");
     assert_ready_ok!(first.poll());
@@ -1166,8 +1190,8 @@ async fn an_abandoned_waiter_holds_its_place_no_longer_than_its_max_wait() {
     // room again changes nobody's count.
     assert_ready_ok!(abandoned.poll_ready());
     assert_full(assert_ready_err!(task::spawn(abandoned.call("late")).poll()));
-    assert_eq!(bulkhead.handle().waiting(), 0);
-    assert_eq!(bulkhead.handle().in_flight(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1191,7 +1215,7 @@ async fn a_newcomer_behind_an_abandoned_waiter_takes_the_free_slot_when_the_clai
     let mut fut = task::spawn(newcomer.call("newcomer"));
     assert_pending!(fut.poll());
     let _send = request!(handle, "newcomer");
-    assert_eq!(bulkhead.handle().shed(), 0);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
     drop(abandoned);
 }
 
@@ -1204,7 +1228,7 @@ async fn the_longest_max_wait_is_clamped_not_a_panic() {
     assert_pending!(waiter.poll_ready());
     time::advance(Duration::from_secs(86_400 * 365)).await;
     assert_pending!(waiter.poll_ready(), "a year is well within the wait");
-    assert_eq!(bulkhead.handle().waiting(), 1);
+    assert_eq!(bulkhead.handle().counts().waiting, 1);
 
     send.send_response("ok");
     assert_ready_ok!(first.poll());
@@ -1238,14 +1262,18 @@ async fn panic_in_inner_call_gives_the_slot_back(bulkhead: BulkheadLayer) {
         svc.ready().await.expect("never an error");
         let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| svc.call(true)));
         assert!(unwound.is_err(), "the inner call should have panicked");
-        assert_eq!(bulkhead.handle().in_flight(), 0, "a panic leaked a slot");
+        assert_eq!(
+            bulkhead.handle().counts().in_flight,
+            0,
+            "a panic leaked a slot"
+        );
     }
     svc.ready().await.expect("never an error");
     svc.call(false)
         .await
         .expect("after panics, calls must still get through");
-    assert_eq!(bulkhead.handle().shed(), 0);
-    assert_eq!(bulkhead.handle().admitted(), cap as u64 + 3);
+    assert_eq!(bulkhead.handle().counts().shed, 0);
+    assert_eq!(bulkhead.handle().counts().admitted, cap as u64 + 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1271,7 +1299,7 @@ async fn a_panic_in_the_inner_future_gives_the_slot_back() {
         assert!(unwound.is_err());
     }
     svc.ready().await.unwrap().call(false).await.unwrap();
-    assert_eq!(bulkhead.handle().in_flight(), 0);
+    assert_eq!(bulkhead.handle().counts().in_flight, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1334,7 +1362,7 @@ fn builder_defaults_to_64_in_flight() {
         .build()
         .expect("defaults are valid");
     assert_eq!(layer.handle().max_in_flight(), 64);
-    assert_eq!(layer.handle().waiting(), 0);
+    assert_eq!(layer.handle().counts().waiting, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1498,15 +1526,15 @@ async fn concurrent_clones_never_exceed_max_in_flight() {
     );
     assert!(peak >= 1);
     assert_eq!(ok + shed, TASKS * CALLS);
-    assert_eq!(counters.admitted() as usize, ok);
-    assert_eq!(counters.shed() as usize, shed);
+    assert_eq!(counters.counts().admitted as usize, ok);
+    assert_eq!(counters.counts().shed as usize, shed);
     assert_eq!(
-        counters.admitted() + counters.shed(),
+        counters.counts().admitted + counters.counts().shed,
         (TASKS * CALLS) as u64
     );
     // 64 tasks on 2 workers, each call yielding while it holds its slot: some must be shed.
     assert!(shed > 0, "the stress test never filled the compartment");
-    assert_eq!(counters.in_flight(), 0);
+    assert_eq!(counters.counts().in_flight, 0);
     assert_eq!(gauge.current.load(Ordering::SeqCst), 0);
 }
 
@@ -1527,10 +1555,10 @@ async fn concurrent_waiters_never_exceed_max_in_flight() {
         "the inner service saw {peak} calls at once, max is {MAX}"
     );
     assert_eq!(ok + shed, TASKS * CALLS);
-    assert_eq!(counters.admitted() as usize, ok);
-    assert_eq!(counters.shed() as usize, shed);
-    assert_eq!(counters.in_flight(), 0);
-    assert_eq!(counters.waiting(), 0);
+    assert_eq!(counters.counts().admitted as usize, ok);
+    assert_eq!(counters.counts().shed as usize, shed);
+    assert_eq!(counters.counts().in_flight, 0);
+    assert_eq!(counters.counts().waiting, 0);
     assert_eq!(gauge.current.load(Ordering::SeqCst), 0);
 }
 
@@ -1636,10 +1664,10 @@ mod model {
                     }
                 }
                 prop_assert!(in_flight <= max);
-                prop_assert_eq!(counters.in_flight(), in_flight);
-                prop_assert_eq!(counters.admitted(), admitted);
-                prop_assert_eq!(counters.shed(), shed);
-                prop_assert_eq!(counters.waiting(), 0);
+                prop_assert_eq!(counters.counts().in_flight, in_flight);
+                prop_assert_eq!(counters.counts().admitted, admitted);
+                prop_assert_eq!(counters.counts().shed, shed);
+                prop_assert_eq!(counters.counts().waiting, 0);
             }
         }
     }
@@ -1712,9 +1740,9 @@ mod extremes {
         }
         let _ = extra.poll_ready();
         drop(extra);
-        assert_eq!(counters.in_flight(), 0);
-        assert_eq!(counters.waiting(), 0);
-        assert_eq!(counters.admitted(), fill as u64);
+        assert_eq!(counters.counts().in_flight, 0);
+        assert_eq!(counters.counts().waiting, 0);
+        assert_eq!(counters.counts().admitted, fill as u64);
         if counters.max_in_flight() > fill {
             assert!(extra_ready.is_ready(), "a free slot, yet the caller waited");
         } else if room.is_none() {

@@ -81,7 +81,7 @@ fn assert_quiescent(counts: &HandoffCounts) {
 /// A hand-off whose refusals and failures are final (no parking, no second try), so that each
 /// [`Fate`] has one outcome; `tests/handoff_parking.rs` covers parking.
 fn builder(capacity: usize, concurrency: usize) -> HandoffBuilder {
-    HandoffBuilder::new()
+    Handoff::builder()
         .capacity(capacity)
         .concurrency(concurrency)
         .park(false)
@@ -197,7 +197,11 @@ impl Router {
             .expect("the holder is ready")
             .call(Fate::Hang)
             .boxed();
-        assert_eq!(bulkhead.handle().in_flight(), 1, "the only slot is held");
+        assert_eq!(
+            bulkhead.handle().counts().in_flight,
+            1,
+            "the only slot is held"
+        );
 
         let breaker = BreakerLayer::new();
         breaker.handle().force_open();
@@ -491,7 +495,7 @@ async fn a_slow_dependency_behind_a_bulkhead_of_one_sheds_the_rest_of_a_burst() 
     assert_eq!(counts.delivered, 1);
     assert_eq!(counts.shed, 9);
     assert_eq!(counts.failed, 0);
-    assert_eq!(bulkhead.handle().shed(), 9);
+    assert_eq!(bulkhead.handle().counts().shed, 9);
     assert_eq!(dependency.calls(), 1);
     assert!(Instant::now() - start >= SLOW);
 
@@ -1139,13 +1143,13 @@ async fn dropping_every_handle_ends_the_worker_and_drops_the_service() {
 #[tokio::test]
 async fn invalid_settings_are_refused_with_the_setting_named() {
     let cases = [
-        (HandoffBuilder::new().capacity(0), "capacity"),
-        (HandoffBuilder::new().capacity(usize::MAX), "capacity"),
+        (Handoff::builder().capacity(0), "capacity"),
+        (Handoff::builder().capacity(usize::MAX), "capacity"),
         (
-            HandoffBuilder::new().capacity(tanker::handoff::MAX_CAPACITY + 1),
+            Handoff::builder().capacity(tanker::handoff::MAX_CAPACITY + 1),
             "capacity",
         ),
-        (HandoffBuilder::new().concurrency(0), "concurrency"),
+        (Handoff::builder().concurrency(0), "concurrency"),
     ];
     for (builder, setting) in cases {
         let err = builder
@@ -1160,9 +1164,9 @@ async fn invalid_settings_are_refused_with_the_setting_named() {
 #[tokio::test]
 async fn settings_at_the_edges_of_their_range_are_accepted() {
     for builder in [
-        HandoffBuilder::new().capacity(1).concurrency(1),
-        HandoffBuilder::new().concurrency(usize::MAX),
-        HandoffBuilder::new().name(""),
+        Handoff::builder().capacity(1).concurrency(1),
+        Handoff::builder().concurrency(usize::MAX),
+        Handoff::builder().name(""),
     ] {
         let handoff = builder.spawn(instant_ok::<u32>()).expect("a valid setting");
         assert_eq!(handoff.send(1), Sent::Accepted);
@@ -1174,7 +1178,7 @@ async fn settings_at_the_edges_of_their_range_are_accepted() {
 
 #[test]
 fn spawn_outside_a_runtime_is_refused_with_its_own_error() {
-    let err = HandoffBuilder::new()
+    let err = Handoff::builder()
         .spawn(instant_ok::<u32>())
         .expect_err("there is no runtime to run the worker");
     assert_eq!(err, tanker::handoff::SpawnError::NoRuntime);
@@ -1199,7 +1203,7 @@ fn public_types_are_send_and_sync() {
 
 #[tokio::test(start_paused = true)]
 async fn clones_share_the_queue_the_counters_and_the_name() {
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(3)
         .name("stats")
         .spawn(instant_ok::<u32>())
@@ -1269,7 +1273,7 @@ async fn concurrent_senders_into_a_small_queue_lose_nothing() {
             }
         })
     };
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(16)
         .concurrency(4)
         .spawn(inner)
@@ -1337,7 +1341,7 @@ async fn spin_until(what: &str, mut done: impl FnMut() -> bool) {
 async fn sends_racing_close_are_all_counted_and_the_worker_finishes() {
     // Calls wait for the gate, so the worker stays busy, polling and publishing, after `close`.
     let (gate, opened) = tokio::sync::watch::channel(false);
-    let handoff = HandoffBuilder::new()
+    let handoff = Handoff::builder()
         .capacity(64)
         .spawn(service_fn(move |_: u64| {
             let mut opened = opened.clone();

@@ -22,7 +22,7 @@ use tower::ServiceBuilder;
 
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts};
+use tanker::handoff::{Handoff, HandoffCounts};
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
@@ -391,7 +391,7 @@ fn protected_writer(bootstrap: &str) -> Result<Protection, tower::BoxError> {
         .breaker(breaker)
         .bulkhead(bulkhead)
         .service(kafka.clone());
-    let handoff = HandoffBuilder::new().name("stats").spawn(stack)?;
+    let handoff = Handoff::builder().name("stats").spawn(stack)?;
     Ok(Protection {
         handoff,
         breaker: handle,
@@ -872,7 +872,7 @@ fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCoun
             ServerCounts {
                 delivered: c.delivered,
                 ignored: c.ignored(),
-                errors: protection.map_or(c.failed, |p| p.breaker.metrics().failures),
+                errors: protection.map_or(c.failed, |p| p.breaker.counts().failures),
             }
         }
     }
