@@ -27,6 +27,9 @@
 //! and the seconds from the heal to the first second in which deliveries reach 95 % of the
 //! offered rate.
 
+mod common;
+
+use common::{env_or, progress, rss_kib};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -58,17 +61,6 @@ static PAYLOAD: [u8; 100] = [b'x'; 100];
 const FROZEN_RTT: Duration = Duration::from_secs(30);
 /// A second counts as full delivery when it delivers this share of the offered rate.
 const FULL: f64 = 0.95;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn progress(message: impl AsRef<str>) {
-    eprintln!("[faults bench] {}", message.as_ref());
-}
 
 #[derive(Debug, Clone, Copy)]
 enum Fault {
@@ -324,16 +316,6 @@ struct ScenarioRun {
     breaker_opened: u64,
 }
 
-/// The process's resident memory, in MiB (0 where `/proc` is not there).
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kib| kib.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Runs `send` and adds its duration to `sends`.
 fn timed(sends: &mut Vec<u32>, send: impl FnOnce()) {
     let start = Instant::now();
@@ -390,7 +372,7 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
         let counts = tanker.handoff.counts();
         peak_backlog = peak_backlog.max(counts.queued + counts.parked);
         if (phases.healthy..phases.heal_at()).contains(&second) {
-            let rss = rss_mib();
+            let rss = rss_kib() as f64 / 1024.0;
             (rss_low, rss_high) = (rss_low.min(rss), rss_high.max(rss));
         }
         let (raw_now, tanker_now) = (raw.delivered(), counts.delivered);

@@ -18,6 +18,9 @@
 //!    than the worker's 50 ms fast spell (one every 100 ms: the worker is on its slow tick, and
 //!    no send wakes it). The cost of the two clock reads alone is its own row.
 
+mod common;
+
+use common::env_or;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -25,13 +28,6 @@ use tokio::runtime::{Builder, Runtime};
 use tower::{service_fn, BoxError};
 
 use tanker::handoff::{Handoff, Sent};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
 
 fn runtime() -> Runtime {
     Builder::new_multi_thread()

@@ -44,6 +44,9 @@
 //! All parts use one tokio multi-thread runtime of two workers (the machine's core count).
 //! The mock cluster is `!Send` and stays on the main thread.
 
+mod common;
+
+use common::{env_or, progress, rss_kib};
 use std::fmt::Write as _;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -104,17 +107,6 @@ const BATCH: usize = 100;
 const TARGET_MEDIAN_NS: u64 = 200;
 const TARGET_P999_NS: u64 = 2_000;
 const TARGET_RATIO: f64 = 0.9;
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.replace('_', "").parse().ok())
-        .unwrap_or(default)
-}
-
-fn progress(message: impl AsRef<str>) {
-    eprintln!("[kafka bench] {}", message.as_ref());
-}
 
 // ------------------------------------------------------------------------------------------
 // Rig: cluster, producer, stack
@@ -770,15 +762,6 @@ fn process_cpu() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-fn vm_rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 struct MemorySample {
     at: Duration,
     rss_kib: u64,
@@ -802,7 +785,7 @@ fn memory(rt: &Runtime, secs: u64, rate: u64) -> MemoryRun {
     let stack = stack(rt, kafka, HANDOFF_CAPACITY);
     warm_up(&stack, 20_000);
     std::thread::sleep(Duration::from_millis(200));
-    let before_down_kib = vm_rss_kib();
+    let before_down_kib = rss_kib();
     let base = stack.handoff.counts();
 
     cluster.broker_down(-1).expect("broker_down");
@@ -840,7 +823,7 @@ fn memory(rt: &Runtime, secs: u64, rate: u64) -> MemoryRun {
         let counts = stack.handoff.counts();
         samples.push(MemorySample {
             at: started.elapsed(),
-            rss_kib: vm_rss_kib(),
+            rss_kib: rss_kib(),
             counts: since(counts, base),
             kafka_in_flight: stack.kafka.in_flight(),
             breaker: stack.breaker.state(),
