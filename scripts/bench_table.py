@@ -16,7 +16,10 @@ and prints
    to the same variant with none, their ratio and the ns added;
 5. with `--features metrics`, the cost of tanker's metrics: each variant of the
    `metrics_*` groups without a recorder (`<variant>/no_recorder`) and with a
-   Prometheus one (`<variant>/prometheus`), their ratio and the ns added.
+   Prometheus one (`<variant>/prometheus`), their ratio and the ns added;
+6. the keyed groups (`keyed_ready_call`, `keyed_oneshot`, `keyed_two_tasks`): the
+   keyed layer on one key and spread over 64 keys next to the unkeyed stack and
+   the raw service, and what a key costs over the unkeyed stack (ratio and ns).
 
 The criterion directory is, in order of preference: --dir, $CRITERION_HOME,
 $CARGO_TARGET_DIR/criterion, <repository root>/target/criterion (the same
@@ -53,6 +56,10 @@ LOGGED = "_logged"
 METRICS_GROUPS = ["metrics_ready_call", "metrics_two_tasks"]
 METRICS_VARIANTS = ["tanker_bulkhead", "tanker_breaker", "tanker_stack"]
 WITHOUT, WITH = "no_recorder", "prometheus"
+KEYED_PREFIX = "keyed_"
+KEYED_GROUPS = ["keyed_ready_call", "keyed_oneshot", "keyed_two_tasks"]
+KEYED_VARIANTS = ["raw", "tanker_stack", "keyed_one_key", "keyed_64_keys"]
+KEYED_BASE = "tanker_stack"
 GROUP_TITLES = {
     "ready_call": "ready_call (ns)",
     "oneshot": "oneshot (ns)",
@@ -171,11 +178,14 @@ def main():
     stat = args.statistic
     print(f"Criterion {stat} per call, from `{criterion_dir}`.\n")
     metrics = {k: v for k, v in results.items() if k[0].startswith("metrics_")}
-    results = {k: v for k, v in results.items() if k not in metrics}
+    keyed = {k: v for k, v in results.items() if k[0].startswith(KEYED_PREFIX)}
+    results = {k: v for k, v in results.items() if k not in metrics and k not in keyed}
     if results:
         print_overhead(results, stat)
     if metrics:
         print_metrics(metrics, stat)
+    if keyed:
+        print_keyed(keyed, stat)
 
 
 def print_overhead(results, stat):
@@ -260,6 +270,27 @@ def print_metrics(results, stat):
             ])
     print(f"### Metrics: {stat} ns per call, no recorder vs Prometheus recorder\n")
     print(table(["group", "variant", WITHOUT, WITH, "ratio", "added"], rows, left=2))
+
+    print()
+
+
+def print_keyed(results, stat):
+    """The keyed groups: each variant per group, then each keyed variant against the stack."""
+    groups = ordered({g for g, _ in results}, KEYED_GROUPS)
+    variants = ordered({v for _, v in results}, KEYED_VARIANTS)
+    title = lambda g: GROUP_TITLES.get(g.removeprefix(KEYED_PREFIX), f"{g} (ns)")
+    rows = [[f"`{v}`"] + [fmt_ns(results.get((g, v))) for g in groups] for v in variants]
+    print(f"### Keyed: {stat} time per call, one key and 64 keys next to the unkeyed stack\n")
+    print(table(["variant"] + [title(g) for g in groups], rows))
+    print()
+    keyed = [v for v in variants if v.startswith(KEYED_PREFIX)]
+    rows = []
+    for v in keyed:
+        rows.append([f"{v} / {KEYED_BASE}"] + [fmt_ratio(ratio(results, g, v, KEYED_BASE)) for g in groups])
+        rows.append([f"{v} − {KEYED_BASE}"] + [fmt_delta(delta(results, g, v, KEYED_BASE)) for g in groups])
+    if rows:
+        print("### Keyed: what a key costs over the unkeyed stack\n")
+        print(table(["comparison"] + [g.removeprefix(KEYED_PREFIX) for g in groups], rows))
 
 
 if __name__ == "__main__":
