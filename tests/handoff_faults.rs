@@ -2,8 +2,6 @@
 //! user code, refusals wrapped by other layers, a bulkhead smaller than the worker's concurrency,
 //! extreme settings, a runtime without timers, and many senders racing `close`.
 
-use std::error::Error as StdError;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -19,6 +17,10 @@ use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffCounts, Sent, SpawnError, MAX_CAPACITY};
 use tanker::ServiceBuilderExt;
+
+mod support;
+
+use support::Wrapped;
 
 /// Lets the worker run and paused time move a tick at a time until nothing is pending.
 async fn settle<Req>(handoff: &Handoff<Req>) -> HandoffCounts {
@@ -202,22 +204,6 @@ async fn a_burst_to_an_instant_service_behind_a_small_bulkhead_is_delivered_not_
 }
 
 // ===== refusals wrapped by another layer =====
-
-/// Another layer's error that keeps the refusal it wraps as its source.
-#[derive(Debug)]
-struct Wrapped(BoxError);
-
-impl fmt::Display for Wrapped {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the client gave up: {}", self.0)
-    }
-}
-
-impl StdError for Wrapped {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(self.0.as_ref())
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_shed_wrapped_in_another_error_is_counted_as_shed() {

@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 
 pub(crate) mod breaker;
+pub(crate) mod bulkhead;
 pub(crate) mod capture;
+pub(crate) mod handoff;
 
 use std::error::Error as StdError;
 use std::fmt;
