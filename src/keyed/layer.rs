@@ -160,7 +160,7 @@ impl<Request, K, F, C> KeyedBuilder<Request, K, F, C> {
     /// call in flight, a closed breaker), the least recently used as far as a CLOCK hand can
     /// tell; if every key is busy, the call is refused with
     /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), counted by
-    /// [`KeyedHandle::refused`]. At least 1.
+    /// [`KeyedCounts::refused`](super::KeyedCounts::refused). At least 1.
     pub fn max_keys(mut self, max: usize) -> Self {
         self.max_keys = max;
         self

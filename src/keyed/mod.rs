@@ -71,7 +71,7 @@
 //!   call in flight, breaker closed, no probe out), the least recently used as far as a CLOCK
 //!   hand can tell (each call sets a bit; the hand clears it as it passes and evicts the first
 //!   idle key whose bit is clear). If no key is idle, the call for the new key is shed with
-//!   `BulkheadFull` and counted by [`KeyedHandle::refused`]: the bound holds, and existing keys
+//!   `BulkheadFull` and counted by [`KeyedCounts::refused`]: the bound holds, and existing keys
 //!   keep their state. An evicted key forgets its breaker's window: size `max_keys` above the
 //!   number of keys in use at once, so that a key failing now and then is not evicted between
 //!   its failures before they add up.
