@@ -71,8 +71,9 @@
 //!
 //! # Counters
 //!
-//! [`BulkheadHandle`] reports the calls in flight, the callers waiting, and, since the layer was
-//! built, the calls admitted and the calls shed.
+//! [`BulkheadHandle::counts`] takes a snapshot, [`BulkheadCounts`], of the calls in flight, the
+//! callers waiting, and, since the layer was built, the calls admitted and the calls shed: the
+//! same shape as the breaker's, the keyed layer's and the hand-off's `counts()`.
 
 mod compartment;
 mod error;

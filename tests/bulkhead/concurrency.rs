@@ -6,13 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time;
-use tower::{service_fn, Service};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 use tanker::bulkhead::{BulkheadFull, BulkheadLayer};
 
 use crate::support::bulkhead::*;
-use tower::Layer;
-use tower::ServiceExt;
 
 /// An inner service that records how many of its calls run at once, and yields a few times.
 #[derive(Clone, Default)]

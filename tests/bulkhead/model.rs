@@ -5,13 +5,12 @@
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 use tokio_test::task;
-use tower::service_fn;
+use tower::{service_fn, Layer};
 use tower_test::mock;
 
 use tanker::bulkhead::BulkheadFull;
 
 use crate::support::bulkhead::*;
-use tower::Layer;
 
 #[derive(Debug, Clone)]
 enum Op {

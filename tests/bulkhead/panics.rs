@@ -2,13 +2,11 @@
 
 use std::convert::Infallible;
 
-use tower::{service_fn, Service};
+use tower::{service_fn, Layer, Service, ServiceExt};
 
 use tanker::bulkhead::BulkheadLayer;
 
 use crate::support::bulkhead::*;
-use tower::Layer;
-use tower::ServiceExt;
 
 /// An inner service whose `call` panics for a request of `true`.
 fn panicking_inner() -> impl Service<

@@ -1,13 +1,12 @@
 //! One compartment per layer value: services and clones share it, separate layers do not.
 
 use tokio_test::{assert_ready_ok, task};
-use tower::ServiceBuilder;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_test::mock;
 
-use crate::support::bulkhead::*;
 use tanker::ServiceBuilderExt;
-use tower::Layer;
-use tower::Service;
+
+use crate::support::bulkhead::*;
 
 #[tokio::test(start_paused = true)]
 async fn services_built_from_one_layer_share_one_capacity() {

@@ -11,10 +11,10 @@ use tower::{service_fn, BoxError, ServiceBuilder};
 use tanker::breaker::{BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::Sent;
+use tanker::ServiceBuilderExt;
 
 use crate::support::handoff::*;
 use crate::support::DependencyDown;
-use tanker::ServiceBuilderExt;
 
 #[tokio::test(start_paused = true)]
 async fn every_outcome_is_counted_once_and_the_identity_holds() {

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tower::ServiceExt;
 use tower_test::mock;
 
 use tanker::handoff::{CloseReport, HandoffCounts, Sent};
 
 use crate::support::handoff::*;
 use crate::support::DependencyDown;
-use tower::ServiceExt;
 
 #[tokio::test(start_paused = true)]
 async fn close_drains_queued_and_in_flight_records_and_drops_later_sends() {

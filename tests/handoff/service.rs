@@ -7,13 +7,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::noop_waker;
-use tower::{service_fn, BoxError, Service, ServiceBuilder};
+use futures::FutureExt;
+use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
 
 use tanker::handoff::Sent;
 
 use crate::support::handoff::*;
-use futures::FutureExt;
-use tower::ServiceExt;
 
 /// Compile-time check: the hand-off is a service that cannot fail and answers with `Sent`.
 fn assert_infallible_service<S, Req>(_: &S)

@@ -2,7 +2,7 @@
 //! admitted or shed.
 
 // Each test binary uses the part it needs.
-#![allow(dead_code, unused_imports, unused_macros)]
+#![allow(dead_code, unused_macros)]
 
 use std::time::Duration;
 
@@ -54,6 +54,7 @@ macro_rules! request {
         .unwrap_or_else(|_| panic!("the inner service never received {:?}", $expect))
     };
 }
+#[allow(unused_imports)] // a binary that never uses `request!`
 pub(crate) use request;
 
 /// `ServiceExt::ready`, except that readiness must come at once: without a waiting room, a full

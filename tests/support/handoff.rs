@@ -2,7 +2,7 @@
 //! paused time, and the accounting checks.
 
 // Each test binary uses the part it needs.
-#![allow(dead_code, unused_imports, unused_macros)]
+#![allow(dead_code)]
 
 use std::future::{pending, ready, Ready};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -11,9 +11,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::time;
 use tower::timeout::Timeout;
-use tower::{service_fn, BoxError, Service};
+use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
 use tower_test::mock;
 
 use tanker::breaker::{Breaker, BreakerLayer, BreakerState};
@@ -21,9 +22,6 @@ use tanker::bulkhead::{Bulkhead, BulkheadLayer};
 use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
 
 use crate::support::DependencyDown;
-use futures::FutureExt;
-use tower::Layer;
-use tower::ServiceExt;
 
 /// The idle tick most tests use (the builder's default).
 pub(crate) const TICK: Duration = Duration::from_millis(1);
