@@ -78,6 +78,13 @@ where
         self.table.outage()
     }
 
+    /// The identity the layer as a whole gives its refusals: during a cluster-wide
+    /// [`outage`](Self::outage), and for a new key refused by a full table. A key's own refusals
+    /// name its breaker's or compartment's domain ([`KeyHandle::breaker`], [`KeyHandle::bulkhead`]).
+    pub fn domain(&self) -> crate::Domain {
+        self.table.domain
+    }
+
     /// Idle keys evicted to make room for new ones since the layer was built.
     pub fn evicted(&self) -> u64 {
         self.table.evicted()
