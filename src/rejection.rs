@@ -99,10 +99,9 @@ impl Rejection {
                     retry_after: open.retry_after(),
                 };
                 Some((rejection, open.domain()))
-            } else if let Some(full) = err.downcast_ref::<BulkheadFull>() {
-                Some((Self::BulkheadFull, full.domain()))
             } else {
-                None
+                err.downcast_ref::<BulkheadFull>()
+                    .map(|full| (Self::BulkheadFull, full.domain()))
             }
         })
     }

@@ -240,15 +240,22 @@ async fn the_queue_drops_the_newest_only_when_full() {
     let accepted = send_all(&handoff, 0..10);
     assert_eq!(accepted, 10, "room for every record so far");
     run_for(Duration::from_millis(50)).await;
-    // The worker took the first record and parked it: one place came free.
-    let more = send_all(&handoff, 10..30);
+    // The worker parked what the breaker refused, up to the capacity: the queue came free once.
+    let more = send_all(&handoff, 10..40);
     let counts = handoff.counts();
-    assert_eq!(counts.dropped, u64::from(20 - more), "{counts:?}");
+    assert_eq!(counts.dropped, u64::from(30 - more), "{counts:?}");
+    assert_eq!(more, 10, "the parking's room, then the queue's: {counts:?}");
     assert!(
-        more <= 4,
-        "at most the worker's concurrency more: {counts:?}"
+        counts.parked <= 10 + 4,
+        "parking stops at capacity: {counts:?}"
     );
-    assert_identity(&counts);
+    run_for(Duration::from_millis(500)).await;
+    assert_eq!(
+        send_all(&handoff, 40..50),
+        0,
+        "both full: the newest are dropped"
+    );
+    assert_identity(&handoff.counts());
 
     breaker.reset();
     let counts = settle(&handoff).await;

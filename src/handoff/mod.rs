@@ -86,6 +86,7 @@ mod builder;
 mod doorbell;
 mod error;
 mod front;
+mod parking;
 mod shared;
 mod weigh;
 mod worker;

@@ -136,8 +136,10 @@ struct Back {
     failed: AtomicU64,
     /// Records that outlived the hand-off's maximum age before they could be sent.
     expired: AtomicU64,
-    /// Records taken out of the queue and not finished yet, in the stack or about to enter it.
-    in_flight: AtomicU64,
+    /// Records ever taken out of the queue. Those not finished nor parked are in flight: a
+    /// snapshot derives that count (and the queue's, from `accepted`), so that a record moving
+    /// between two counters is never seen in both or in neither.
+    taken: AtomicU64,
     /// Records back in the worker's hands, waiting for the stack to take them again: refused by
     /// an open breaker or a full bulkhead, or given one more try after a dependency fault.
     parked: AtomicU64,
@@ -158,8 +160,6 @@ pub(crate) enum Outcome {
     Failed,
     /// Older than the hand-off's maximum age when its turn came.
     Expired,
-    /// Back in the worker's hands, to be tried again (see [`Back::parked`]).
-    Parked,
 }
 
 impl<Req> Shared<Req> {
@@ -192,7 +192,7 @@ impl<Req> Shared<Req> {
                 rejected: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
-                in_flight: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
                 parked: AtomicU64::new(0),
                 retried: AtomicU64::new(0),
             }),
@@ -365,18 +365,15 @@ impl<Req> Shared<Req> {
         self.buffer.len()
     }
 
-    /// Takes the oldest record, counted in flight until [`finish`](Self::finish).
+    /// Takes the oldest record, in flight until [`finish`](Self::finish) (or
+    /// [`park`](Self::park)).
     pub(crate) fn take(&self) -> Option<Envelope<Req>> {
-        if self.buffer.is_empty() {
-            return None;
-        }
-        // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
-        self.back.in_flight.fetch_add(1, Ordering::AcqRel);
-        let request = self.buffer.take();
-        if request.is_none() {
-            self.back.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-        request
+        let request = self.buffer.take()?;
+        // Only this worker writes the back counters, each with one `Release` add: a snapshot
+        // that sees a record's outcome (or its parking) sees it taken too.
+        let taken = self.back.taken.load(Ordering::Relaxed);
+        self.back.taken.store(taken + 1, Ordering::Release);
+        Some(request)
     }
 
     /// Counts the outcome of a record [taken](Self::take).
@@ -388,18 +385,19 @@ impl<Req> Shared<Req> {
             Outcome::Rejected => &back.rejected,
             Outcome::Failed => &back.failed,
             Outcome::Expired => &back.expired,
-            Outcome::Parked => &back.parked,
         };
-        // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
+        // One counter moves: the record leaves `in_flight` (derived) as it enters this one.
         counter.fetch_add(1, Ordering::SeqCst);
-        back.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A record in flight is parked: one counter moves, as in [`finish`](Self::finish).
+    pub(crate) fn park(&self) {
+        self.back.parked.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A parked record goes back into the stack: in flight again.
     pub(crate) fn unpark(&self) {
-        let back = &*self.back;
-        back.in_flight.fetch_add(1, Ordering::SeqCst);
-        back.parked.fetch_sub(1, Ordering::Release);
+        self.back.parked.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Counts a record given one more try after a dependency fault.
@@ -457,22 +455,27 @@ impl<Req> Shared<Req> {
     }
 
     pub(crate) fn counts(&self) -> HandoffCounts {
-        // Outcomes are read before `accepted`, and `in_flight` and the queue in between, so a
-        // snapshot taken while records move never shows more finished records than accepted.
+        // Every record is in exactly one place, and each move changes one counter: finished
+        // or parked (read first), in flight (taken and neither: `taken` read after them, so it
+        // holds every record they hold), queued (accepted and not taken: `accepted` read last,
+        // so it holds every record taken). A record that moves between the reads is counted in
+        // the one place the reads saw it, never in two or none: the identity holds exactly in
+        // every snapshot, and a miscount by the worker shows as a snapshot that is not balanced.
         let back = &*self.back;
         let delivered = back.delivered.load(Ordering::Acquire);
         let shed = back.shed.load(Ordering::Acquire);
         let rejected = back.rejected.load(Ordering::Acquire);
         let failed = back.failed.load(Ordering::Acquire);
         let expired = back.expired.load(Ordering::Acquire);
-        // `parked` before `in_flight`: a record moves from `parked` to `in_flight` by adding
-        // there first, so it is seen at least once.
         let parked = back.parked.load(Ordering::Acquire);
-        let in_flight = back.in_flight.load(Ordering::Acquire);
+        let taken = back.taken.load(Ordering::Acquire);
         let retried = back.retried.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed) as u64;
-        let queued = self.buffer.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
+        let held = delivered + shed + rejected + failed + expired + parked;
+        // Saturated, a miscount leaves the snapshot unbalanced rather than wrapping.
+        let in_flight = taken.saturating_sub(held);
+        let queued = accepted.saturating_sub(taken);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
         let dropped = self.front.dropped_full.load(Ordering::Acquire) + dropped_closed;
         HandoffCounts {
