@@ -192,7 +192,8 @@ impl<Req> Lot<Req> {
     }
 
     /// Parks a record for its one more try after a dependency fault: it goes again after the
-    /// next call that succeeds, or after [`LOOK_AGAIN`], whichever comes first.
+    /// next call that succeeds, or after [`LOOK_AGAIN`] if no domain is refusing, whichever
+    /// comes first.
     pub(super) fn faulted(&mut self, record: Held<Req>, now: Instant) {
         let at = self.faulted.partition_point(|held| held.seq <= record.seq);
         self.faulted.insert(at, record);
@@ -253,10 +254,12 @@ impl<Req> Lot<Req> {
             }
         }
         if let Some(at) = self.faulted_until {
-            if at <= now {
-                self.faulted_due = true;
-            } else {
+            // While a domain refuses, the faulted records wait for a success (a probe's): sent
+            // on a timer, one could take the breaker's probe and fail its last try.
+            if at > now {
                 next = Some(next.map_or(at, |next| next.min(at)));
+            } else if self.bays.is_empty() {
+                self.faulted_due = true;
             }
         }
         next

@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -225,6 +226,8 @@ where
     /// `None` on a runtime without the time driver: the worker then parks as soon as it is
     /// idle, senders ring it, and it publishes its counters only when it wakes.
     tick: Option<Interval>,
+    /// Whether a call ended other than by a refusal since [`busy`](Self::busy) last looked.
+    worked: bool,
     /// Whether `tick` is the slow one ([`SLOW_TICK`]).
     slow: bool,
     /// Since when the worker has had nothing to start, as seen at its ticks (read at ticks only,
@@ -292,6 +295,7 @@ where
             now: 0,
             bell,
             tick,
+            worked: false,
             slow: false,
             idle_since: None,
             #[cfg(feature = "metrics")]
@@ -428,6 +432,7 @@ where
     /// A call left the stack other than by a refusal: a full bulkhead has a slot again, and a
     /// probe's bay learns how it went.
     fn call_ended(&mut self, delivered: bool, probe_of: Option<Domain>) {
+        self.worked = true;
         if !self.park && !self.retry {
             return;
         }
@@ -626,7 +631,7 @@ where
         if self.idle_since.is_none() && !self.slow {
             return;
         }
-        if self.lot.any_paused() {
+        if !mem::take(&mut self.worked) && self.lot.any_paused() {
             // A refusal that parked its record is no sign of a dependency taking work: keep
             // slowing down, so that an outage costs ten wake-ups a second, not a thousand.
             return;
