@@ -501,9 +501,10 @@ impl<Req> Shared<Req> {
 ///
 /// Every record offered is counted exactly once: `offered = accepted + dropped`, and
 /// `accepted = delivered + expired + shed + rejected + failed + pending`, where `pending =
-/// queued + parked + in_flight`. At a quiescent moment (nothing being sent or finishing) both identities hold
-/// exactly; [`is_balanced`](Self::is_balanced) checks them. A snapshot taken while records move
-/// may be a few records apart.
+/// queued + parked + in_flight`. Both identities hold exactly in every snapshot, also while
+/// records move (a record is counted in the one place the snapshot saw it);
+/// [`is_balanced`](Self::is_balanced) checks them, and fails if the worker ever miscounted.
+/// `queued` includes a sender between its reservation and its push.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HandoffCounts {
