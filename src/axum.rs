@@ -171,6 +171,7 @@ fn whole_seconds(after: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Domain;
 
     /// Another layer's error with `err` as its source, as axum wraps errors.
     fn wrapped(err: impl Into<BoxError>) -> BoxError {
@@ -178,7 +179,7 @@ mod tests {
     }
 
     fn open_for(millis: u64) -> BreakerOpen {
-        BreakerOpen::new(Some(Duration::from_millis(millis)))
+        BreakerOpen::new(Some(Duration::from_millis(millis)), Domain::DETACHED)
     }
 
     fn retry_after(response: &Response) -> Option<&str> {
@@ -218,7 +219,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_refusal_is_503_and_says_what_refused() {
-        let response = BulkheadFull::new().into_response();
+        let response = BulkheadFull::new(Domain::DETACHED).into_response();
         assert_eq!(
             unavailable(&response),
             None,
@@ -230,7 +231,7 @@ mod tests {
         assert_eq!(unavailable(&response), Some("2"));
         assert_eq!(body(response).await, "circuit breaker is open\n");
 
-        let response = BreakerOpen::new(None).into_response();
+        let response = BreakerOpen::new(None, Domain::DETACHED).into_response();
         assert_eq!(
             unavailable(&response),
             None,
@@ -246,13 +247,13 @@ mod tests {
 
     #[tokio::test]
     async fn handle_error_finds_refusals_through_sources() {
-        let response = handle_error(Box::new(BulkheadFull::new())).await;
+        let response = handle_error(Box::new(BulkheadFull::new(Domain::DETACHED))).await;
         assert_eq!(unavailable(&response), None);
         let response = handle_error(Box::new(open_for(1_200))).await;
         assert_eq!(unavailable(&response), Some("2"));
         let response = handle_error(wrapped(wrapped(open_for(300)))).await;
         assert_eq!(unavailable(&response), Some("1"));
-        let response = handle_error(wrapped(BreakerOpen::new(None))).await;
+        let response = handle_error(wrapped(BreakerOpen::new(None, Domain::DETACHED))).await;
         assert_eq!(unavailable(&response), None);
     }
 

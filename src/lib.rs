@@ -337,6 +337,7 @@ pub mod breaker;
 mod builder;
 pub mod bulkhead;
 mod clock;
+mod domain;
 mod error;
 pub mod handoff;
 #[cfg(feature = "kafka")]
@@ -350,6 +351,7 @@ mod telemetry;
 pub mod tonic;
 
 pub use crate::builder::ServiceBuilderExt;
+pub use crate::domain::Domain;
 pub use crate::error::ConfigError;
 pub use crate::rejection::Rejection;
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
+use crate::Domain;
 
 /// `err` and the errors of its [`source`](std::error::Error::source) chain, nearest first: the
 /// crate's one walk of a source chain.
@@ -64,15 +65,43 @@ impl Rejection {
     /// counts such an error as its dependency's failure, whatever the classifier, and the
     /// response mappings of the `axum` and `tonic` features answer it with "unavailable".
     pub fn find(err: &(dyn StdError + 'static)) -> Option<Self> {
+        Self::find_with_domain(err).map(|(rejection, _)| rejection)
+    }
+
+    /// As [`find`](Self::find), with the [`Domain`] of the breaker or bulkhead that refused: the
+    /// hand-off parks records per domain with it.
+    ///
+    /// ```
+    /// use tower::{service_fn, BoxError, Service, ServiceExt};
+    /// use tanker::bulkhead::BulkheadLayer;
+    /// use tanker::{Rejection, ServiceBuilderExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let layer = BulkheadLayer::new(1)?;
+    /// let domain = layer.handle().domain();
+    /// let mut svc = tower::ServiceBuilder::new()
+    ///     .bulkhead(layer)
+    ///     .service(service_fn(|()| std::future::pending::<Result<(), BoxError>>()));
+    /// let _busy = svc.ready().await?.call(()); // takes the only slot
+    /// let shed = svc.ready().await?.call(()).await.unwrap_err();
+    /// assert_eq!(
+    ///     Rejection::find_with_domain(&*shed),
+    ///     Some((Rejection::BulkheadFull, domain))
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn find_with_domain(err: &(dyn StdError + 'static)) -> Option<(Self, Domain)> {
         chain(err).find_map(|err| {
             if let Some(open) = err.downcast_ref::<BreakerOpen>() {
-                Some(Self::BreakerOpen {
+                let rejection = Self::BreakerOpen {
                     retry_after: open.retry_after(),
-                })
-            } else if err.is::<BulkheadFull>() {
-                Some(Self::BulkheadFull)
+                };
+                Some((rejection, open.domain()))
             } else {
-                None
+                err.downcast_ref::<BulkheadFull>()
+                    .map(|full| (Self::BulkheadFull, full.domain()))
             }
         })
     }
@@ -90,9 +119,9 @@ impl Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::BulkheadFull => fmt::Display::fmt(&BulkheadFull::new(), f),
+            Self::BulkheadFull => fmt::Display::fmt(&BulkheadFull::new(Domain::DETACHED), f),
             Self::BreakerOpen { retry_after } => {
-                fmt::Display::fmt(&BreakerOpen::new(*retry_after), f)
+                fmt::Display::fmt(&BreakerOpen::new(*retry_after, Domain::DETACHED), f)
             }
         }
     }
@@ -138,14 +167,14 @@ mod tests {
 
     #[test]
     fn finds_each_refusal_directly_and_through_sources() {
-        let open = BreakerOpen::new(Some(Duration::from_secs(3)));
+        let open = BreakerOpen::new(Some(Duration::from_secs(3)), Domain::DETACHED);
         assert_eq!(
             Rejection::find(&open),
             Some(Rejection::BreakerOpen {
                 retry_after: Some(Duration::from_secs(3))
             })
         );
-        let wrapped = Wrapped(Box::new(BulkheadFull::new()));
+        let wrapped = Wrapped(Box::new(BulkheadFull::new(Domain::DETACHED)));
         assert_eq!(Rejection::find(&wrapped), Some(Rejection::BulkheadFull));
         assert_eq!(Rejection::find(&wrapped).unwrap().retry_after(), None);
         let twice = Wrapped(Box::new(Wrapped(Box::new(open))));
@@ -153,6 +182,24 @@ mod tests {
             Rejection::find(&twice).and_then(|r| r.retry_after()),
             Some(Duration::from_secs(3))
         );
+    }
+
+    #[test]
+    fn find_with_domain_names_the_refusing_domain_through_sources() {
+        let domain = Domain::new();
+        let open = BreakerOpen::new(None, domain);
+        let twice = Wrapped(Box::new(Wrapped(Box::new(open))));
+        assert_eq!(
+            Rejection::find_with_domain(&twice),
+            Some((Rejection::BreakerOpen { retry_after: None }, domain))
+        );
+        let full = BulkheadFull::new(domain);
+        assert_eq!(
+            Rejection::find_with_domain(&full),
+            Some((Rejection::BulkheadFull, domain))
+        );
+        let other: Box<dyn StdError + Send + Sync> = "refused by the peer".into();
+        assert_eq!(Rejection::find_with_domain(other.as_ref()), None);
     }
 
     #[test]

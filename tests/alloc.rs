@@ -98,7 +98,8 @@ fn the_allocator_counts() {
     let (e, n) = count(|| std::hint::black_box(BoxError::from(Failed)));
     assert!(e.is::<Failed>());
     assert_eq!(n, 0, "boxing a zero-sized error allocates nothing");
-    assert_eq!(std::mem::size_of::<BulkheadFull>(), 0);
+    // A refusal names its domain (a u64): boxing it is one small allocation.
+    assert_eq!(std::mem::size_of::<BulkheadFull>(), 8);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -410,7 +411,7 @@ fn echo_or_hold() -> impl Service<
 }
 
 #[test]
-fn shedding_allocates_nothing() {
+fn shedding_allocates_at_most_the_boxed_error() {
     let layer = BulkheadLayer::new(1).unwrap();
     let handle = layer.handle();
     let mut svc = layer.layer(echo_or_hold());
@@ -429,9 +430,9 @@ fn shedding_allocates_nothing() {
         },
     );
     eprintln!("bulkhead, shed: {n} allocations in {CALLS} calls");
-    assert_eq!(
-        n, 0,
-        "BulkheadFull is zero-sized: boxing it allocates nothing"
+    assert!(
+        n <= CALLS,
+        "{n} allocations: more than one per shed call (BulkheadFull names its domain, 8 bytes)"
     );
     assert_eq!(handle.counts().shed, WARM_UP + CALLS);
     drop(held);

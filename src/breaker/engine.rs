@@ -23,6 +23,7 @@ use super::state::{Admission, BreakerState, Machine, ProbeEnd, Transition};
 use super::ticker;
 use super::window::{Sample, Totals, Window};
 use super::word::{StateWord, Word};
+use crate::Domain;
 
 pub(crate) struct Engine {
     word: StateWord,
@@ -39,6 +40,8 @@ pub(crate) struct Engine {
     policy: Policy,
     origin: Origin,
     events: Events,
+    /// Named in its refusals, so that a hand-off parks only what this breaker refused.
+    pub(crate) domain: Domain,
 }
 
 impl AsRef<Window> for Engine {
@@ -72,6 +75,7 @@ impl Engine {
             policy,
             origin,
             events: Events::new(name),
+            domain: Domain::new(),
         });
         ticker::start(&engine);
         engine

@@ -36,6 +36,11 @@ impl BreakerHandle {
         self.engine.name()
     }
 
+    /// The breaker's identity, as its refusals name it ([`BreakerOpen::domain`](super::BreakerOpen::domain)).
+    pub fn domain(&self) -> crate::Domain {
+        self.engine.domain
+    }
+
     /// When the state last changed.
     pub fn last_transition(&self) -> Instant {
         self.engine.view().last_transition

@@ -273,7 +273,7 @@ impl<S, C> Breaker<S, C> {
     #[cold]
     fn reject<F>(&self) -> ResponseFuture<F, C> {
         self.engine.count_rejection();
-        ResponseFuture::rejected(BreakerOpen::new(self.retry_after))
+        ResponseFuture::rejected(BreakerOpen::new(self.retry_after, self.engine.domain))
     }
 }
 

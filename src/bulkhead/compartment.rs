@@ -15,6 +15,7 @@ use super::room::{Place, WaitingRoom};
 use super::slots::Slots;
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
+use crate::Domain;
 
 /// One compartment: its slots, its optional waiting room and its counters.
 ///
@@ -25,6 +26,8 @@ pub(crate) struct Compartment {
     shed: AtomicU64,
     room: Option<WaitingRoom>,
     name: Arc<str>,
+    /// Named in its refusals, so that a hand-off parks only what this compartment shed.
+    domain: Domain,
     metrics: CompartmentMetrics,
     /// Spaces out the warnings about shedding.
     shed_reports: Throttle,
@@ -90,6 +93,7 @@ impl Compartment {
         Self {
             metrics: CompartmentMetrics::new(&name, max_in_flight),
             name,
+            domain: Domain::new(),
             shed_reports: Throttle::new(),
             slots: Slots::new(max_in_flight),
             shed: AtomicU64::new(0),
@@ -227,6 +231,11 @@ impl Compartment {
     /// The name given to the builder.
     pub(crate) fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The identity this compartment's refusals carry.
+    pub(crate) fn domain(&self) -> Domain {
+        self.domain
     }
 
     /// Slots taken now, never more than the capacity.

@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::Domain;
+
 /// The compartment could not take the call, so it was shed.
 ///
 /// Returned (boxed as [`tower::BoxError`]) by a [`Bulkhead`](super::Bulkhead) when the maximum
@@ -9,16 +11,23 @@ use std::fmt;
 /// has passed. It is also returned when the inner service was not ready: the call is shed rather
 /// than queued behind a dependency that cannot take it. The inner service never sees a shed call.
 ///
-/// Recognise it with `err.is::<BulkheadFull>()`. The type is zero-sized, so boxing it does not
-/// allocate.
+/// Recognise it with `err.is::<BulkheadFull>()`; [`domain`](Self::domain) says which
+/// compartment shed the call. Boxing it costs one small allocation (8 bytes), as a
+/// [`BreakerOpen`](crate::breaker::BreakerOpen) does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BulkheadFull {
-    _priv: (),
+    domain: Domain,
 }
 
 impl BulkheadFull {
-    pub(crate) const fn new() -> Self {
-        Self { _priv: () }
+    pub(crate) const fn new(domain: Domain) -> Self {
+        Self { domain }
+    }
+
+    /// The compartment that shed the call: its layer value's, or in a keyed layer its key's (or
+    /// the whole layer's, for a new key refused by a full table). See [`Domain`].
+    pub fn domain(&self) -> Domain {
+        self.domain
     }
 }
 

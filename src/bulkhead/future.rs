@@ -11,6 +11,7 @@ use tower::BoxError;
 
 use super::compartment::Compartment;
 use super::error::BulkheadFull;
+use crate::Domain;
 
 /// A slot of the compartment, given back when dropped.
 ///
@@ -55,7 +56,7 @@ pin_project! {
             future: F,
             slot: Option<Slot>,
         },
-        Shed,
+        Shed { domain: Domain },
     }
 }
 
@@ -69,8 +70,11 @@ impl<F> ResponseFuture<F> {
         }
     }
 
-    pub(crate) fn shed() -> Self {
-        Self { kind: Kind::Shed }
+    /// A call `domain` shed.
+    pub(crate) fn shed(domain: Domain) -> Self {
+        Self {
+            kind: Kind::Shed { domain },
+        }
     }
 }
 
@@ -89,7 +93,7 @@ where
                 drop(slot.take());
                 Poll::Ready(output.map_err(Into::into))
             }
-            KindProj::Shed => Poll::Ready(Err(BulkheadFull::new().into())),
+            KindProj::Shed { domain } => Poll::Ready(Err(BulkheadFull::new(*domain).into())),
         }
     }
 }
@@ -98,7 +102,7 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match self.kind {
             Kind::Called { .. } => "called",
-            Kind::Shed => "shed",
+            Kind::Shed { .. } => "shed",
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)

@@ -30,6 +30,11 @@ impl BulkheadHandle {
         self.compartment.name()
     }
 
+    /// The compartment's identity, as its refusals name it ([`BulkheadFull::domain`](super::BulkheadFull::domain)).
+    pub fn domain(&self) -> crate::Domain {
+        self.compartment.domain()
+    }
+
     /// The configured maximum number of calls in flight.
     pub fn max_in_flight(&self) -> usize {
         self.compartment.max_in_flight() as usize

@@ -276,7 +276,7 @@ impl<S> Bulkhead<S> {
     #[cold]
     fn shed<F>(&self) -> ResponseFuture<F> {
         self.compartment.record_shed();
-        ResponseFuture::shed()
+        ResponseFuture::shed(self.compartment.domain())
     }
 }
 

@@ -26,7 +26,7 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
 /// | [`max_age`](Self::max_age) | 5 min | a record parked longer than that is discarded (counted as expired) when its turn comes, so that a long outage ends with fresh data, and a closed hand-off behind a breaker that never closes again still ends |
 /// | [`max_bytes`](Self::max_bytes) | none | bounding by bytes needs to know what a record weighs: give a weight function (for Kafka, `.max_bytes(64 << 20, Record::weight)`, as the README's quick start does) |
-/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the dependency instead of being lost; the queue, bounded, is the budget |
+/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the domain that refused it instead of being lost, while the other domains' records flow; at most `capacity` records park, then the queue fills and drops the newest |
 /// | [`retry_failed`](Self::retry_failed) | on | a record the dependency failed (a timeout, brokers down) most likely was not written; one more try once the dependency takes records again keeps it. At least once: it may have been written after all |
 ///
 /// # Parking
@@ -35,20 +35,34 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// `Clone`; for a Kafka [`Record`](crate::kafka::Record) that is a few reference counts). When
 /// the stack gives the record back without trying it, the record is *parked*, not lost:
 ///
-/// - refused by an open breaker ([`BreakerOpen`](crate::breaker::BreakerOpen)), it waits in the
-///   worker, and the worker starts nothing until the breaker's
+/// - refused by an open breaker ([`BreakerOpen`](crate::breaker::BreakerOpen)) or a full
+///   bulkhead ([`BulkheadFull`](crate::bulkhead::BulkheadFull)), it parks with the
+///   [`Domain`](crate::Domain) that refused it: that breaker or compartment, not the whole
+///   stack. Each domain waits on its own: a breaker until its
 ///   [`retry_after`](crate::breaker::BreakerOpen::retry_after) has passed, or 100 ms, whichever
-///   comes first (a half-open breaker may close well before its `retry_after`): a sick
-///   dependency gets only the breaker's probes, while new records wait in the queue;
-/// - refused by a full bulkhead, it is tried again a millisecond later;
+///   comes first (a half-open breaker may close well before); a full bulkhead until one of the
+///   hand-off's own calls ends, or, with none in the stack, 1 ms doubling up to 100 ms. Then
+///   the domain gets one record (its probe: the oldest that has not used its one more try),
+///   and once that one is delivered its records go again, oldest first. Meanwhile the worker
+///   keeps taking new records: those for a domain that is well flow at the offered rate, and
+///   those for a waiting domain are refused again at once (a refusal costs the dependency
+///   nothing) and join its line. Behind a per-broker [`KeyedLayer`](crate::keyed::KeyedLayer),
+///   one sick broker parks only its own records; one breaker over the whole stack (or a keyed
+///   layer's cluster-wide outage) is one domain, so everything parks behind one pause;
 /// - failed with a dependency fault (a tower timeout, or a Kafka error whose
 ///   [`Fault`](crate::kafka::Fault) is the dependency's), it gets one more try, unless
-///   [`retry_failed`](Self::retry_failed) is off. A caller's fault is never retried.
+///   [`retry_failed`](Self::retry_failed) is off: not at once, but after the next call that
+///   succeeds, or after 100 ms if no domain is refusing. A caller's fault is never retried.
 ///
-/// Parked records are sent again oldest first, before anything newer from the queue. They came
-/// out of calls in flight, so memory stays bounded by `capacity` queued plus `concurrency`
-/// records in the worker, whatever the dependency does. The queue fills while the worker
-/// waits; once it is full, `send` drops the newest records, as always.
+/// A backlog drains oldest first, ahead of new records, for up to half of each turn of the
+/// worker (512 records), so that new records are never starved; beyond that, records offered
+/// meanwhile may overtake it. Parked and queued records share the one `capacity`: while
+/// records are parked, a sender finds the queue full as soon as queued plus parked records
+/// reach it, and the newest are dropped, as always. So the hand-off holds at most `capacity`
+/// records waiting (give or take the senders racing the check) plus `concurrency` in the
+/// stack; [`max_bytes`](Self::max_bytes) bounds the weight of all of
+/// them together. With both `park` and `retry_failed` off, the worker keeps no copy: the
+/// record itself goes into the stack, never cloned.
 ///
 /// ```
 /// use tanker::handoff::Handoff;

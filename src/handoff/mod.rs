@@ -59,7 +59,8 @@
 //! # Accounting
 //!
 //! Every record offered is counted once: `offered = accepted + dropped` and
-//! `accepted = delivered + shed + rejected + failed + pending`; see [`HandoffCounts`]. A
+//! `accepted = delivered + expired + shed + rejected + failed + pending`, exactly in every
+//! snapshot; see [`HandoffCounts`]. A
 //! record refused by a bulkhead or a breaker counts as shed or rejected also when another layer
 //! wrapped the refusal in its own error ([`Rejection::find`](crate::Rejection::find)).
 //!
@@ -75,17 +76,28 @@
 //! a burst does not wait for the tick. On a runtime without the time driver the worker has no
 //! tick: it parks, and the first sender after a pause wakes it.
 //!
+//! # Parking, per failure domain
+//!
+//! A record the stack refused (an open breaker, a full bulkhead) is not lost: it parks in the
+//! worker with the [`Domain`](crate::Domain) that refused it, and that domain alone waits
+//! before it is tried again; records for the other domains keep flowing. A record that failed
+//! with a dependency fault gets one more try once the dependency looks healthy again. See
+//! [Parking](HandoffBuilder#parking) for the rules, the pauses and the bounds. In the
+//! counts, a parked record is `pending` (and `parked`), and moves between `parked` and
+//! `in_flight` without ever being counted twice: every snapshot is balanced.
+//!
 //! # Memory
 //!
-//! Bounded by configuration whatever the dependency does: `capacity` queued requests plus
-//! `concurrency` calls in flight (plus whatever the stack itself buffers, such as librdkafka's
-//! bounded queue).
+//! Bounded by configuration whatever the dependency does: `capacity` requests queued or
+//! parked together, and `concurrency` calls in flight (plus whatever the stack itself
+//! buffers, such as librdkafka's bounded queue); `max_bytes` bounds their weight together.
 
 mod buffer;
 mod builder;
 mod doorbell;
 mod error;
 mod front;
+mod parking;
 mod shared;
 mod weigh;
 mod worker;

@@ -127,6 +127,11 @@ struct Front {
     dropped_full: AtomicU64,
     /// Records refused because the hand-off was closed.
     dropped_closed: AtomicU64,
+    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
+    /// an open breaker or a full bulkhead, or given one more try after a dependency fault. Here,
+    /// beside the senders' counters, because senders read it: parked records and queued ones
+    /// share the one `capacity`. Only the worker writes it, and only while something is parked.
+    parked: AtomicU64,
 }
 
 struct Back {
@@ -136,11 +141,10 @@ struct Back {
     failed: AtomicU64,
     /// Records that outlived the hand-off's maximum age before they could be sent.
     expired: AtomicU64,
-    /// Records taken out of the queue and not finished yet, in the stack or about to enter it.
-    in_flight: AtomicU64,
-    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
-    /// an open breaker or a full bulkhead, or given one more try after a dependency fault.
-    parked: AtomicU64,
+    /// Records ever taken out of the queue. Those not finished nor parked are in flight: a
+    /// snapshot derives that count (and the queue's, from `accepted`), so that a record moving
+    /// between two counters is never seen in both or in neither.
+    taken: AtomicU64,
     /// Records given one more try after a dependency fault (a statistic; they are counted
     /// again by their next outcome).
     retried: AtomicU64,
@@ -158,8 +162,6 @@ pub(crate) enum Outcome {
     Failed,
     /// Older than the hand-off's maximum age when its turn came.
     Expired,
-    /// Back in the worker's hands, to be tried again (see [`Back::parked`]).
-    Parked,
 }
 
 impl<Req> Shared<Req> {
@@ -185,6 +187,7 @@ impl<Req> Shared<Req> {
                 accepted: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
                 dropped_closed: AtomicU64::new(0),
+                parked: AtomicU64::new(0),
             }),
             back: CachePadded::new(Back {
                 delivered: AtomicU64::new(0),
@@ -192,8 +195,7 @@ impl<Req> Shared<Req> {
                 rejected: AtomicU64::new(0),
                 failed: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
-                in_flight: AtomicU64::new(0),
-                parked: AtomicU64::new(0),
+                taken: AtomicU64::new(0),
                 retried: AtomicU64::new(0),
             }),
             drained: Notify::new(),
@@ -208,7 +210,7 @@ impl<Req> Shared<Req> {
     #[inline]
     pub(crate) fn offer(&self, request: Req) -> Sent {
         let front = &*self.front;
-        if self.buffer.is_full() {
+        if self.buffer.is_full() || self.parked_fill_the_rest() {
             if front.closed.load(Ordering::Relaxed) {
                 return self.drop_closed();
             }
@@ -263,6 +265,15 @@ impl<Req> Shared<Req> {
             .doorbell
             .after_push(|| self.buffer.len() * 2 >= self.buffer.capacity());
         Sent::Accepted
+    }
+
+    /// Whether the records parked in the worker take every place the queue has left: parked and
+    /// queued records share the one `capacity`, so that memory stays within it whatever the stack
+    /// does. One load when nothing is parked, which is all the time while the stack is healthy.
+    #[inline]
+    fn parked_fill_the_rest(&self) -> bool {
+        let parked = self.front.parked.load(Ordering::Relaxed);
+        parked != 0 && parked as usize + self.buffer.len() >= self.buffer.capacity()
     }
 
     /// Reserves `weight` bytes within `max_bytes`, or says there is no room. A compare-and-swap
@@ -365,18 +376,15 @@ impl<Req> Shared<Req> {
         self.buffer.len()
     }
 
-    /// Takes the oldest record, counted in flight until [`finish`](Self::finish).
+    /// Takes the oldest record, in flight until [`finish`](Self::finish) (or
+    /// [`park`](Self::park)).
     pub(crate) fn take(&self) -> Option<Envelope<Req>> {
-        if self.buffer.is_empty() {
-            return None;
-        }
-        // Counted as in flight before it leaves the queue, so that a snapshot never misses it.
-        self.back.in_flight.fetch_add(1, Ordering::AcqRel);
-        let request = self.buffer.take();
-        if request.is_none() {
-            self.back.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
-        request
+        let request = self.buffer.take()?;
+        // Only this worker writes the back counters, each with one `Release` add: a snapshot
+        // that sees a record's outcome (or its parking) sees it taken too.
+        let taken = self.back.taken.load(Ordering::Relaxed);
+        self.back.taken.store(taken + 1, Ordering::Release);
+        Some(request)
     }
 
     /// Counts the outcome of a record [taken](Self::take).
@@ -388,18 +396,19 @@ impl<Req> Shared<Req> {
             Outcome::Rejected => &back.rejected,
             Outcome::Failed => &back.failed,
             Outcome::Expired => &back.expired,
-            Outcome::Parked => &back.parked,
         };
-        // Count the outcome before leaving `in_flight`, so a snapshot never misses the record.
+        // One counter moves: the record leaves `in_flight` (derived) as it enters this one.
         counter.fetch_add(1, Ordering::SeqCst);
-        back.in_flight.fetch_sub(1, Ordering::Release);
+    }
+
+    /// A record in flight is parked: one counter moves, as in [`finish`](Self::finish).
+    pub(crate) fn park(&self) {
+        self.front.parked.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A parked record goes back into the stack: in flight again.
     pub(crate) fn unpark(&self) {
-        let back = &*self.back;
-        back.in_flight.fetch_add(1, Ordering::SeqCst);
-        back.parked.fetch_sub(1, Ordering::Release);
+        self.front.parked.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Counts a record given one more try after a dependency fault.
@@ -457,22 +466,27 @@ impl<Req> Shared<Req> {
     }
 
     pub(crate) fn counts(&self) -> HandoffCounts {
-        // Outcomes are read before `accepted`, and `in_flight` and the queue in between, so a
-        // snapshot taken while records move never shows more finished records than accepted.
+        // Every record is in exactly one place, and each move changes one counter: finished
+        // or parked (read first), in flight (taken and neither: `taken` read after them, so it
+        // holds every record they hold), queued (accepted and not taken: `accepted` read last,
+        // so it holds every record taken). A record that moves between the reads is counted in
+        // the one place the reads saw it, never in two or none: the identity holds exactly in
+        // every snapshot, and a miscount by the worker shows as a snapshot that is not balanced.
         let back = &*self.back;
         let delivered = back.delivered.load(Ordering::Acquire);
         let shed = back.shed.load(Ordering::Acquire);
         let rejected = back.rejected.load(Ordering::Acquire);
         let failed = back.failed.load(Ordering::Acquire);
         let expired = back.expired.load(Ordering::Acquire);
-        // `parked` before `in_flight`: a record moves from `parked` to `in_flight` by adding
-        // there first, so it is seen at least once.
-        let parked = back.parked.load(Ordering::Acquire);
-        let in_flight = back.in_flight.load(Ordering::Acquire);
+        let parked = self.front.parked.load(Ordering::Acquire);
+        let taken = back.taken.load(Ordering::Acquire);
         let retried = back.retried.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed) as u64;
-        let queued = self.buffer.len() as u64;
         let accepted = self.front.accepted.load(Ordering::Acquire);
+        let held = delivered + shed + rejected + failed + expired + parked;
+        // Saturated, a miscount leaves the snapshot unbalanced rather than wrapping.
+        let in_flight = taken.saturating_sub(held);
+        let queued = accepted.saturating_sub(taken);
         let dropped_closed = self.front.dropped_closed.load(Ordering::Acquire);
         let dropped = self.front.dropped_full.load(Ordering::Acquire) + dropped_closed;
         HandoffCounts {
@@ -498,9 +512,10 @@ impl<Req> Shared<Req> {
 ///
 /// Every record offered is counted exactly once: `offered = accepted + dropped`, and
 /// `accepted = delivered + expired + shed + rejected + failed + pending`, where `pending =
-/// queued + parked + in_flight`. At a quiescent moment (nothing being sent or finishing) both identities hold
-/// exactly; [`is_balanced`](Self::is_balanced) checks them. A snapshot taken while records move
-/// may be a few records apart.
+/// queued + parked + in_flight`. Both identities hold exactly in every snapshot, also while
+/// records move (a record is counted in the one place the snapshot saw it);
+/// [`is_balanced`](Self::is_balanced) checks them, and fails if the worker ever miscounted.
+/// `queued` includes a sender between its reservation and its push.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HandoffCounts {

@@ -1,9 +1,9 @@
 //! The background task that drives the queued records through the stack.
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::{poll_fn, Future};
+use std::mem;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,23 +18,23 @@ use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
+use super::parking::{Held, Lot, Refused};
 use super::shared::{Envelope, Outcome, Shared};
 use crate::rejection::chain;
 #[cfg(feature = "metrics")]
 use crate::telemetry::Counter;
 use crate::telemetry::Throttle;
-use crate::Rejection;
+use crate::{Domain, Rejection};
 
 /// Records the worker finishes or starts in one poll before it yields its thread.
 const BUDGET: u32 = 1024;
 
+/// Of each poll's [`BUDGET`], how many parked records may go before new ones.
+const LOT_SHARE: u32 = BUDGET / 2;
+
 /// How often a worker that ran out of records looks at the queue by itself, for a while: a
 /// steady flow of records then never makes a sender wake it.
 const TICK: Duration = Duration::from_millis(1);
-
-/// The longest the worker waits, after an open breaker refused a record, before it offers the
-/// oldest parked record again: a breaker that closes is used again within this.
-const LOOK_AGAIN: Duration = Duration::from_millis(100);
 
 /// How long a worker with nothing to start keeps the fast tick before it slows down.
 const LINGER: Duration = Duration::from_millis(50);
@@ -82,10 +82,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 /// What the worker does with a call that ended.
 enum Ended {
     Delivered,
-    /// Refused by an open breaker: wait `retry_after` (if it says), then try again.
-    BreakerOpen(Option<Duration>),
-    /// Refused by a full bulkhead: try again at the next tick.
-    BulkheadFull,
+    /// Refused by an open breaker (with its `retry_after`) or a full bulkhead: park it with
+    /// the domain that refused.
+    Refused(Domain, Rejection),
     /// Failed with a fault of the dependency's (see [`is_dependency_fault`]).
     DependencyFault,
     /// Failed any other way (the caller's fault, or an error nobody classified).
@@ -97,9 +96,8 @@ enum Ended {
 fn ended<T>(result: Result<T, BoxError>) -> Ended {
     match result {
         Ok(_) => Ended::Delivered,
-        Err(error) => match Rejection::find(&*error) {
-            Some(Rejection::BulkheadFull) => Ended::BulkheadFull,
-            Some(Rejection::BreakerOpen { retry_after }) => Ended::BreakerOpen(retry_after),
+        Err(error) => match Rejection::find_with_domain(&*error) {
+            Some((rejection, domain)) => Ended::Refused(domain, rejection),
             None if is_dependency_fault(&*error) => Ended::DependencyFault,
             None => Ended::Failed,
         },
@@ -121,17 +119,6 @@ fn is_dependency_fault(error: &(dyn std::error::Error + 'static)) -> bool {
         }
         false
     })
-}
-
-/// A record the worker holds: taken from the queue, in the stack, or parked.
-struct Held<Req> {
-    request: Req,
-    /// When it was accepted, on the hand-off's coarse clock.
-    stamp: u32,
-    /// Whether it already had its one more try after a dependency fault.
-    retried: bool,
-    /// Its weight, given back to the byte budget when it is finished.
-    weight: usize,
 }
 
 pin_project! {
@@ -208,24 +195,39 @@ where
     calls: FuturesUnordered<Call<S::Future, Req>>,
     /// A record taken while the service was not ready.
     held: Option<Held<Req>>,
-    /// Records the stack gave back (parked), oldest first. They came out of calls in flight,
-    /// so calls and parked records together never exceed `concurrency`.
-    backlog: VecDeque<Held<Req>>,
-    /// Set while the worker waits before trying the stack again (an open breaker's cool-down,
-    /// a full bulkhead): it starts nothing until it fires.
-    pause: Option<Pin<Box<Sleep>>>,
+    /// Records the stack gave back (parked), by the domain that refused them, each domain with
+    /// its own pause; and records waiting for their one more try.
+    lot: Lot<Req>,
+    /// Records taken from the queue so far: the next one's place in the order of acceptance.
+    taken: u64,
+    /// Parked records that may still go before new ones in this poll: a draining backlog goes
+    /// oldest first, ahead of the queue, for up to half of each poll's budget, so that new
+    /// records (for the domains that are well) are never starved.
+    lot_share: u32,
+    /// The one timer of the lot: the end of the earliest pause of a domain (or of the wait of
+    /// the records for their one more try).
+    alarm: Option<Pin<Box<Sleep>>>,
+    /// When the lot's earliest pause ends, as of the last look.
+    next_alarm: Option<Instant>,
+    /// The runtime's clock as of this poll (or the last tick): the pauses start from it.
+    instant: Instant,
     /// Records older than this (milliseconds on the coarse clock) expire unsent.
     max_age: Option<u32>,
     /// Whether refused records are parked (and there is a timer to try them again).
     park: bool,
     /// Whether a record that failed with a dependency fault gets one more try.
     retry: bool,
+    /// Whether a copy of each record stays in the worker while it is in the stack (parking or
+    /// one more try is on); otherwise the record is moved into the stack, never cloned.
+    keep: bool,
     /// The coarse clock, as of this poll.
     now: u32,
     bell: Pin<Box<OwnedNotified>>,
     /// `None` on a runtime without the time driver: the worker then parks as soon as it is
     /// idle, senders ring it, and it publishes its counters only when it wakes.
     tick: Option<Interval>,
+    /// Whether a call ended other than by a refusal since [`busy`](Self::busy) last looked.
+    worked: bool,
     /// Whether `tick` is the slow one ([`SLOW_TICK`]).
     slow: bool,
     /// Since when the worker has had nothing to start, as seen at its ticks (read at ticks only,
@@ -268,20 +270,32 @@ where
     ) -> Self {
         let bell = Box::pin(shared.doorbell().notified());
         let max_age = max_age.map(|age| u32::try_from(age.as_millis()).unwrap_or(u32::MAX));
+        let timers = tick.is_some();
+        // Parking needs a timer to end a domain's pause; without one a refusal is final.
+        let park = park && timers;
+        // At most as many records parked as the queue holds: the map of domains is bounded by
+        // them too.
+        let lot = Lot::new(shared.capacity(), timers);
         Self {
             shared,
             service: Some(service),
             concurrency,
             calls: FuturesUnordered::new(),
             held: None,
-            backlog: VecDeque::new(),
-            pause: None,
+            lot,
+            lot_share: LOT_SHARE,
+            taken: 0,
+            alarm: None,
+            next_alarm: None,
+            instant: Instant::now(),
             max_age,
-            park: park && tick.is_some(),
+            park,
             retry,
+            keep: park || retry,
             now: 0,
             bell,
             tick,
+            worked: false,
             slow: false,
             idle_since: None,
             #[cfg(feature = "metrics")]
@@ -334,7 +348,8 @@ where
         // Only this worker takes records out of the queue and finishes them, so from here these
         // are exact. `counts.accepted` is not used: a sender reserves there before it knows
         // whether its record gets in.
-        let accepted = counts.finished() + counts.pending();
+        let accepted =
+            counts.finished() + counts.parked + counts.in_flight + self.shared.queued() as u64;
         let last = &mut self.published;
         for (counter, now, then) in [
             (&metrics.accepted, accepted, &mut last.accepted),
@@ -359,27 +374,37 @@ where
 
     /// Counts how a call ended, or parks its record for another try.
     fn finish(&mut self, (result, mut record): CallEnd<S::Response, S::Error, Req>) {
+        let probe_of = record.probe_of.take();
         let outcome = match result {
             Ok(result) => match ended(result.map_err(Into::into)) {
                 Ended::Delivered => Outcome::Delivered,
-                // Parking needs a timer to try again; without one the refusal is final.
-                Ended::BreakerOpen(retry_after) if self.park => {
-                    // At most `LOOK_AGAIN`: a half-open breaker's `retry_after` is its probe's
-                    // remaining timeout, and the probe may succeed long before that. Looking
-                    // again costs one refusal, which never reaches the dependency.
-                    self.pause_for(retry_after.unwrap_or(LOOK_AGAIN).clamp(TICK, LOOK_AGAIN));
-                    return self.park(record);
+                // Parked with the domain that refused; with parking off the refusal is final.
+                Ended::Refused(domain, rejection) if self.park => {
+                    if let Some(probed) = probe_of.filter(|&probed| probed != domain) {
+                        // Another domain refused the probe: its own bay waits and probes again.
+                        self.lot.probe_ended(probed, false, self.instant);
+                    }
+                    let why = match rejection {
+                        Rejection::BreakerOpen { retry_after } => Refused::Breaker(retry_after),
+                        // A call of ours still in the stack frees a slot when it ends.
+                        _ => Refused::Bulkhead {
+                            calls: !self.calls.is_empty(),
+                        },
+                    };
+                    self.lot.refused(domain, why, record, self.instant);
+                    self.shared.park();
+                    return;
                 }
-                Ended::BulkheadFull if self.park => {
-                    self.pause_for(TICK);
-                    return self.park(record);
-                }
-                Ended::BreakerOpen(_) => Outcome::Rejected,
-                Ended::BulkheadFull => Outcome::Shed,
+                Ended::Refused(_, Rejection::BreakerOpen { .. }) => Outcome::Rejected,
+                Ended::Refused(..) => Outcome::Shed,
                 Ended::DependencyFault if self.retry && !record.retried => {
+                    // Not at once: after the next call that succeeds, or `LOOK_AGAIN`.
                     record.retried = true;
                     self.shared.count_retry();
-                    return self.park(record);
+                    self.call_ended(false, probe_of);
+                    self.lot.faulted(record, self.instant);
+                    self.shared.park();
+                    return;
                 }
                 Ended::DependencyFault | Ended::Failed => {
                     tracing::trace!(handoff = &*self.shared.name, "hand-off call failed");
@@ -391,7 +416,30 @@ where
                 Outcome::Failed
             }
         };
+        match outcome {
+            Outcome::Delivered | Outcome::Failed => {
+                self.call_ended(outcome == Outcome::Delivered, probe_of);
+            }
+            _ => {
+                if let Some(probed) = probe_of {
+                    self.lot.probe_ended(probed, false, self.instant);
+                }
+            }
+        }
         self.done(&record, outcome);
+    }
+
+    /// A call left the stack other than by a refusal: a full bulkhead has a slot again, and a
+    /// probe's bay learns how it went.
+    fn call_ended(&mut self, delivered: bool, probe_of: Option<Domain>) {
+        self.worked = true;
+        if !self.park && !self.retry {
+            return;
+        }
+        self.lot.call_ended(delivered);
+        if let Some(probed) = probe_of {
+            self.lot.probe_ended(probed, delivered, self.instant);
+        }
     }
 
     /// Counts a record's final outcome and gives its weight back.
@@ -400,63 +448,87 @@ where
         self.shared.finish(outcome);
     }
 
-    /// Gives a record back to the backlog, in the order of acceptance.
-    fn park(&mut self, record: Held<Req>) {
-        let at = self
-            .backlog
-            .partition_point(|held| held.stamp <= record.stamp);
-        self.backlog.insert(at, record);
-        self.shared.finish(Outcome::Parked);
+    /// Looks at the lot's pauses as of `self.instant`, and sets the alarm for the next one to
+    /// end.
+    fn wake_lot(&mut self) {
+        self.next_alarm = self.lot.wake(self.instant);
     }
 
-    /// Starts nothing for `wait` (a breaker's cool-down, at most [`LOOK_AGAIN`]; a bulkhead's
-    /// next free slot). Calls in flight still finish; a longer pause already set is kept.
-    fn pause_for(&mut self, wait: Duration) {
-        let until = Instant::now() + wait;
-        match &mut self.pause {
-            Some(pause) if pause.deadline() >= until => {}
-            Some(pause) => pause.as_mut().reset(until),
-            None => self.pause = Some(Box::pin(tokio::time::sleep_until(until))),
-        }
-    }
-
-    /// Whether the worker waits before starting anything (and registers to be woken when the
-    /// wait is over).
-    fn paused(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(pause) = &mut self.pause else {
+    /// Whether the alarm rang (and the lot was looked at again); arms it otherwise.
+    fn poll_alarm(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.next_alarm else {
             return false;
         };
-        if pause.as_mut().poll(cx).is_ready() {
-            self.pause = None;
+        let alarm = match &mut self.alarm {
+            Some(alarm) => {
+                if alarm.deadline() != at {
+                    alarm.as_mut().reset(at);
+                }
+                alarm
+            }
+            None => self.alarm.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        if alarm.as_mut().poll(cx).is_pending() {
             return false;
         }
+        self.instant = Instant::now();
+        self.wake_lot();
         true
     }
 
-    /// The next record to start: one held back, the oldest parked, or the queue's oldest.
-    /// Records past their maximum age are counted as expired on the way.
-    fn next_record(&mut self) -> Option<Held<Req>> {
-        loop {
-            let record = if let Some(held) = self.held.take() {
-                held
-            } else if let Some(parked) = self.backlog.pop_front() {
+    /// A parked record whose domain may take it (first, within the poll's share), or the
+    /// queue's oldest.
+    fn take_next(&mut self) -> Option<Held<Req>> {
+        if self.lot_share > 0 {
+            if let Some(parked) = self.lot.next_due() {
+                self.lot_share -= 1;
                 self.shared.unpark();
-                parked
-            } else {
-                let Envelope {
-                    request,
+                return Some(parked);
+            }
+        }
+        // A full lot takes nothing new: the queue fills and drops the newest, as it does
+        // without parking.
+        if self.lot.has_room() {
+            if let Some(Envelope {
+                request,
+                stamp,
+                weight,
+            }) = self.shared.take()
+            {
+                self.taken += 1;
+                return Some(Held {
+                    request: Some(request),
                     stamp,
-                    weight,
-                } = self.shared.take()?;
-                Held {
-                    request,
-                    stamp,
+                    seq: self.taken,
                     retried: false,
                     weight,
-                }
+                    probe_of: None,
+                });
+            }
+        }
+        let parked = self.lot.next_due()?;
+        self.shared.unpark();
+        Some(parked)
+    }
+
+    /// The next record to start: one held back, else see [`take_next`](Self::take_next).
+    /// Records past their maximum age are counted as expired on the way, each taking one of
+    /// the poll's `budget`.
+    fn next_record(&mut self, budget: &mut u32) -> Option<Held<Req>> {
+        loop {
+            if *budget == 0 {
+                return None;
+            }
+            let mut record = match self.held.take() {
+                Some(held) => held,
+                None => self.take_next()?,
             };
             match self.max_age {
                 Some(age) if self.now.wrapping_sub(record.stamp) > age => {
+                    *budget -= 1;
+                    if let Some(probed) = record.probe_of.take() {
+                        self.lot.probe_ended(probed, false, self.instant);
+                    }
                     self.done(&record, Outcome::Expired);
                 }
                 _ => return Some(record),
@@ -491,7 +563,7 @@ where
     }
 
     /// Drives one record into the stack: readiness, then the call.
-    fn start(&mut self, cx: &mut Context<'_>, record: Held<Req>) -> Start {
+    fn start(&mut self, cx: &mut Context<'_>, mut record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
             self.done(&record, Outcome::Failed);
             return Start::Done;
@@ -499,9 +571,18 @@ where
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
             Ok(Poll::Ready(Ok(()))) => {
                 // The stack gets a copy: the record stays here in case the stack gives it back
-                // (parked by a refusal, or one more try after a dependency fault).
-                let request = &record.request;
-                match catch_unwind(AssertUnwindSafe(|| service.call(request.clone()))) {
+                // (parked by a refusal, or one more try after a dependency fault). With both
+                // off, nothing comes back: the record itself goes, uncloned.
+                let request = if self.keep {
+                    record.request.clone()
+                } else {
+                    record.request.take()
+                };
+                let Some(request) = request else {
+                    self.done(&record, Outcome::Failed);
+                    return Start::Done;
+                };
+                match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
                     Ok(call) => self.calls.push(Tracked {
                         call: AssertUnwindSafe(call).catch_unwind(),
                         record: Some(record),
@@ -547,7 +628,10 @@ where
     /// Something was started or finished: the worker is busy again, and ticks fast when it next
     /// runs out of records.
     fn busy(&mut self) {
-        if self.pause.is_some() {
+        if self.idle_since.is_none() && !self.slow {
+            return;
+        }
+        if !mem::take(&mut self.worked) && self.lot.any_paused() {
             // A refusal that parked its record is no sign of a dependency taking work: keep
             // slowing down, so that an outage costs ten wake-ups a second, not a thousand.
             return;
@@ -570,10 +654,13 @@ where
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.doorbell().awake();
-        self.now = self.shared.set_clock(Instant::now());
+        self.instant = Instant::now();
+        self.now = self.shared.set_clock(self.instant);
+        self.wake_lot();
         // The task runs outside tokio's cooperative budget (see `HandoffBuilder::spawn`), so it
         // keeps its own: after this many records it yields, and other tasks get the thread.
         let mut budget = BUDGET;
+        self.lot_share = LOT_SHARE;
         loop {
             if budget == 0 {
                 cx.waker().wake_by_ref();
@@ -583,9 +670,9 @@ where
 
             // Start new calls, up to the concurrency bound, and poll them as they start: a call
             // that answers at once gives its place back (in a bulkhead, say) before the next.
-            // While paused (the stack refused and said when to come back), nothing starts.
-            while self.calls.len() < self.concurrency && budget > 0 && !self.paused(cx) {
-                let Some(record) = self.next_record() else {
+            // A domain that refused waits on its own: records for the others keep going.
+            while self.calls.len() < self.concurrency && budget > 0 {
+                let Some(record) = self.next_record(&mut budget) else {
                     break;
                 };
                 budget -= 1;
@@ -606,10 +693,18 @@ where
                 return Poll::Ready(());
             }
 
-            // Nothing to do until something happens. Could a new record be started now? Not while
-            // paused: the pause's timer wakes the worker, and senders need not ring.
+            if budget == 0 {
+                continue;
+            }
+            if self.poll_alarm(cx) {
+                continue;
+            }
+
+            // Nothing to do until something happens. Could a new record be started now? Parked
+            // records wait for the alarm, which wakes the worker; a full lot takes nothing new
+            // until a domain's pause ends, so senders need not ring.
             let idle =
-                self.held.is_none() && self.pause.is_none() && self.calls.len() < self.concurrency;
+                self.held.is_none() && self.calls.len() < self.concurrency && self.lot.has_room();
             let doorbell = self.shared.doorbell();
             // Without timers nothing but the bell can wake an idle worker: it parks, and the next
             // sender rings. With timers it ticks, and senders ring only for a half-full queue.
@@ -640,7 +735,9 @@ where
                 if let Some(tick) = &mut self.tick {
                     if tick.poll_tick(cx).is_ready() {
                         // The coarse clock follows, so that senders' stamps stay within a tick.
-                        self.now = self.shared.set_clock(Instant::now());
+                        self.instant = Instant::now();
+                        self.now = self.shared.set_clock(self.instant);
+                        self.wake_lot();
                         // Nothing progressed since the last tick (progress resets this): idle,
                         // paused, or blocked on calls that do not end (a frozen dependency).
                         self.idle_tick();

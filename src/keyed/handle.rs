@@ -72,6 +72,13 @@ where
     pub fn outage(&self) -> bool {
         self.table.outage()
     }
+
+    /// The identity the layer as a whole gives its refusals: during a cluster-wide
+    /// [`outage`](Self::outage), and for a new key refused by a full table. A key's own refusals
+    /// name its breaker's or compartment's domain ([`KeyHandle::breaker`], [`KeyHandle::bulkhead`]).
+    pub fn domain(&self) -> crate::Domain {
+        self.table.domain
+    }
 }
 
 impl<K, C> fmt::Debug for KeyedHandle<K, C> {

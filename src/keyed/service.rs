@@ -12,6 +12,7 @@ use super::table::{KeyEntry, Snapshot, Table};
 use crate::breaker::future::ResponseFuture as BreakerFuture;
 use crate::breaker::{Admission, BreakerOpen, BreakerState, Classify, Ticket, Word};
 use crate::bulkhead::future::{ResponseFuture as BulkheadFuture, Slot};
+use crate::Domain;
 
 /// A bulkhead and a breaker per key, the key taken from each request.
 ///
@@ -127,7 +128,8 @@ where
         self.snapshot = self.table.snapshot();
         match entry {
             Some(entry) => admit(&self.table, &entry, &mut self.inner, request),
-            None => shed(),
+            // The table is full of busy keys: the layer as a whole refused.
+            None => shed(self.table.domain),
         }
     }
 }
@@ -155,10 +157,11 @@ where
                 table.mark_closed(entry);
             }
             if table.outage() {
-                return reject(entry, table.retry_after());
+                // A cluster-wide outage: the layer as a whole refuses, as one domain.
+                return reject(entry, table.retry_after(), table.domain);
             }
             let Some(future) = call_in(entry, inner, request) else {
-                return shed();
+                return shed(entry.bulkhead().compartment().domain());
             };
             let word = Word::new(generation, BreakerState::Closed);
             if engine.times_calls() {
@@ -205,7 +208,7 @@ where
             // back (the ticket's drop) without an outcome.
             let mut ticket = Ticket::probe(engine.clone(), generation, id);
             let Some(future) = call_in(entry, inner, request) else {
-                return shed();
+                return shed(entry.bulkhead().compartment().domain());
             };
             ticket.start();
             ResponseFuture::new(BreakerFuture::called(
@@ -220,12 +223,12 @@ where
             table.mark_closed(entry);
             match call_in(entry, inner, request) {
                 Some(future) => ResponseFuture::new(BreakerFuture::bypass(future)),
-                None => shed(),
+                None => shed(entry.bulkhead().compartment().domain()),
             }
         }
         Admission::Reject { retry_after } => {
             table.mark_open(entry, retry_after);
-            reject(entry, retry_after)
+            reject(entry, retry_after, engine.domain)
         }
     }
 }
@@ -255,14 +258,18 @@ where
 fn reject<F, C>(
     entry: &KeyEntry<C>,
     retry_after: Option<std::time::Duration>,
+    domain: Domain,
 ) -> ResponseFuture<F, C> {
     entry.breaker().engine().count_rejection();
-    ResponseFuture::new(BreakerFuture::rejected(BreakerOpen::new(retry_after)))
+    ResponseFuture::new(BreakerFuture::rejected(BreakerOpen::new(
+        retry_after,
+        domain,
+    )))
 }
 
 #[cold]
-fn shed<F, C>() -> ResponseFuture<F, C> {
-    ResponseFuture::new(BreakerFuture::bypass(BulkheadFuture::shed()))
+fn shed<F, C>(domain: Domain) -> ResponseFuture<F, C> {
+    ResponseFuture::new(BreakerFuture::bypass(BulkheadFuture::shed(domain)))
 }
 
 impl<S: Clone, K: Hash + Eq + Clone, F: Clone, C: Clone> Clone for Keyed<S, K, F, C> {

@@ -25,7 +25,7 @@ use crate::bulkhead::{BulkheadBuilder, BulkheadHandle};
 use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU64, Ordering};
 use crate::telemetry::{Counter, Gauge, Labels};
-use crate::ConfigError;
+use crate::{ConfigError, Domain};
 
 /// How a key's label is made from the key.
 pub(crate) type LabelFn<K> = Box<dyn Fn(&K) -> String + Send + Sync>;
@@ -164,6 +164,8 @@ pub(crate) struct Table<K, C> {
     evicted: AtomicU64,
     refused: AtomicU64,
     metrics: TableMetrics,
+    /// Named in the refusals of the layer as a whole: a cluster-wide outage, a full table.
+    pub(crate) domain: Domain,
 }
 
 impl<K, C> Table<K, C>
@@ -190,6 +192,7 @@ where
             retry_after: AtomicU64::new(NO_RETRY),
             evicted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            domain: Domain::new(),
         }
     }
 

@@ -265,6 +265,7 @@ mod tests {
     use crate::breaker::BreakerOpen;
     use crate::bulkhead::BulkheadFull;
     use crate::rejection::Wrapped;
+    use crate::Domain;
 
     /// A response with the HTTP status `http` and, if given, a `grpc-status` header.
     fn response(http: u16, grpc_status: Option<&'static str>) -> Response<()> {
@@ -500,7 +501,7 @@ mod tests {
             Outcome::Failure
         );
         assert_eq!(
-            of_error(classifier, Box::new(BulkheadFull::new())),
+            of_error(classifier, Box::new(BulkheadFull::new(Domain::DETACHED))),
             Outcome::Ignore
         );
     }
@@ -535,12 +536,12 @@ mod tests {
     #[test]
     fn tankers_refusals_are_ignored() {
         let classifier = GrpcClassifier::new();
-        let open = || BreakerOpen::new(Some(Duration::from_secs(1)));
+        let open = || BreakerOpen::new(Some(Duration::from_secs(1)), Domain::DETACHED);
         // Boxed, as tanker's layers return them, also wrapped by another layer or as a status.
         let errors: [BoxError; 4] = [
-            Box::new(BulkheadFull::new()),
+            Box::new(BulkheadFull::new(Domain::DETACHED)),
             Box::new(open()),
-            Box::new(Wrapped(Box::new(BulkheadFull::new()))),
+            Box::new(Wrapped(Box::new(BulkheadFull::new(Domain::DETACHED)))),
             Box::new(Status::from(Rejection::BulkheadFull)),
         ];
         for err in errors {
@@ -548,7 +549,10 @@ mod tests {
             assert_eq!(of_error(classifier, err), Outcome::Ignore, "{shown}");
         }
         // As statuses whose source is the refusal, mapped inside the breaker.
-        for status in [Status::from(BulkheadFull::new()), status(Box::new(open()))] {
+        for status in [
+            Status::from(BulkheadFull::new(Domain::DETACHED)),
+            status(Box::new(open())),
+        ] {
             assert_eq!(
                 of_status(classifier, &status),
                 Outcome::Ignore,

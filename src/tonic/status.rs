@@ -12,7 +12,7 @@ use tower::BoxError;
 use crate::breaker::BreakerOpen;
 use crate::bulkhead::BulkheadFull;
 use crate::rejection::chain;
-use crate::Rejection;
+use crate::{Domain, Rejection};
 
 /// The metadata key of gRPC's server pushback: how many milliseconds a client should wait before
 /// it retries (gRPC proposal A6, "Retry Throttling and Pushback").
@@ -105,8 +105,10 @@ impl From<BreakerOpen> for Status {
 impl From<Rejection> for Status {
     fn from(rejection: Rejection) -> Self {
         match rejection {
-            Rejection::BulkheadFull => BulkheadFull::new().into(),
-            Rejection::BreakerOpen { retry_after } => BreakerOpen::new(retry_after).into(),
+            Rejection::BulkheadFull => BulkheadFull::new(Domain::DETACHED).into(),
+            Rejection::BreakerOpen { retry_after } => {
+                BreakerOpen::new(retry_after, Domain::DETACHED).into()
+            }
         }
     }
 }
@@ -127,7 +129,7 @@ mod tests {
 
     #[test]
     fn bulkhead_full_is_unavailable_without_pushback() {
-        let status = Status::from(BulkheadFull::new());
+        let status = Status::from(BulkheadFull::new(Domain::DETACHED));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "bulkhead is full");
         assert_eq!(pushback(&status), None);
@@ -136,7 +138,10 @@ mod tests {
 
     #[test]
     fn open_breaker_is_unavailable_with_pushback_in_millis() {
-        let status = Status::from(BreakerOpen::new(Some(Duration::from_secs(5))));
+        let status = Status::from(BreakerOpen::new(
+            Some(Duration::from_secs(5)),
+            Domain::DETACHED,
+        ));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(pushback(&status), Some("5000"));
         assert_eq!(
@@ -147,7 +152,10 @@ mod tests {
 
     #[test]
     fn pushback_rounds_up_to_the_next_millisecond() {
-        let status = Status::from(BreakerOpen::new(Some(Duration::from_micros(1_200))));
+        let status = Status::from(BreakerOpen::new(
+            Some(Duration::from_micros(1_200)),
+            Domain::DETACHED,
+        ));
         assert_eq!(pushback(&status), Some("2"));
         assert_eq!(pushback_millis(Duration::ZERO), 0);
         assert_eq!(pushback_millis(Duration::from_nanos(1)), 1);
@@ -156,7 +164,7 @@ mod tests {
 
     #[test]
     fn forced_open_breaker_has_no_pushback() {
-        let status = Status::from(BreakerOpen::new(None));
+        let status = Status::from(BreakerOpen::new(None, Domain::DETACHED));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), "circuit breaker is forced open");
         assert_eq!(pushback(&status), None);
@@ -166,7 +174,7 @@ mod tests {
     fn rejection_converts_like_the_error_it_stands_for() {
         let after = Some(Duration::from_millis(750));
         let from_rejection = Status::from(Rejection::BreakerOpen { retry_after: after });
-        let from_error = Status::from(BreakerOpen::new(after));
+        let from_error = Status::from(BreakerOpen::new(after, Domain::DETACHED));
         assert_eq!(from_rejection.code(), from_error.code());
         assert_eq!(from_rejection.message(), from_error.message());
         assert_eq!(pushback(&from_rejection), Some("750"));
@@ -178,13 +186,13 @@ mod tests {
 
     #[test]
     fn status_finds_a_rejection_anywhere_in_the_chain() {
-        let open = BreakerOpen::new(Some(Duration::from_secs(2)));
+        let open = BreakerOpen::new(Some(Duration::from_secs(2)), Domain::DETACHED);
         let direct = status(Box::new(open));
         assert_eq!(direct.code(), Code::Unavailable);
         assert_eq!(pushback(&direct), Some("2000"));
 
         let deep = status(Box::new(Wrapped(Box::new(Wrapped(Box::new(
-            BulkheadFull::new(),
+            BulkheadFull::new(Domain::DETACHED),
         ))))));
         assert_eq!(deep.code(), Code::Unavailable);
         assert_eq!(Rejection::find(&deep), Some(Rejection::BulkheadFull));

@@ -57,5 +57,6 @@ fn public_types_are_send_sync_and_static() {
     send_sync_static::<BulkheadFull>();
     send_sync_static::<ConfigError>();
     send_sync_static::<<Bulkhead<MockSvc> as Service<Req>>::Future>();
-    assert_eq!(std::mem::size_of::<BulkheadFull>(), 0);
+    // One word, its domain: boxing it for a shed call is one small allocation.
+    assert_eq!(std::mem::size_of::<BulkheadFull>(), 8);
 }
