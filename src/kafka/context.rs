@@ -1,6 +1,7 @@
-//! The producer's librdkafka context: counts the records in flight, hands each delivery report
-//! to the call waiting for it, and reports librdkafka's logs and errors through `tracing`, at
-//! most once a second per producer.
+//! The producer's librdkafka context: counts the records in flight (in all and per broker),
+//! hands each delivery report to the call waiting for it, feeds librdkafka's statistics to the
+//! leaders table, and reports librdkafka's logs and errors through `tracing`, at most once a
+//! second per producer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,11 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::statistics::Statistics;
 use tokio::sync::oneshot;
+
+use super::broker::Broker;
+use super::leaders::Leaders;
 
 use super::error::{KafkaError, KafkaErrorKind};
 use super::record::Delivery;
@@ -21,11 +26,30 @@ use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 /// Where a record's delivery report goes.
 pub(super) type Reply = oneshot::Sender<Result<Delivery, KafkaError>>;
 
+/// What librdkafka carries with a record until its delivery report: where the report goes,
+/// and the broker the record was routed to, if it was.
+pub(super) struct Pending {
+    reply: Reply,
+    broker: Option<Arc<Broker>>,
+}
+
+impl Pending {
+    pub(super) fn new(reply: Reply, broker: Option<Arc<Broker>>) -> Self {
+        Self { reply, broker }
+    }
+
+    pub(super) fn broker(&self) -> Option<&Broker> {
+        self.broker.as_deref()
+    }
+}
+
 /// The producer's context, shared with librdkafka's threads.
 pub(super) struct ProducerState {
     name: Arc<str>,
     /// Records handed to librdkafka whose delivery report has not come back.
     in_flight: AtomicUsize,
+    /// The leaders table the statistics feed, when the producer routes by leader.
+    leaders: Option<Arc<Leaders>>,
     metrics: ProducerMetrics,
     reports: ClientReports,
 }
@@ -59,11 +83,12 @@ impl ProducerMetrics {
 }
 
 impl ProducerState {
-    pub(super) fn new(name: Arc<str>) -> Self {
+    pub(super) fn new(name: Arc<str>, leaders: Option<Arc<Leaders>>) -> Self {
         Self {
             metrics: ProducerMetrics::new(&name),
             name,
             in_flight: AtomicUsize::new(0),
+            leaders,
             reports: ClientReports::new(),
         }
     }
@@ -73,15 +98,21 @@ impl ProducerState {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// A record is about to be handed to librdkafka.
-    pub(super) fn sending(&self) {
+    /// A record is about to be handed to librdkafka, for `broker` if it was routed.
+    pub(super) fn sending(&self, broker: Option<&Broker>) {
+        if let Some(broker) = broker {
+            broker.sending();
+        }
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.publish_in_flight();
     }
 
     /// librdkafka refused a record at once (queue full, record too large...): no report will
     /// come for it.
-    pub(super) fn refused(&self, error: &KafkaError) {
+    pub(super) fn refused(&self, error: &KafkaError, broker: Option<&Broker>) {
+        if let Some(broker) = broker {
+            broker.reported(false);
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         self.count_error(error);
@@ -99,9 +130,13 @@ impl ProducerState {
 }
 
 impl ProducerContext for ProducerState {
-    type DeliveryOpaque = Box<Reply>;
+    type DeliveryOpaque = Box<Pending>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let Pending { reply, broker } = *pending;
+        if let Some(broker) = broker {
+            broker.reported(result.is_ok());
+        }
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         let outcome = match result {
@@ -124,6 +159,12 @@ impl ProducerContext for ProducerState {
 }
 
 impl ClientContext for ProducerState {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(leaders) = &self.leaders {
+            leaders.update(&statistics, Instant::now());
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let producer = &*self.name;
         let serious = matches!(

@@ -46,17 +46,23 @@
 //! ([`MessageTimedOut`](KafkaErrorKind::MessageTimedOut)). Every record is counted under exactly
 //! one outcome; none is lost silently.
 
+mod broker;
 mod classify;
 mod config;
 mod context;
+mod domains;
 mod error;
 pub mod future;
+mod leaders;
+mod partitioner;
+mod producer;
 mod record;
 mod refusal;
 mod service;
 
 pub use self::classify::FaultClassifier;
 pub use self::config::KafkaConfig;
+pub use self::domains::{BrokerDomains, BrokerHandles};
 pub use self::error::{Fault, KafkaError, KafkaErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::record::{Delivery, Record};

@@ -1,0 +1,268 @@
+//! One broker as the leaf sees it: its records in flight, its deliveries, whether it stalled,
+//! and the handles of its compartment and breaker.
+//!
+//! The send path and librdkafka's delivery reports move two counters; the statistics callback
+//! (every `statistics.interval.ms`) reads them and decides whether the broker stalled: it has
+//! records in flight and delivered none for longer than the threshold. A frozen broker (its
+//! connections open, its answers held back) is seen within the threshold plus one interval,
+//! long before its records would time out.
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use crate::breaker::{BreakerHandle, BreakerState};
+use crate::bulkhead::BulkheadHandle;
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
+
+/// A broker's node id, as Kafka's metadata gives it.
+pub(super) type BrokerId = i32;
+
+/// One broker's counters and health, shared by the send path, the delivery reports and the
+/// statistics callback.
+pub(super) struct Broker {
+    id: BrokerId,
+    /// Records handed to librdkafka for this broker whose delivery report has not come back.
+    in_flight: AtomicU64,
+    /// Records this broker confirmed, ever.
+    delivered: AtomicU64,
+    /// Set by the statistics callback: records in flight and no delivery for too long.
+    stalled: AtomicBool,
+    /// The broker's compartment and breaker, known after its first routed call.
+    domain: OnceLock<Domain>,
+    /// What the statistics callback remembers between two of its runs.
+    watch: Mutex<Watch>,
+}
+
+/// The handles of a broker's compartment and breaker.
+pub(super) struct Domain {
+    pub(super) breaker: BreakerHandle,
+    pub(super) bulkhead: BulkheadHandle,
+}
+
+struct Watch {
+    /// `delivered` at the last run.
+    delivered: u64,
+    /// Since when the broker has had records in flight and delivered none.
+    quiet_since: Instant,
+    /// librdkafka's state of the broker's connection at the last run (`UP`, `DOWN`...).
+    up: Option<bool>,
+}
+
+/// What a run of the statistics callback found out about a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// The broker's connection came up again since the last run.
+    pub(super) came_up: bool,
+    /// The broker stalled at this run (it was not stalled at the last one).
+    pub(super) stalled: bool,
+}
+
+impl Broker {
+    pub(super) fn new(id: BrokerId, now: Instant) -> Self {
+        Self {
+            id,
+            in_flight: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
+            domain: OnceLock::new(),
+            watch: Mutex::new(Watch {
+                delivered: 0,
+                quiet_since: now,
+                up: None,
+            }),
+        }
+    }
+
+    pub(super) fn id(&self) -> BrokerId {
+        self.id
+    }
+
+    /// A record is about to be handed to librdkafka for this broker.
+    #[inline]
+    pub(super) fn sending(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record for this broker came back: delivered, failed, or refused at once.
+    #[inline]
+    pub(super) fn reported(&self, delivered: bool) {
+        if delivered {
+            self.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records handed to librdkafka for this broker and not reported yet.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the broker has records in flight and delivered none for longer than the
+    /// threshold, at the last run of the statistics callback.
+    pub(super) fn stalled(&self) -> bool {
+        self.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Remembers the handles of the broker's compartment and breaker (once).
+    pub(super) fn set_domain(&self, domain: impl FnOnce() -> Option<Domain>) {
+        if self.domain.get().is_none() {
+            if let Some(domain) = domain() {
+                let _ = self.domain.set(domain);
+            }
+        }
+    }
+
+    pub(super) fn domain(&self) -> Option<&Domain> {
+        self.domain.get()
+    }
+
+    /// Whether a record without a key may go to this broker: it has not stalled, its
+    /// compartment has room, and its breaker is closed or due for a probe (so that a broker
+    /// only keyless records go to is probed too). A few atomic loads; the clock is read only
+    /// when the breaker is open.
+    #[inline]
+    pub(super) fn takes_keyless(&self) -> bool {
+        if self.stalled() {
+            return false;
+        }
+        let Some(domain) = self.domain.get() else {
+            return true;
+        };
+        if domain.bulkhead.in_flight() >= domain.bulkhead.max_in_flight() {
+            return false;
+        }
+        match domain.breaker.state() {
+            BreakerState::Closed | BreakerState::ForcedClosed => true,
+            BreakerState::Open => domain.breaker.probe_due(),
+            BreakerState::HalfOpen | BreakerState::ForcedOpen => false,
+        }
+    }
+
+    /// One run of the statistics callback for this broker, at `now`: `up` is whether
+    /// librdkafka's connection to it is up. Decides whether it stalled, and whether it came up
+    /// again (then its breaker, if open, probes at once).
+    pub(super) fn watch(&self, now: Instant, up: bool, stall_after: Duration) -> Seen {
+        // A poisoned lock only means a callback panicked; the remembered values are whole.
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let delivered = self.delivered.load(Ordering::Relaxed);
+        let in_flight = self.in_flight();
+        if in_flight == 0 || delivered != watch.delivered {
+            watch.delivered = delivered;
+            watch.quiet_since = now;
+        }
+        let stalled = now.saturating_duration_since(watch.quiet_since) >= stall_after;
+        let was_stalled = self.stalled.swap(stalled, Ordering::Relaxed);
+        let came_up = up && watch.up == Some(false);
+        watch.up = Some(up);
+        drop(watch);
+        if came_up {
+            if let Some(domain) = self.domain.get() {
+                if domain.breaker.probe_now() {
+                    tracing::info!(
+                        breaker = domain.breaker.name(),
+                        "kafka broker is up again: its breaker probes now"
+                    );
+                }
+            }
+        }
+        Seen {
+            came_up,
+            stalled: stalled && !was_stalled,
+        }
+    }
+}
+
+/// Every broker the statistics callback has seen, by id; brokers are never forgotten (a
+/// cluster has few, and a broker that leaves usually comes back).
+#[derive(Default)]
+pub(super) struct Brokers {
+    known: Mutex<Vec<Arc<Broker>>>,
+}
+
+impl Brokers {
+    /// The broker `id`, added if it is new.
+    pub(super) fn get(&self, id: BrokerId, now: Instant) -> Arc<Broker> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(broker) = known.iter().find(|b| b.id == id) {
+            return broker.clone();
+        }
+        let broker = Arc::new(Broker::new(id, now));
+        known.push(broker.clone());
+        broker
+    }
+
+    /// Every broker seen so far.
+    pub(super) fn all(&self) -> Vec<Arc<Broker>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STALL: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn a_broker_with_records_and_no_delivery_stalls_after_the_threshold() {
+        let t0 = Instant::now();
+        let broker = Broker::new(1, t0);
+        broker.sending();
+        assert!(!broker.watch(t0, true, STALL).stalled);
+        let seen = broker.watch(t0 + Duration::from_millis(400), true, STALL);
+        assert!(!seen.stalled && !broker.stalled());
+        let seen = broker.watch(t0 + Duration::from_millis(600), true, STALL);
+        assert!(seen.stalled, "first run past the threshold says so");
+        assert!(broker.stalled() && !broker.takes_keyless());
+        let again = broker.watch(t0 + Duration::from_millis(700), true, STALL);
+        assert!(
+            !again.stalled && broker.stalled(),
+            "said once, still stalled"
+        );
+        // A delivery is progress: no longer stalled.
+        broker.sending();
+        broker.reported(true);
+        broker.watch(t0 + Duration::from_millis(800), true, STALL);
+        assert!(!broker.stalled() && broker.takes_keyless());
+    }
+
+    #[test]
+    fn a_broker_with_nothing_in_flight_never_stalls() {
+        let t0 = Instant::now();
+        let broker = Broker::new(1, t0);
+        broker.watch(t0 + Duration::from_secs(10), true, STALL);
+        assert!(!broker.stalled());
+        // Its records failed (timed out): nothing in flight any more, not stalled.
+        broker.sending();
+        broker.watch(t0 + Duration::from_secs(11), true, STALL);
+        broker.watch(t0 + Duration::from_secs(12), true, STALL);
+        assert!(broker.stalled());
+        broker.reported(false);
+        broker.watch(t0 + Duration::from_secs(13), true, STALL);
+        assert!(!broker.stalled());
+        assert_eq!(broker.in_flight(), 0);
+    }
+
+    #[test]
+    fn coming_up_is_seen_once_after_being_down() {
+        let t0 = Instant::now();
+        let broker = Broker::new(1, t0);
+        assert!(
+            !broker.watch(t0, true, STALL).came_up,
+            "first sight is no return"
+        );
+        assert!(!broker.watch(t0, false, STALL).came_up);
+        assert!(broker.watch(t0, true, STALL).came_up);
+        assert!(!broker.watch(t0, true, STALL).came_up);
+    }
+
+    #[test]
+    fn brokers_are_kept_by_id() {
+        let brokers = Brokers::default();
+        let now = Instant::now();
+        let one = brokers.get(1, now);
+        assert!(Arc::ptr_eq(&one, &brokers.get(1, now)));
+        assert_eq!(brokers.get(2, now).id(), 2);
+        assert_eq!(brokers.all().len(), 2);
+    }
+}
