@@ -27,8 +27,8 @@
 //!    the sender thread switched out by the kernel (`/proc/thread-self/schedstat`), was the
 //!    queue at least half full (the doorbell path), was it the first send after a sleep.
 //! 2. **`throughput`**: records/s through the whole stack (hand-off of capacity 16 384 and
-//!    concurrency 4096, bulkhead 4096) against raw rdkafka (`FutureProducer::send_result`
-//!    from a tokio task, at most 4096 delivery futures in flight, awaiting them), same mock
+//!    concurrency 4096, bulkhead 4096, the leaf's per-broker domains on) against raw rdkafka
+//!    (`FutureProducer::send_result` from a tokio task, at most 4096 delivery futures in flight, awaiting them), same mock
 //!    cluster layout, same payload (100 B), same producer properties (set explicitly on both).
 //!    Each run starts on a fresh cluster after a warm-up and ends when every record's delivery
 //!    report is in; the stack's sender thread offers as fast as it can and, when the hand-off
@@ -62,7 +62,7 @@ use tower::ServiceBuilder;
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffBuilder, HandoffCounts, Sent};
-use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
+use tanker::kafka::{BrokerDomains, FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
 type Cluster = MockCluster<'static, DefaultProducerContext>;
@@ -128,9 +128,15 @@ fn cluster() -> Cluster {
     cluster
 }
 
+/// The stack's producer: the shared properties, and the per-broker domains on (as by default)
+/// with a compartment as large as the stack's bulkhead, so that the broker's compartment is
+/// not what limits the records in flight.
 fn kafka_config(cluster: &Cluster, name: &str) -> KafkaConfig {
+    let domains = BrokerDomains::new().bulkhead(BulkheadLayer::builder().max_in_flight(IN_FLIGHT));
     PRODUCER_PROPERTIES.iter().fold(
-        KafkaConfig::new(cluster.bootstrap_servers()).name(name.to_owned()),
+        KafkaConfig::new(cluster.bootstrap_servers())
+            .name(name.to_owned())
+            .broker_domains(domains),
         |config, &(key, value)| config.set(key, value),
     )
 }
@@ -1115,7 +1121,8 @@ fn report_throughput(out: &mut String, raw: &[ThroughputRun], stack: &[Throughpu
          linger.ms = 5). Raw: `FutureProducer::send_result` from one tokio task, at most \
          {IN_FLIGHT} delivery futures in flight. Stack: a sender thread offering to the hand-off \
          (capacity {THROUGHPUT_CAPACITY}, concurrency {IN_FLIGHT}) → breaker → bulkhead \
-         ({IN_FLIGHT}) → `KafkaService`, waiting 50 µs and offering again on `Dropped`. Runs \
+         ({IN_FLIGHT}) → `KafkaService` with its per-broker domains on (the broker's compartment \
+         {IN_FLIGHT}), waiting 50 µs and offering again on `Dropped`. Runs \
          alternate raw, stack, so that each pair shares the machine's conditions (this machine is shared: \
          compare the ratio within a round). CPU per record is the whole process's user + system \
          time during the run (every thread, librdkafka's and the mock broker's included) divided \
