@@ -154,8 +154,25 @@ fn raw_producer(cluster: &Cluster) -> FutureProducer {
 
 struct Stack {
     handoff: Handoff<Record>,
-    breaker: BreakerHandle,
+    /// The outer breaker; `None` for the quick start, which has none.
+    breaker: Option<BreakerHandle>,
     kafka: KafkaService,
+}
+
+/// The README's quick start: hand-off → KafkaService, whose per-broker domains are built in.
+fn quick_start(rt: &Runtime, kafka: KafkaService, capacity: usize) -> Stack {
+    let _runtime = rt.enter();
+    let handoff = HandoffBuilder::new()
+        .name("bench")
+        .capacity(capacity)
+        .concurrency(IN_FLIGHT)
+        .spawn(kafka.clone())
+        .expect("hand-off settings");
+    Stack {
+        handoff,
+        breaker: None,
+        kafka,
+    }
 }
 
 /// hand-off → breaker(FaultClassifier) → bulkhead → KafkaService.
@@ -180,7 +197,7 @@ fn stack(rt: &Runtime, kafka: KafkaService, capacity: usize) -> Stack {
         .expect("hand-off settings");
     Stack {
         handoff,
-        breaker: breaker_handle,
+        breaker: Some(breaker_handle),
         kafka,
     }
 }
@@ -547,14 +564,14 @@ fn latency_case(rt: &Runtime, case: Case, n: usize, rate: u64) -> LatencyRow {
     }
     let paced = {
         let handoff = stack.handoff.clone();
-        let breaker = stack.breaker.clone();
+        let breaker = stack.breaker.clone().expect("the layered stack");
         std::thread::spawn(move || {
             paced_sends(Some(&handoff), Some(&breaker), n, rate, owned_record)
         })
         .join()
         .expect("sender thread")
     };
-    let metrics = stack.breaker.metrics();
+    let metrics = stack.breaker.as_ref().expect("the layered stack").metrics();
     let breaker = format!(
         "{:?}, opened {}×, rejected {}",
         metrics.state, metrics.times_opened, metrics.rejected
@@ -624,12 +641,17 @@ impl ThroughputRun {
     }
 }
 
-fn throughput_stack(rt: &Runtime, n: u64) -> ThroughputRun {
+/// Records/s through the layered stack, or through the quick start (`layered` false).
+fn throughput_stack(rt: &Runtime, n: u64, layered: bool) -> ThroughputRun {
     let cluster = cluster();
     let kafka = kafka_config(&cluster, "throughput")
         .build()
         .expect("producer");
-    let stack = stack(rt, kafka, THROUGHPUT_CAPACITY);
+    let stack = if layered {
+        stack(rt, kafka, THROUGHPUT_CAPACITY)
+    } else {
+        quick_start(rt, kafka, THROUGHPUT_CAPACITY)
+    };
     warm_up(&stack, 10_000);
     let base = stack.handoff.counts();
 
@@ -849,7 +871,7 @@ fn memory(rt: &Runtime, secs: u64, rate: u64) -> MemoryRun {
             rss_kib: vm_rss_kib(),
             counts: since(counts, base),
             kafka_in_flight: stack.kafka.in_flight(),
-            breaker: stack.breaker.state(),
+            breaker: stack.breaker.as_ref().expect("the layered stack").state(),
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -1095,6 +1117,33 @@ fn report_latency(out: &mut String, rows: &[LatencyRow], rate: u64) {
     let _ = writeln!(out);
 }
 
+/// The quick start's throughput (hand-off → `KafkaService`, per-broker domains, no outer
+/// layers), measured in the same rounds as the layered stack.
+fn report_quick_start(out: &mut String, raw: &[ThroughputRun], quick: &[ThroughputRun]) {
+    if raw.is_empty() || quick.is_empty() {
+        return;
+    }
+    let mut ratios: Vec<f64> = raw
+        .iter()
+        .zip(quick)
+        .map(|(r, q)| q.rate() / r.rate())
+        .collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let mut rates: Vec<f64> = quick.iter().map(ThroughputRun::rate).collect();
+    rates.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let _ = writeln!(
+        out,
+        "Quick start (hand-off → `KafkaService` with its per-broker domains, no outer breaker or \
+         bulkhead), in the same rounds, right after the stack: median {:.0} records/s; per \
+         round {}× raw; **median of per-round ratios {median:.2}×** (target ≥ 0.9×) {}.\n",
+        rates[rates.len() / 2],
+        shown.join(", "),
+        verdict(median >= 0.9),
+    );
+}
+
 fn report_throughput(out: &mut String, raw: &[ThroughputRun], stack: &[ThroughputRun]) {
     let median = |runs: &[ThroughputRun]| {
         if runs.is_empty() {
@@ -1316,6 +1365,7 @@ fn main() {
     if wanted("throughput") {
         let mut raw = Vec::new();
         let mut stacked = Vec::new();
+        let mut quick = Vec::new();
         // `TANKER_BENCH_VARIANT=raw` (or `stack`) runs one side only, for profiling.
         let variant = std::env::var("TANKER_BENCH_VARIANT").unwrap_or_default();
         for round in 1..=rounds {
@@ -1325,10 +1375,13 @@ fn main() {
             }
             if variant != "raw" {
                 progress(format!("throughput round {round}/{rounds}: stack"));
-                stacked.push(throughput_stack(&rt, records));
+                stacked.push(throughput_stack(&rt, records, true));
+                progress(format!("throughput round {round}/{rounds}: quick start"));
+                quick.push(throughput_stack(&rt, records, false));
             }
         }
         report_throughput(&mut out, &raw, &stacked);
+        report_quick_start(&mut out, &raw, &quick);
     }
     if wanted("memory") {
         let run = memory(&rt, memory_secs, memory_rate);

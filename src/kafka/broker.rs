@@ -1,18 +1,19 @@
-//! One broker as the leaf sees it: its records in flight, its deliveries, whether it stalled,
-//! and the handles of its compartment and breaker.
+//! One broker as the leaf sees it: whether it stalled, and the handles of its compartment and
+//! breaker.
 //!
-//! The send path and librdkafka's delivery reports move two counters; the statistics callback
-//! (every `statistics.interval.ms`) reads them and decides whether the broker stalled: it has
-//! records in flight and delivered none for longer than the threshold. A frozen broker (its
-//! connections open, its answers held back) is seen within the threshold plus one interval,
-//! long before its records would time out.
+//! The statistics callback (every `statistics.interval.ms`) reads the broker's compartment
+//! (records in flight) and breaker (records delivered, ever), and decides whether the broker
+//! stalled: it has records in flight and delivered none for longer than the threshold. A frozen
+//! broker (its connections open, its answers held back) is seen within the threshold plus one
+//! interval, long before its records would time out. The send path adds nothing per record:
+//! the compartment and the breaker count anyway.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::breaker::{BreakerHandle, BreakerState};
 use crate::bulkhead::BulkheadHandle;
-use crate::sync::{AtomicBool, AtomicU64, Ordering};
+use crate::sync::{AtomicBool, Ordering};
 
 /// A broker's node id, as Kafka's metadata gives it.
 pub(super) type BrokerId = i32;
@@ -21,10 +22,6 @@ pub(super) type BrokerId = i32;
 /// statistics callback.
 pub(super) struct Broker {
     id: BrokerId,
-    /// Records handed to librdkafka for this broker whose delivery report has not come back.
-    in_flight: AtomicU64,
-    /// Records this broker confirmed, ever.
-    delivered: AtomicU64,
     /// Set by the statistics callback: records in flight and no delivery for too long.
     stalled: AtomicBool,
     /// The broker's compartment and breaker, known after its first routed call.
@@ -48,6 +45,15 @@ struct Watch {
     up: Option<bool>,
 }
 
+/// What a broker holds and has delivered, read by the statistics callback.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Load {
+    /// Records in flight to the broker.
+    pub(super) in_flight: u64,
+    /// Records the broker confirmed, ever.
+    pub(super) delivered: u64,
+}
+
 /// What a run of the statistics callback found out about a broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Seen {
@@ -61,8 +67,6 @@ impl Broker {
     pub(super) fn new(id: BrokerId, now: Instant) -> Self {
         Self {
             id,
-            in_flight: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             domain: OnceLock::new(),
             watch: Mutex::new(Watch {
@@ -77,24 +81,13 @@ impl Broker {
         self.id
     }
 
-    /// A record is about to be handed to librdkafka for this broker.
-    #[inline]
-    pub(super) fn sending(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A record for this broker came back: delivered, failed, or refused at once.
-    #[inline]
-    pub(super) fn reported(&self, delivered: bool) {
-        if delivered {
-            self.delivered.fetch_add(1, Ordering::Relaxed);
-        }
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// Records handed to librdkafka for this broker and not reported yet.
-    pub(super) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+    /// Records in the broker's compartment, and records it delivered ever (its breaker's
+    /// successes); zeros before its first routed record.
+    pub(super) fn load(&self) -> Load {
+        self.domain.get().map_or_else(Load::default, |domain| Load {
+            in_flight: domain.bulkhead.in_flight() as u64,
+            delivered: domain.breaker.metrics().successes,
+        })
     }
 
     /// Whether the broker has records in flight and delivered none for longer than the
@@ -139,15 +132,13 @@ impl Broker {
     }
 
     /// One run of the statistics callback for this broker, at `now`: `up` is whether
-    /// librdkafka's connection to it is up. Decides whether it stalled, and whether it came up
-    /// again (then its breaker, if open, probes at once).
-    pub(super) fn watch(&self, now: Instant, up: bool, stall_after: Duration) -> Seen {
+    /// librdkafka's connection to it is up, `load` what it holds and delivered. Decides whether
+    /// it stalled, and whether it came up again (then its breaker, if open, probes at once).
+    pub(super) fn watch(&self, now: Instant, up: bool, load: Load, stall_after: Duration) -> Seen {
         // A poisoned lock only means a callback panicked; the remembered values are whole.
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
-        let delivered = self.delivered.load(Ordering::Relaxed);
-        let in_flight = self.in_flight();
-        if in_flight == 0 || delivered != watch.delivered {
-            watch.delivered = delivered;
+        if load.in_flight == 0 || load.delivered != watch.delivered {
+            watch.delivered = load.delivered;
             watch.quiet_since = now;
         }
         let stalled = now.saturating_duration_since(watch.quiet_since) >= stall_after;
@@ -203,26 +194,31 @@ mod tests {
 
     const STALL: Duration = Duration::from_millis(500);
 
+    fn load(in_flight: u64, delivered: u64) -> Load {
+        Load {
+            in_flight,
+            delivered,
+        }
+    }
+
     #[test]
     fn a_broker_with_records_and_no_delivery_stalls_after_the_threshold() {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
-        broker.sending();
-        assert!(!broker.watch(t0, true, STALL).stalled);
-        let seen = broker.watch(t0 + Duration::from_millis(400), true, STALL);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(!broker.watch(t0, true, load(1, 0), STALL).stalled);
+        let seen = broker.watch(at(400), true, load(1, 0), STALL);
         assert!(!seen.stalled && !broker.stalled());
-        let seen = broker.watch(t0 + Duration::from_millis(600), true, STALL);
+        let seen = broker.watch(at(600), true, load(5, 0), STALL);
         assert!(seen.stalled, "first run past the threshold says so");
         assert!(broker.stalled() && !broker.takes_keyless());
-        let again = broker.watch(t0 + Duration::from_millis(700), true, STALL);
+        let again = broker.watch(at(700), true, load(5, 0), STALL);
         assert!(
             !again.stalled && broker.stalled(),
             "said once, still stalled"
         );
         // A delivery is progress: no longer stalled.
-        broker.sending();
-        broker.reported(true);
-        broker.watch(t0 + Duration::from_millis(800), true, STALL);
+        broker.watch(at(800), true, load(5, 1), STALL);
         assert!(!broker.stalled() && broker.takes_keyless());
     }
 
@@ -230,30 +226,29 @@ mod tests {
     fn a_broker_with_nothing_in_flight_never_stalls() {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
-        broker.watch(t0 + Duration::from_secs(10), true, STALL);
+        let at = |s| t0 + Duration::from_secs(s);
+        broker.watch(at(10), true, load(0, 0), STALL);
         assert!(!broker.stalled());
-        // Its records failed (timed out): nothing in flight any more, not stalled.
-        broker.sending();
-        broker.watch(t0 + Duration::from_secs(11), true, STALL);
-        broker.watch(t0 + Duration::from_secs(12), true, STALL);
+        broker.watch(at(11), true, load(3, 0), STALL);
+        broker.watch(at(12), true, load(3, 0), STALL);
         assert!(broker.stalled());
-        broker.reported(false);
-        broker.watch(t0 + Duration::from_secs(13), true, STALL);
+        // Its records failed (timed out): nothing in flight any more, not stalled.
+        broker.watch(at(13), true, load(0, 0), STALL);
         assert!(!broker.stalled());
-        assert_eq!(broker.in_flight(), 0);
     }
 
     #[test]
     fn coming_up_is_seen_once_after_being_down() {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
+        let idle = Load::default();
         assert!(
-            !broker.watch(t0, true, STALL).came_up,
+            !broker.watch(t0, true, idle, STALL).came_up,
             "first sight is no return"
         );
-        assert!(!broker.watch(t0, false, STALL).came_up);
-        assert!(broker.watch(t0, true, STALL).came_up);
-        assert!(!broker.watch(t0, true, STALL).came_up);
+        assert!(!broker.watch(t0, false, idle, STALL).came_up);
+        assert!(broker.watch(t0, true, idle, STALL).came_up);
+        assert!(!broker.watch(t0, true, idle, STALL).came_up);
     }
 
     #[test]

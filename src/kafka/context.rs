@@ -1,5 +1,4 @@
-//! The producer's librdkafka context: counts the records in flight (in all and per broker),
-//! hands each delivery report to the call waiting for it, feeds librdkafka's statistics to the
+//! The producer's librdkafka context: counts the records in flight, hands each delivery report to the call waiting for it, feeds librdkafka's statistics to the
 //! leaders table, and reports librdkafka's logs and errors through `tracing`, at most once a
 //! second per producer.
 
@@ -15,7 +14,6 @@ use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::statistics::Statistics;
 use tokio::sync::oneshot;
 
-use super::broker::Broker;
 use super::leaders::Leaders;
 
 use super::error::{KafkaError, KafkaErrorKind};
@@ -25,23 +23,6 @@ use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 
 /// Where a record's delivery report goes.
 pub(super) type Reply = oneshot::Sender<Result<Delivery, KafkaError>>;
-
-/// What librdkafka carries with a record until its delivery report: where the report goes,
-/// and the broker the record was routed to, if it was.
-pub(super) struct Pending {
-    reply: Reply,
-    broker: Option<Arc<Broker>>,
-}
-
-impl Pending {
-    pub(super) fn new(reply: Reply, broker: Option<Arc<Broker>>) -> Self {
-        Self { reply, broker }
-    }
-
-    pub(super) fn broker(&self) -> Option<&Broker> {
-        self.broker.as_deref()
-    }
-}
 
 /// The producer's context, shared with librdkafka's threads.
 pub(super) struct ProducerState {
@@ -98,21 +79,15 @@ impl ProducerState {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// A record is about to be handed to librdkafka, for `broker` if it was routed.
-    pub(super) fn sending(&self, broker: Option<&Broker>) {
-        if let Some(broker) = broker {
-            broker.sending();
-        }
+    /// A record is about to be handed to librdkafka.
+    pub(super) fn sending(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.publish_in_flight();
     }
 
     /// librdkafka refused a record at once (queue full, record too large...): no report will
     /// come for it.
-    pub(super) fn refused(&self, error: &KafkaError, broker: Option<&Broker>) {
-        if let Some(broker) = broker {
-            broker.reported(false);
-        }
+    pub(super) fn refused(&self, error: &KafkaError) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         self.count_error(error);
@@ -130,13 +105,9 @@ impl ProducerState {
 }
 
 impl ProducerContext for ProducerState {
-    type DeliveryOpaque = Box<Pending>;
+    type DeliveryOpaque = Box<Reply>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        let Pending { reply, broker } = *pending;
-        if let Some(broker) = broker {
-            broker.reported(result.is_ok());
-        }
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         let outcome = match result {

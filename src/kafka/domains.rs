@@ -161,7 +161,7 @@ impl BrokerDomains {
                  would never learn the leaders); default 200 ms",
             ));
         }
-        let key: KeyFn = |routed| routed.broker_id();
+        let key: KeyFn = |routed| routed.broker;
         let builder = KeyedLayer::builder_with_label(key, |id: &BrokerId| format!("broker-{id}"))
             .name(name.clone())
             .bulkhead(self.bulkhead.clone())

@@ -131,10 +131,11 @@ impl Leaders {
         // listing, as when it goes down) is watched as down: its records still stall.
         for broker in self.brokers.all() {
             let up = listed.iter().any(|&(id, up)| id == broker.id() && up);
-            if broker.watch(now, up, self.stall_after).stalled {
+            let load = broker.load();
+            if broker.watch(now, up, load, self.stall_after).stalled {
                 tracing::warn!(
                     broker = broker.id(),
-                    in_flight = broker.in_flight(),
+                    in_flight = load.in_flight,
                     "kafka broker stalled: records in flight and none delivered for {:?}; \
                      records without a key go to other brokers",
                     self.stall_after

@@ -12,25 +12,29 @@ use rdkafka::producer::{Producer as _, ThreadedProducer};
 use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::broker::{Broker, BrokerId};
-use super::context::{Pending, ProducerState};
+use super::broker::BrokerId;
+use super::context::ProducerState;
 use super::error::{KafkaError, KafkaErrorKind};
 use super::future::DeliveryFuture;
 use super::leaders::Leaders;
 use super::record::Record;
 
-/// A record with the partition the leaf chose for it and that partition's leader.
+/// A record with the partition the leaf chose for it and that partition's leader, the key of
+/// its compartment; or neither, for a record left to librdkafka.
 pub(super) struct Routed {
     pub(super) record: Record,
     pub(super) partition: Option<i32>,
-    pub(super) broker: Option<Arc<Broker>>,
+    pub(super) broker: BrokerId,
 }
 
 impl Routed {
-    /// The leader's id, the key of its compartment (`-1` for a record left to librdkafka,
-    /// which never goes through a compartment).
-    pub(super) fn broker_id(&self) -> BrokerId {
-        self.broker.as_ref().map_or(-1, |broker| broker.id())
+    /// A record left to librdkafka's partitioner, outside any compartment.
+    pub(super) fn unrouted(record: Record) -> Self {
+        Self {
+            record,
+            partition: None,
+            broker: -1,
+        }
     }
 }
 
@@ -106,18 +110,15 @@ impl Producer {
         };
         let (reply, delivery) = oneshot::channel();
         let Routed {
-            record,
-            partition,
-            broker,
+            record, partition, ..
         } = routed;
         let state = producer.context();
-        state.sending(broker.as_deref());
-        let pending = Box::new(Pending::new(reply, broker));
-        match producer.send(record.to_base(partition, pending)) {
+        state.sending();
+        match producer.send(record.to_base(partition, Box::new(reply))) {
             Ok(()) => DeliveryFuture::waiting(delivery),
-            Err((error, base)) => {
+            Err((error, _record)) => {
                 let error = KafkaError::from_rdkafka(error).for_topic(record.topic());
-                state.refused(&error, base.delivery_opaque.broker());
+                state.refused(&error);
                 DeliveryFuture::failed(error)
             }
         }

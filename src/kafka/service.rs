@@ -69,27 +69,26 @@ impl Domains {
         if !self.leaders.is_current(&self.map) {
             self.map = self.leaders.map();
         }
-        let chosen = match self.map.topic(record.topic()) {
-            Some(topic) => match route(topic, &record, self.by_key, Broker::takes_keyless) {
-                Route::Leader { partition, broker } => Some((partition, broker.clone())),
+        let Self {
+            keyed, map, by_key, ..
+        } = self;
+        let chosen = match map.topic(record.topic()) {
+            Some(topic) => match route(topic, &record, *by_key, Broker::takes_keyless) {
+                Route::Leader { partition, broker } => Some((partition, broker)),
                 Route::Librdkafka => None,
             },
             None => None,
         };
         let Some((partition, broker)) = chosen else {
-            return ResponseFuture::direct(producer.call(Routed {
-                record,
-                partition: None,
-                broker: None,
-            }));
+            return ResponseFuture::direct(producer.call(Routed::unrouted(record)));
         };
-        let first_call = broker.domain().is_none();
-        let delivery = self.keyed.call(Routed {
+        let delivery = keyed.call(Routed {
             record,
             partition: Some(partition),
-            broker: Some(broker.clone()),
+            broker: broker.id(),
         });
-        if first_call {
+        if broker.domain().is_none() {
+            let broker = broker.clone();
             self.remember_domain(&broker);
         }
         ResponseFuture::broker(delivery)
@@ -180,11 +179,7 @@ impl Service<Record> for KafkaService {
     fn call(&mut self, record: Record) -> Self::Future {
         match &mut self.domains {
             Some(domains) => domains.call(record, &mut self.producer),
-            None => ResponseFuture::direct(self.producer.call(Routed {
-                record,
-                partition: None,
-                broker: None,
-            })),
+            None => ResponseFuture::direct(self.producer.call(Routed::unrouted(record))),
         }
     }
 }
