@@ -284,3 +284,56 @@ async fn a_handoff_over_the_leaf_accounts_for_every_record_through_a_frozen_brok
         "{counts:?}: fewer than 99 % delivered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_comes_back_up_is_probed_at_once() {
+    let cluster = cluster();
+    // A cool-down far longer than the test: only the "broker is up" report can end it early.
+    let domains = BrokerDomains::new()
+        .statistics_interval(Duration::from_millis(100))
+        .breaker(
+            tanker::breaker::BreakerLayer::builder()
+                .consecutive_failures(1)
+                .open_for(Duration::from_secs(60))
+                .backoff(1.0, Duration::from_secs(60)),
+        );
+    let kafka = config(&cluster, "comes-back")
+        .message_timeout(Duration::from_millis(500))
+        .broker_domains(domains)
+        .build()
+        .unwrap();
+    warm_up(&kafka).await;
+    let breaker = kafka.brokers().unwrap().get(&2).unwrap().breaker().clone();
+
+    cluster.broker_down(2).unwrap();
+    // Records for broker 2's partition time out and open its breaker.
+    let to_broker_2 = || Record::new(TOPIC, "keyed").key("k").partition(1);
+    let failed = produce(&kafka, to_broker_2()).await;
+    assert!(failed.is_err(), "{failed:?}");
+    wait_until("broker 2's breaker opened", || {
+        breaker.state() == BreakerState::Open
+    })
+    .await;
+    let refused = produce(&kafka, to_broker_2()).await.unwrap_err();
+    assert_eq!(refused.kind(), tanker::kafka::KafkaErrorKind::Refused);
+    assert!(tanker::Rejection::find(&refused).is_some(), "{refused}");
+
+    cluster.broker_up(2).unwrap();
+    let healed = Instant::now();
+    // The statistics see the connection come up again, and the breaker's next call is a probe,
+    // long before the 60 s cool-down is over.
+    let delivery = loop {
+        match produce(&kafka, to_broker_2()).await {
+            Ok(delivery) => break delivery,
+            Err(error) => assert!(
+                healed.elapsed() < Duration::from_secs(5),
+                "still refused {:?} after the heal: {error}",
+                healed.elapsed()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(delivery.partition, 1);
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    assert_eq!(breaker.metrics().times_opened, 1);
+}

@@ -41,8 +41,31 @@ struct Watch {
     delivered: u64,
     /// Since when the broker has had records in flight and delivered none.
     quiet_since: Instant,
-    /// librdkafka's state of the broker's connection at the last run (`UP`, `DOWN`...).
-    up: Option<bool>,
+    /// Where the broker stood in librdkafka's report at the last run.
+    presence: Option<Presence>,
+}
+
+/// Where a broker stands in librdkafka's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Presence {
+    /// Not in the report: the cluster's metadata stopped listing it (it went down).
+    Absent,
+    /// In the report, without a connection up (librdkafka connects to a broker only when it
+    /// has something to send there).
+    Listed,
+    /// In the report, its connection up.
+    Up,
+}
+
+impl Presence {
+    /// Whether going from `self` to `now` means the broker is back: listed again after it left
+    /// the metadata, or connected again after its connection went down.
+    fn is_return(self, now: Presence) -> bool {
+        matches!(
+            (self, now),
+            (Presence::Absent, Presence::Listed | Presence::Up) | (Presence::Listed, Presence::Up)
+        )
+    }
 }
 
 /// What a broker holds and has delivered, read by the statistics callback.
@@ -57,7 +80,7 @@ pub(super) struct Load {
 /// What a run of the statistics callback found out about a broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Seen {
-    /// The broker's connection came up again since the last run.
+    /// The broker came back since the last run: listed again, or connected again.
     pub(super) came_up: bool,
     /// The broker stalled at this run (it was not stalled at the last one).
     pub(super) stalled: bool,
@@ -72,7 +95,7 @@ impl Broker {
             watch: Mutex::new(Watch {
                 delivered: 0,
                 quiet_since: now,
-                up: None,
+                presence: None,
             }),
         }
     }
@@ -131,10 +154,16 @@ impl Broker {
         }
     }
 
-    /// One run of the statistics callback for this broker, at `now`: `up` is whether
-    /// librdkafka's connection to it is up, `load` what it holds and delivered. Decides whether
-    /// it stalled, and whether it came up again (then its breaker, if open, probes at once).
-    pub(super) fn watch(&self, now: Instant, up: bool, load: Load, stall_after: Duration) -> Seen {
+    /// One run of the statistics callback for this broker, at `now`: `presence` is where
+    /// librdkafka's report has it, `load` what it holds and delivered. Decides whether it
+    /// stalled, and whether it came back (then its breaker, if open, probes at once).
+    pub(super) fn watch(
+        &self,
+        now: Instant,
+        presence: Presence,
+        load: Load,
+        stall_after: Duration,
+    ) -> Seen {
         // A poisoned lock only means a callback panicked; the remembered values are whole.
         let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
         if load.in_flight == 0 || load.delivered != watch.delivered {
@@ -143,15 +172,17 @@ impl Broker {
         }
         let stalled = now.saturating_duration_since(watch.quiet_since) >= stall_after;
         let was_stalled = self.stalled.swap(stalled, Ordering::Relaxed);
-        let came_up = up && watch.up == Some(false);
-        watch.up = Some(up);
+        let came_up = watch
+            .presence
+            .is_some_and(|before| before.is_return(presence));
+        watch.presence = Some(presence);
         drop(watch);
         if came_up {
             if let Some(domain) = self.domain.get() {
                 if domain.breaker.probe_now() {
                     tracing::info!(
                         breaker = domain.breaker.name(),
-                        "kafka broker is up again: its breaker probes now"
+                        "kafka broker is back: its breaker probes now"
                     );
                 }
             }
@@ -193,6 +224,7 @@ mod tests {
     use super::*;
 
     const STALL: Duration = Duration::from_millis(500);
+    const UP: Presence = Presence::Up;
 
     fn load(in_flight: u64, delivered: u64) -> Load {
         Load {
@@ -206,19 +238,19 @@ mod tests {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
         let at = |ms| t0 + Duration::from_millis(ms);
-        assert!(!broker.watch(t0, true, load(1, 0), STALL).stalled);
-        let seen = broker.watch(at(400), true, load(1, 0), STALL);
+        assert!(!broker.watch(t0, UP, load(1, 0), STALL).stalled);
+        let seen = broker.watch(at(400), UP, load(1, 0), STALL);
         assert!(!seen.stalled && !broker.stalled());
-        let seen = broker.watch(at(600), true, load(5, 0), STALL);
+        let seen = broker.watch(at(600), UP, load(5, 0), STALL);
         assert!(seen.stalled, "first run past the threshold says so");
         assert!(broker.stalled() && !broker.takes_keyless());
-        let again = broker.watch(at(700), true, load(5, 0), STALL);
+        let again = broker.watch(at(700), UP, load(5, 0), STALL);
         assert!(
             !again.stalled && broker.stalled(),
             "said once, still stalled"
         );
         // A delivery is progress: no longer stalled.
-        broker.watch(at(800), true, load(5, 1), STALL);
+        broker.watch(at(800), UP, load(5, 1), STALL);
         assert!(!broker.stalled() && broker.takes_keyless());
     }
 
@@ -227,28 +259,31 @@ mod tests {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
         let at = |s| t0 + Duration::from_secs(s);
-        broker.watch(at(10), true, load(0, 0), STALL);
+        broker.watch(at(10), UP, load(0, 0), STALL);
         assert!(!broker.stalled());
-        broker.watch(at(11), true, load(3, 0), STALL);
-        broker.watch(at(12), true, load(3, 0), STALL);
+        broker.watch(at(11), UP, load(3, 0), STALL);
+        broker.watch(at(12), UP, load(3, 0), STALL);
         assert!(broker.stalled());
         // Its records failed (timed out): nothing in flight any more, not stalled.
-        broker.watch(at(13), true, load(0, 0), STALL);
+        broker.watch(at(13), UP, load(0, 0), STALL);
         assert!(!broker.stalled());
     }
 
     #[test]
-    fn coming_up_is_seen_once_after_being_down() {
+    fn coming_back_is_seen_once_after_being_down_or_gone() {
         let t0 = Instant::now();
         let broker = Broker::new(1, t0);
         let idle = Load::default();
-        assert!(
-            !broker.watch(t0, true, idle, STALL).came_up,
-            "first sight is no return"
-        );
-        assert!(!broker.watch(t0, false, idle, STALL).came_up);
-        assert!(broker.watch(t0, true, idle, STALL).came_up);
-        assert!(!broker.watch(t0, true, idle, STALL).came_up);
+        let back = |presence| broker.watch(t0, presence, idle, STALL).came_up;
+        assert!(!back(UP), "first sight is no return");
+        assert!(!back(Presence::Listed), "its connection went down");
+        assert!(back(UP), "connected again");
+        assert!(!back(UP));
+        assert!(!back(Presence::Absent), "it left the metadata");
+        assert!(back(Presence::Listed), "listed again, not connected yet");
+        // Connecting after that says it again: harmless, since `probe_now` leaves a breaker
+        // that is already probing (or closed) as it is.
+        assert!(back(UP));
     }
 
     #[test]

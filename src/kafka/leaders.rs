@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_utils::sync::ShardedLock;
 use rdkafka::statistics::Statistics;
 
-use super::broker::{Broker, BrokerId, Brokers};
+use super::broker::{Broker, BrokerId, Brokers, Presence};
 use crate::sync::{AtomicU64, Ordering};
 
 /// One topic's partitions, by partition number: the leader's broker, or `None` while the
@@ -118,21 +118,31 @@ impl Leaders {
     /// topics' leaders if they changed.
     pub(super) fn update(&self, statistics: &Statistics, now: Instant) {
         // Bootstrap entries (`-1`) are not brokers of the cluster's metadata.
-        let listed: Vec<(BrokerId, bool)> = statistics
+        let listed: Vec<(BrokerId, Presence)> = statistics
             .brokers
             .values()
             .filter(|broker| broker.nodeid >= 0)
-            .map(|broker| (broker.nodeid, broker.state == "UP"))
+            .map(|broker| {
+                let presence = if broker.state == "UP" {
+                    Presence::Up
+                } else {
+                    Presence::Listed
+                };
+                (broker.nodeid, presence)
+            })
             .collect();
         for &(id, _) in &listed {
             self.brokers.get(id, now);
         }
         // A broker the report leaves out (librdkafka forgets a broker the metadata stops
-        // listing, as when it goes down) is watched as down: its records still stall.
+        // listing, as when it goes down) is watched as absent: its records still stall.
         for broker in self.brokers.all() {
-            let up = listed.iter().any(|&(id, up)| id == broker.id() && up);
+            let presence = listed
+                .iter()
+                .find(|&&(id, _)| id == broker.id())
+                .map_or(Presence::Absent, |&(_, presence)| presence);
             let load = broker.load();
-            if broker.watch(now, up, load, self.stall_after).stalled {
+            if broker.watch(now, presence, load, self.stall_after).stalled {
                 tracing::warn!(
                     broker = broker.id(),
                     in_flight = load.in_flight,
