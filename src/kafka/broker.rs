@@ -136,6 +136,11 @@ impl Broker {
     /// compartment has room, and its breaker is closed or due for a probe (so that a broker
     /// only keyless records go to is probed too). A few atomic loads; the clock is read only
     /// when the breaker is open.
+    ///
+    /// The loads are not one consistent view, and need not be: this only steers a record
+    /// without a key. A record steered to a broker that filled or opened meanwhile is decided
+    /// exactly by that broker's compartment and breaker (each admits from one atomic word), so
+    /// the worst a race costs is one refusal that the hand-off parks.
     #[inline]
     pub(super) fn takes_keyless(&self) -> bool {
         if self.stalled() {
