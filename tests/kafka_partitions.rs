@@ -337,3 +337,63 @@ async fn a_broker_that_comes_back_up_is_probed_at_once() {
     assert_eq!(breaker.state(), BreakerState::Closed);
     assert_eq!(breaker.metrics().times_opened, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_broker_down_is_one_outage_that_ends_soon_after_the_heal() {
+    let cluster = cluster();
+    let domains = BrokerDomains::new()
+        .statistics_interval(Duration::from_millis(100))
+        .breaker(
+            tanker::breaker::BreakerLayer::builder()
+                .consecutive_failures(1)
+                .open_for(Duration::from_secs(60))
+                .backoff(1.0, Duration::from_secs(60)),
+        );
+    let kafka = config(&cluster, "outage")
+        .message_timeout(Duration::from_millis(500))
+        .broker_domains(domains)
+        .build()
+        .unwrap();
+    warm_up(&kafka).await;
+    let brokers = kafka.brokers().unwrap().clone();
+    assert!(!brokers.outage());
+
+    cluster.broker_down(-1).unwrap();
+    // One record per broker times out and opens that broker's breaker; the third open broker is
+    // one more than the default cap of two: one outage of the cluster.
+    for partition in 0..BROKERS {
+        let record = Record::new(TOPIC, "keyed").key("k").partition(partition);
+        assert!(produce(&kafka, record).await.is_err());
+    }
+    for partition in 0..BROKERS {
+        let record = Record::new(TOPIC, "keyed").key("k").partition(partition);
+        let refused = produce(&kafka, record).await.unwrap_err();
+        assert_eq!(refused.kind(), tanker::kafka::KafkaErrorKind::Refused);
+    }
+    wait_until("one outage", || brokers.outage()).await;
+    assert_eq!(brokers.open_keys(), BROKERS as usize);
+
+    cluster.broker_up(-1).unwrap();
+    let healed = Instant::now();
+    // Every broker comes back, is probed at once, and takes records again: long before the
+    // 60 s cool-down.
+    for partition in 0..PARTITIONS {
+        loop {
+            let record = Record::new(TOPIC, "keyed").key("k").partition(partition);
+            match produce(&kafka, record).await {
+                Ok(delivery) => {
+                    assert_eq!(delivery.partition, partition);
+                    break;
+                }
+                Err(error) => assert!(
+                    healed.elapsed() < Duration::from_secs(5),
+                    "partition {partition} still failing {:?} after the heal: {error}",
+                    healed.elapsed()
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(!brokers.outage());
+    assert_eq!(brokers.open_keys(), 0);
+}

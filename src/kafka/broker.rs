@@ -159,9 +159,21 @@ impl Broker {
         }
     }
 
+    /// Ends the cool-down of the broker's breaker, if it is open: its next record is a probe.
+    pub(super) fn probe_now(&self) {
+        if let Some(domain) = self.domain.get() {
+            if domain.breaker.probe_now() {
+                tracing::info!(
+                    breaker = domain.breaker.name(),
+                    "kafka broker may be back: its breaker probes now"
+                );
+            }
+        }
+    }
+
     /// One run of the statistics callback for this broker, at `now`: `presence` is where
     /// librdkafka's report has it, `load` what it holds and delivered. Decides whether it
-    /// stalled, and whether it came back (then its breaker, if open, probes at once).
+    /// stalled, and whether it came back.
     pub(super) fn watch(
         &self,
         now: Instant,
@@ -182,16 +194,6 @@ impl Broker {
             .is_some_and(|before| before.is_return(presence));
         watch.presence = Some(presence);
         drop(watch);
-        if came_up {
-            if let Some(domain) = self.domain.get() {
-                if domain.breaker.probe_now() {
-                    tracing::info!(
-                        breaker = domain.breaker.name(),
-                        "kafka broker is back: its breaker probes now"
-                    );
-                }
-            }
-        }
         Seen {
             came_up,
             stalled: stalled && !was_stalled,

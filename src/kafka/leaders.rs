@@ -136,13 +136,21 @@ impl Leaders {
         }
         // A broker the report leaves out (librdkafka forgets a broker the metadata stops
         // listing, as when it goes down) is watched as absent: its records still stall.
-        for broker in self.brokers.all() {
+        let brokers = self.brokers.all();
+        let mut returned = false;
+        let mut present = Vec::with_capacity(brokers.len());
+        for broker in &brokers {
             let presence = listed
                 .iter()
                 .find(|&&(id, _)| id == broker.id())
                 .map_or(Presence::Absent, |&(_, presence)| presence);
+            if presence != Presence::Absent {
+                present.push(broker);
+            }
             let load = broker.load();
-            if broker.watch(now, presence, load, self.stall_after).stalled {
+            let seen = broker.watch(now, presence, load, self.stall_after);
+            returned |= seen.came_up;
+            if seen.stalled {
                 tracing::warn!(
                     broker = broker.id(),
                     in_flight = load.in_flight,
@@ -151,6 +159,14 @@ impl Leaders {
                     self.stall_after
                 );
             }
+        }
+        // A broker that comes back is probed at once. So is every other broker in the report:
+        // librdkafka connects only to the brokers it has records for, and an open breaker sends
+        // none, so after an outage of the whole cluster the first broker back is the only one
+        // seen coming back. A probe of a broker still down costs one record, which fails and
+        // gets its one more try in the hand-off.
+        if returned {
+            present.iter().for_each(|broker| broker.probe_now());
         }
         let topics: Vec<(&str, Vec<Option<BrokerId>>)> = statistics
             .topics
