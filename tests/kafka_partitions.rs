@@ -285,10 +285,10 @@ async fn a_handoff_over_the_leaf_accounts_for_every_record_through_a_frozen_brok
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_comes_back_up_is_probed_at_once() {
-    let cluster = cluster();
-    // A cool-down far longer than the test: only the "broker is up" report can end it early.
+/// A warmed-up producer whose brokers' breakers open on one failure (a record times out in
+/// 500 ms) for a minute: far longer than a test, so that only a broker's return can end the
+/// cool-down early.
+async fn opens_for_a_minute(cluster: &Cluster, name: &str) -> KafkaService {
     let domains = BrokerDomains::new()
         .statistics_interval(Duration::from_millis(100))
         .breaker(
@@ -297,12 +297,19 @@ async fn a_broker_that_comes_back_up_is_probed_at_once() {
                 .open_for(Duration::from_secs(60))
                 .backoff(1.0, Duration::from_secs(60)),
         );
-    let kafka = config(&cluster, "comes-back")
+    let kafka = config(cluster, name)
         .message_timeout(Duration::from_millis(500))
         .broker_domains(domains)
         .build()
         .unwrap();
     warm_up(&kafka).await;
+    kafka
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_comes_back_up_is_probed_at_once() {
+    let cluster = cluster();
+    let kafka = opens_for_a_minute(&cluster, "comes-back").await;
     let breaker = kafka.brokers().unwrap().get(&2).unwrap().breaker().clone();
 
     cluster.broker_down(2).unwrap();
@@ -341,20 +348,7 @@ async fn a_broker_that_comes_back_up_is_probed_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_broker_down_is_one_outage_that_ends_soon_after_the_heal() {
     let cluster = cluster();
-    let domains = BrokerDomains::new()
-        .statistics_interval(Duration::from_millis(100))
-        .breaker(
-            tanker::breaker::BreakerLayer::builder()
-                .consecutive_failures(1)
-                .open_for(Duration::from_secs(60))
-                .backoff(1.0, Duration::from_secs(60)),
-        );
-    let kafka = config(&cluster, "outage")
-        .message_timeout(Duration::from_millis(500))
-        .broker_domains(domains)
-        .build()
-        .unwrap();
-    warm_up(&kafka).await;
+    let kafka = opens_for_a_minute(&cluster, "outage").await;
     let brokers = kafka.brokers().unwrap().clone();
     assert!(!brokers.outage());
 
