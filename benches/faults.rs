@@ -5,8 +5,9 @@
 //! scenarios whose name contains `frozen`. It prints a Markdown report on stdout (progress on
 //! stderr; the report is also saved to `target/faults-bench.md`) and takes about 40 s a
 //! scenario. The phases can be changed with `TANKER_FAULTS_RATE` (records/s, 2000),
-//! `TANKER_FAULTS_HEALTHY` (s, 5), `TANKER_FAULTS_FAULT` (s, 15), `TANKER_FAULTS_HEALED` (s, 10)
-//! and `TANKER_FAULTS_SETTLE` (s, 6). `-- long` runs an outage longer than the hand-off's budget
+//! `TANKER_FAULTS_HEALTHY` (s, 5), `TANKER_FAULTS_FAULT` (s, 15), `TANKER_FAULTS_HEALED` (s, 10),
+//! `TANKER_FAULTS_SETTLE` (s, 6) and `TANKER_FAULTS_KEYED_EVERY` (one record in 4 has a key; 0
+//! for none). `-- long` runs an outage longer than the hand-off's budget
 //! (`TANKER_FAULTS_LONG`, 120 s), which is left out of the default run.
 //!
 //! Each scenario starts two fresh mock clusters of 3 brokers with a topic of 6 partitions, one
@@ -18,7 +19,14 @@
 //!   `KafkaConfig` itself by the incident demo's `raw.rs`, so the two cannot drift), and a
 //!   delivery callback that counts.
 //! - **tanker**: the README's quick start on its defaults: `Handoff` (64 MiB of records at
-//!   most) → `breaker` with `FaultClassifier` → `bulkhead(4096)` → `KafkaService`.
+//!   most) → `KafkaService`, whose per-broker compartments and breakers are built in.
+//! - **layers**: the generic recipe over the same leaf: `Handoff` → `breaker` with
+//!   `FaultClassifier` → `bulkhead(4096)` → `KafkaService` (per-broker domains on too), to
+//!   decide by the numbers whether the quick start needs the outer layers.
+//!
+//! Every fourth record has a key and an explicit partition (round robin over the 6), so that
+//! the report can say what became of the records tied to a healthy broker; the others have
+//! neither, and go where the producer sends them. Partition `p` is led by broker `p % 3 + 1`.
 //!
 //! The fault starts after the healthy phase on both clusters at once and is healed after the
 //! fault phase (a moved leader stays moved). The senders stop after the healed phase; both
@@ -41,11 +49,12 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, Threa
 use tokio::runtime::{Builder, Runtime};
 use tower::ServiceBuilder;
 
-use tanker::breaker::{BreakerHandle, BreakerLayer};
+use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::Handoff;
 use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
+use tower::Service as _;
 
 /// Raw fire-and-forget's configuration and delivery counting, shared with the incident demo.
 #[path = "../demo/examples/incident/raw.rs"]
@@ -126,7 +135,7 @@ impl Fault {
             Fault::OneFrozen => cluster.broker_round_trip_time(2, FROZEN_RTT),
             Fault::OneDown => cluster.broker_down(2),
             Fault::LeaderMoved => (0..PARTITIONS / 2).try_for_each(|partition| {
-                cluster.partition_leader(TOPIC, partition, Some(partition % BROKERS + 1))
+                cluster.partition_leader(TOPIC, partition, Some(leader_of(partition) % BROKERS + 1))
             }),
         }
         .expect("mock cluster fault");
@@ -144,20 +153,63 @@ impl Fault {
     }
 }
 
+/// The broker that leads `partition` when a scenario starts.
+fn leader_of(partition: i32) -> i32 {
+    partition % BROKERS + 1
+}
+
+/// The sick broker of a fault that makes one broker sick.
+fn sick_broker(fault: Fault) -> Option<i32> {
+    match fault {
+        Fault::OneFrozen | Fault::OneDown => Some(2),
+        _ => None,
+    }
+}
+
+/// The partitions whose leader is not `sick`.
+fn healthy_partitions(sick: i32) -> impl Iterator<Item = i32> {
+    (0..PARTITIONS).filter(move |&p| leader_of(p) != sick)
+}
+
 fn cluster() -> Cluster {
     let cluster = MockCluster::new(BROKERS).expect("mock cluster");
     cluster
         .create_topic(TOPIC, PARTITIONS, 1)
         .expect("create topic");
+    for partition in 0..PARTITIONS {
+        cluster
+            .partition_leader(TOPIC, partition, Some(leader_of(partition)))
+            .expect("partition leader");
+    }
     cluster
 }
 
-fn record() -> Record {
-    Record::new(TOPIC, Bytes::from_static(&PAYLOAD))
+/// Every `keyed_every()`-th record has a key and a partition of its own (round robin); the
+/// others have neither. `TANKER_FAULTS_KEYED_EVERY` (default 4); 0 for no keyed records.
+fn keyed_every() -> u64 {
+    static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *EVERY.get_or_init(|| env_or("TANKER_FAULTS_KEYED_EVERY", 4))
+}
+
+/// The partition of the `n`-th record, if it is one with a key.
+fn keyed_partition(n: u64) -> Option<i32> {
+    let every = keyed_every();
+    (every > 0 && n.is_multiple_of(every)).then(|| ((n / every) % PARTITIONS as u64) as i32)
+}
+
+/// The key of the records for each partition.
+const KEYS: [&str; PARTITIONS as usize] = ["k0", "k1", "k2", "k3", "k4", "k5"];
+
+fn record(n: u64) -> Record {
+    let record = Record::new(TOPIC, Bytes::from_static(&PAYLOAD));
+    match keyed_partition(n) {
+        Some(partition) => record.key(KEYS[partition as usize]).partition(partition),
+        None => record,
+    }
 }
 
 // ------------------------------------------------------------------------------------------
-// The two variants
+// The variants
 // ------------------------------------------------------------------------------------------
 
 struct Raw {
@@ -184,53 +236,135 @@ impl Raw {
         }
     }
 
-    fn send(&mut self) {
+    fn send(&mut self, n: u64) {
         self.offered += 1;
-        let record: BaseRecord<'_, (), [u8]> = BaseRecord::to(TOPIC).payload(&PAYLOAD[..]);
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(TOPIC).payload(&PAYLOAD[..]);
+        if let Some(partition) = keyed_partition(n) {
+            record = record.key(KEYS[partition as usize]).partition(partition);
+        }
         if self.producer.send(record).is_err() {
             self.refused += 1;
         }
     }
+}
 
-    fn delivered(&self) -> u64 {
-        self.reports.delivered.load(Ordering::Relaxed)
+/// Which of tanker's stacks a variant runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stack {
+    /// `Handoff` → `KafkaService` (per-broker domains built in): the quick start.
+    BuiltIn,
+    /// `Handoff` → `breaker` → `bulkhead(4096)` → `KafkaService`.
+    Layers,
+}
+
+impl Stack {
+    fn name(self) -> &'static str {
+        match self {
+            Stack::BuiltIn => "tanker",
+            Stack::Layers => "layers",
+        }
     }
 }
 
 struct Tanker {
+    stack: Stack,
     handoff: Handoff<Record>,
-    breaker: BreakerHandle,
+    /// The outer breaker's times opened, for [`Stack::Layers`].
+    outer_opened: Box<dyn Fn() -> u64>,
     kafka: KafkaService,
+    reports: Arc<raw::Deliveries>,
 }
 
 impl Tanker {
-    /// The README's quick start, on its defaults.
-    fn new(rt: &Runtime, cluster: &Cluster) -> Self {
+    fn new(rt: &Runtime, cluster: &Cluster, stack: Stack) -> Self {
         let _runtime = rt.enter();
         let kafka = KafkaConfig::new(cluster.bootstrap_servers())
-            .name("stats")
+            .name(stack.name())
             .build()
             .expect("kafka settings");
-        let breaker = BreakerLayer::builder()
-            .name("kafka")
-            .classify(FaultClassifier)
-            .build()
-            .expect("breaker settings");
-        let handle = breaker.handle();
-        let stack = ServiceBuilder::new()
-            .breaker(breaker)
-            .bulkhead(BulkheadLayer::new(4096).expect("bulkhead settings"))
-            .service(kafka.clone());
+        let reports = Arc::new(raw::Deliveries::default());
+        // Counts each record's delivery by partition, as the raw variant's context does.
+        let counted = {
+            let (kafka, reports) = (kafka.clone(), reports.clone());
+            tower::service_fn(move |record: Record| {
+                let keyed = record.key_bytes().is_some();
+                let delivery = kafka.clone().call(record);
+                let reports = reports.clone();
+                async move {
+                    let delivery = delivery.await;
+                    reports.count(delivery.as_ref().ok().map(|d| (d.partition, keyed)));
+                    delivery
+                }
+            })
+        };
         let handoff = Handoff::builder()
-            .name("stats")
-            .max_bytes(64 << 20, Record::weight)
-            .spawn(stack)
-            .expect("hand-off settings");
+            .name(stack.name())
+            .max_bytes(64 << 20, Record::weight);
+        let (handoff, outer_opened): (_, Box<dyn Fn() -> u64>) = match stack {
+            Stack::BuiltIn => (handoff.spawn(counted), Box::new(|| 0)),
+            Stack::Layers => {
+                let breaker = BreakerLayer::builder()
+                    .name("kafka")
+                    .classify(FaultClassifier)
+                    .build()
+                    .expect("breaker settings");
+                let handle = breaker.handle();
+                let stack = ServiceBuilder::new()
+                    .breaker(breaker)
+                    .bulkhead(BulkheadLayer::new(4096).expect("bulkhead settings"))
+                    .service(counted);
+                (
+                    handoff.spawn(stack),
+                    Box::new(move || handle.counts().times_opened),
+                )
+            }
+        };
         Self {
-            handoff,
-            breaker: handle,
+            stack,
+            handoff: handoff.expect("hand-off settings"),
+            outer_opened,
             kafka,
+            reports,
         }
+    }
+
+    /// Times any of the variant's breakers opened: the per-broker ones and the outer one.
+    fn breakers_opened(&self) -> u64 {
+        let per_broker: u64 = self
+            .kafka
+            .brokers()
+            .map(|brokers| {
+                brokers
+                    .keys()
+                    .iter()
+                    .map(|key| key.breaker().counts().times_opened)
+                    .sum()
+            })
+            .unwrap_or(0);
+        per_broker + (self.outer_opened)()
+    }
+
+    /// Each broker's compartment and breaker, for the report.
+    fn per_broker(&self) -> String {
+        let Some(brokers) = self.kafka.brokers() else {
+            return "no per-broker domains".into();
+        };
+        let mut keys = brokers.keys();
+        keys.sort_by_key(|key| *key.key());
+        keys.iter()
+            .map(|key| {
+                let breaker = key.breaker().counts();
+                format!(
+                    "broker {}: admitted {}, shed {}, breaker opened {} and rejected {}",
+                    key.key(),
+                    key.bulkhead().counts().admitted,
+                    key.bulkhead().counts().shed,
+                    breaker.times_opened,
+                    breaker.rejected,
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -269,14 +403,23 @@ impl Phases {
 
 /// What one variant did in one scenario.
 struct Outcome {
+    name: &'static str,
     offered: u64,
     delivered: u64,
     /// Deliveries in each second of the run (the settle time included).
     per_second: Vec<u64>,
+    /// Deliveries to the partitions of the healthy brokers in each second, when one broker is
+    /// sick.
+    healthy_per_second: Vec<u64>,
+    /// Records with a key for a healthy broker's partition: delivered, of offered.
+    keyed_healthy: Option<(u64, u64)>,
     /// Whatever else the variant reports about its records, for the report.
     detail: String,
     /// The duration of each of its `send` calls, in nanoseconds, sorted.
     sends: Vec<u32>,
+    /// Times its breakers opened (tanker's variants).
+    breakers_opened: Option<u64>,
+    balanced: Option<bool>,
 }
 
 impl Outcome {
@@ -303,6 +446,27 @@ impl Outcome {
             .position(|&n| n >= wanted)
             .map(|i| i as u64 + 1)
     }
+
+    /// Seconds of the fault (after its first, when the sick broker is being found out) in
+    /// which the healthy brokers delivered less than `FULL` of what they are offered: every
+    /// record without a key, and the keyed records of their own partitions.
+    fn healthy_seconds_short(&self, phases: &Phases) -> Option<usize> {
+        if self.healthy_per_second.is_empty() {
+            return None;
+        }
+        let sick_keyed = match keyed_every() {
+            0 => 0.0,
+            every => 2.0 / PARTITIONS as f64 / every as f64,
+        };
+        let wanted = phases.rate as f64 * (1.0 - sick_keyed) * FULL;
+        let fault = phases.healthy as usize + 1..phases.heal_at() as usize;
+        Some(
+            self.healthy_per_second[fault]
+                .iter()
+                .filter(|&&n| (n as f64) < wanted)
+                .count(),
+        )
+    }
 }
 
 struct ScenarioRun {
@@ -310,10 +474,7 @@ struct ScenarioRun {
     phases: Phases,
     /// The process's resident memory during the fault, lowest and highest, in MiB.
     rss_mib: (f64, f64),
-    raw: Outcome,
-    tanker: Outcome,
-    balanced: bool,
-    breaker_opened: u64,
+    outcomes: Vec<Outcome>,
 }
 
 /// Runs `send` and adds its duration to `sends`.
@@ -323,118 +484,169 @@ fn timed(sends: &mut Vec<u32>, send: impl FnOnce()) {
     sends.push(u32::try_from(start.elapsed().as_nanos()).unwrap_or(u32::MAX));
 }
 
+/// Per-second counts of one variant.
+#[derive(Default)]
+struct Seconds {
+    all: Vec<u64>,
+    healthy: Vec<u64>,
+    marks: (u64, u64),
+}
+
+impl Seconds {
+    fn tick(&mut self, reports: &raw::Deliveries, sick: Option<i32>) {
+        let all = reports.delivered.load(Ordering::Relaxed);
+        let healthy = sick.map_or(0, |sick| {
+            reports.to_partitions(healthy_partitions(sick), false)
+        });
+        self.all.push(all - self.marks.0);
+        if sick.is_some() {
+            self.healthy.push(healthy - self.marks.1);
+        }
+        self.marks = (all, healthy);
+    }
+}
+
 fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     progress(format!("{}: {}", fault.name(), fault.describe()));
     let phases = &Phases {
         fault: fault.lasts(phases),
         ..*phases
     };
-    let raw_cluster = cluster();
-    let tanker_cluster = cluster();
-    let mut raw = Raw::new(&raw_cluster);
-    let tanker = Tanker::new(rt, &tanker_cluster);
+    let sick = sick_broker(fault);
+    let clusters = [cluster(), cluster(), cluster()];
+    let mut raw = Raw::new(&clusters[0]);
+    let tankers = [
+        Tanker::new(rt, &clusters[1], Stack::BuiltIn),
+        Tanker::new(rt, &clusters[2], Stack::Layers),
+    ];
 
     let total = phases.sending() + phases.settle;
-    let mut raw_seconds = Vec::with_capacity(total as usize);
-    let mut tanker_seconds = Vec::with_capacity(total as usize);
-    let (mut raw_mark, mut tanker_mark) = (0, 0);
-    let (mut raw_sends, mut tanker_sends) = (Vec::new(), Vec::new());
+    let mut seconds: [Seconds; 3] = Default::default();
+    let mut sends: [Vec<u32>; 3] = Default::default();
     let (mut rss_low, mut rss_high) = (f64::MAX, 0.0f64);
-    let mut peak_backlog = 0;
+    let mut peak_backlog = [0; 2];
+    let mut keyed_offered = [0u64; PARTITIONS as usize];
     let start = Instant::now();
     let mut sent = 0u64;
     for second in 0..total {
         if second == phases.healthy {
             progress(format!("  t={second}s: fault starts"));
-            fault.start(&raw_cluster);
-            fault.start(&tanker_cluster);
+            clusters.iter().for_each(|c| fault.start(c));
         }
         if second == phases.heal_at() {
             progress(format!("  t={second}s: healed"));
-            fault.heal(&raw_cluster);
-            fault.heal(&tanker_cluster);
+            clusters.iter().for_each(|c| fault.heal(c));
         }
         let end_of_second = start + Duration::from_secs(second + 1);
-        // Offer the second's records in steps of 10 ms, to both variants alike.
+        // Offer the second's records in steps of 10 ms, to every variant alike.
         while Instant::now() < end_of_second {
             if second < phases.sending() {
                 let due = (start.elapsed().as_secs_f64() * phases.rate as f64) as u64;
                 while sent < due.min(phases.sending() * phases.rate) {
-                    timed(&mut raw_sends, || raw.send());
-                    timed(&mut tanker_sends, || {
-                        let _ = tanker.handoff.send(record());
-                    });
+                    timed(&mut sends[0], || raw.send(sent));
+                    for (tanker, sends) in tankers.iter().zip(&mut sends[1..]) {
+                        timed(sends, || {
+                            let _ = tanker.handoff.send(record(sent));
+                        });
+                    }
+                    if let Some(partition) = keyed_partition(sent) {
+                        keyed_offered[partition as usize] += 1;
+                    }
                     sent += 1;
                 }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        let counts = tanker.handoff.counts();
-        peak_backlog = peak_backlog.max(counts.queued + counts.parked);
+        for (peak, tanker) in peak_backlog.iter_mut().zip(&tankers) {
+            let counts = tanker.handoff.counts();
+            *peak = (*peak).max(counts.queued + counts.parked);
+        }
         if (phases.healthy..phases.heal_at()).contains(&second) {
             let rss = rss_kib() as f64 / 1024.0;
             (rss_low, rss_high) = (rss_low.min(rss), rss_high.max(rss));
         }
-        let (raw_now, tanker_now) = (raw.delivered(), counts.delivered);
-        raw_seconds.push(raw_now - raw_mark);
-        tanker_seconds.push(tanker_now - tanker_mark);
-        (raw_mark, tanker_mark) = (raw_now, tanker_now);
+        seconds[0].tick(&raw.reports, sick);
+        for (seconds, tanker) in seconds[1..].iter_mut().zip(&tankers) {
+            seconds.tick(&tanker.reports, sick);
+        }
     }
+    let keyed_healthy = |reports: &raw::Deliveries| {
+        sick.map(|sick| {
+            let offered = healthy_partitions(sick)
+                .map(|p| keyed_offered[p as usize])
+                .sum();
+            (
+                reports.to_partitions(healthy_partitions(sick), true),
+                offered,
+            )
+        })
+        .filter(|&(_, offered)| offered > 0)
+    };
+    let [raw_seconds, builtin_seconds, layers_seconds] = seconds;
+    let [raw_sends, builtin_sends, layers_sends] = sends;
 
     // Raw: whatever librdkafka still holds after the settle time is as good as lost to the
     // caller; flush briefly so the producer can be dropped.
     let _ = raw.producer.flush(Duration::from_secs(1));
-    let raw_failed = raw.reports.failed.load(Ordering::Relaxed);
     let raw_outcome = Outcome {
+        name: "raw",
         offered: raw.offered,
-        delivered: raw.delivered(),
-        per_second: raw_seconds,
+        delivered: raw.reports.delivered.load(Ordering::Relaxed),
+        per_second: raw_seconds.all,
+        healthy_per_second: raw_seconds.healthy,
+        keyed_healthy: keyed_healthy(&raw.reports),
         detail: format!(
-            "failed {raw_failed}, refused by send {}, still queued {}",
+            "failed {}, refused by send {}, still queued {}",
+            raw.reports.failed.load(Ordering::Relaxed),
             raw.refused,
             raw.producer.in_flight_count()
         ),
         sends: sorted(raw_sends),
+        breakers_opened: None,
+        balanced: None,
     };
-
-    let Tanker {
-        handoff,
-        breaker,
-        kafka,
-    } = tanker;
-    let counts = rt.block_on(handoff.close(Duration::from_secs(5))).counts;
-    let _ = rt.block_on(kafka.flush(Duration::from_secs(1)));
-    let balanced = counts.is_balanced() && counts.pending() == 0;
-    let tanker_outcome = Outcome {
-        offered: counts.offered,
-        delivered: counts.delivered,
-        per_second: tanker_seconds,
-        detail: format!(
-            "dropped {}, expired {}, shed {}, rejected {}, failed {}, pending {} \
-             (one more try for {}; at most {} records held at once)",
-            counts.dropped,
-            counts.expired,
-            counts.shed,
-            counts.rejected,
-            counts.failed,
-            counts.pending(),
-            counts.retried,
-            peak_backlog,
-        ),
-        sends: sorted(tanker_sends),
-    };
-    let breaker_opened = breaker.counts().times_opened;
+    let mut outcomes = vec![raw_outcome];
+    for ((tanker, seconds), (sends, peak)) in tankers
+        .into_iter()
+        .zip([builtin_seconds, layers_seconds])
+        .zip([builtin_sends, layers_sends].into_iter().zip(peak_backlog))
+    {
+        let counts = rt
+            .block_on(tanker.handoff.close(Duration::from_secs(5)))
+            .counts;
+        let _ = rt.block_on(tanker.kafka.flush(Duration::from_secs(1)));
+        outcomes.push(Outcome {
+            name: tanker.stack.name(),
+            offered: counts.offered,
+            delivered: counts.delivered,
+            per_second: seconds.all,
+            healthy_per_second: seconds.healthy,
+            keyed_healthy: keyed_healthy(&tanker.reports),
+            detail: format!(
+                "dropped {}, expired {}, shed {}, rejected {}, failed {}, pending {} \
+                 (one more try for {}; at most {} records held at once); {}",
+                counts.dropped,
+                counts.expired,
+                counts.shed,
+                counts.rejected,
+                counts.failed,
+                counts.pending(),
+                counts.retried,
+                peak,
+                tanker.per_broker(),
+            ),
+            sends: sorted(sends),
+            breakers_opened: Some(tanker.breakers_opened()),
+            balanced: Some(counts.is_balanced() && counts.pending() == 0),
+        });
+    }
     drop(raw);
-    drop(raw_cluster);
-    drop(tanker_cluster);
+    drop(clusters);
     ScenarioRun {
         fault,
         phases: *phases,
         rss_mib: (rss_low, rss_high),
-        raw: raw_outcome,
-        tanker: tanker_outcome,
-        balanced,
-        breaker_opened,
+        outcomes,
     }
 }
 
@@ -461,76 +673,94 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "## Records kept through Kafka faults: tanker (quick start, defaults) vs raw fire-and-forget\n\n\
-         Mock cluster of {BROKERS} brokers, topic of {PARTITIONS} partitions, {} keyless records/s of \
-         100 B; {} s healthy, {} s fault, {} s healed, then {} s to settle. Both variants in one \
-         process, offered the same records by one sender thread.\n",
-        phases.rate, phases.healthy, phases.fault, phases.healed, phases.settle
+        "## Records kept through Kafka faults: tanker (quick start, defaults), the layered recipe, and raw fire-and-forget\n\n\
+         Mock cluster of {BROKERS} brokers, topic of {PARTITIONS} partitions (partition p led by \
+         broker p % 3 + 1), {} records/s of 100 B, one in {} with a key and its own \
+         partition (0: none); {} s healthy, {} s fault, {} s healed, then {} s to settle. Every variant in \
+         one process, on its own cluster, offered the same records by one sender thread.\n",
+        phases.rate,
+        keyed_every(),
+        phases.healthy,
+        phases.fault,
+        phases.healed,
+        phases.settle
     );
     let _ = writeln!(
         out,
-        "| fault | raw: delivered | tanker: delivered | tanker / raw | raw: full delivery after the heal | tanker: full delivery after the heal | tanker: breaker opened | tanker: accounting |"
+        "| fault | variant | delivered | / raw | keyed, healthy broker | seconds the healthy brokers fell short | full delivery after the heal | breakers opened | accounting |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---|---|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---:|---|");
     for run in runs {
-        let _ = writeln!(
-            out,
-            "| {} ({} s) | {:.1} % ({}/{}) | {:.1} % ({}/{}) | {:.3} | {} | {} | {} | {} |",
-            run.fault.describe(),
-            run.phases.fault,
-            run.raw.share(),
-            run.raw.delivered,
-            run.raw.offered,
-            run.tanker.share(),
-            run.tanker.delivered,
-            run.tanker.offered,
-            run.tanker.delivered as f64 / run.raw.delivered.max(1) as f64,
-            resumed(&run.raw, &run.phases, run.fault),
-            resumed(&run.tanker, &run.phases, run.fault),
-            run.breaker_opened,
-            if run.balanced { "exact" } else { "UNBALANCED" },
-        );
+        let raw = run.outcomes[0].delivered.max(1) as f64;
+        for outcome in &run.outcomes {
+            let keyed = outcome.keyed_healthy.map_or("n/a".into(), |(d, o)| {
+                format!("{:.1} % ({d}/{o})", 100.0 * d as f64 / o.max(1) as f64)
+            });
+            let short = outcome
+                .healthy_seconds_short(&run.phases)
+                .map_or("n/a".into(), |n| n.to_string());
+            let _ = writeln!(
+                out,
+                "| {} ({} s) | {} | {:.1} % ({}/{}) | {:.3} | {} | {} | {} | {} | {} |",
+                run.fault.describe(),
+                run.phases.fault,
+                outcome.name,
+                outcome.share(),
+                outcome.delivered,
+                outcome.offered,
+                outcome.delivered as f64 / raw,
+                keyed,
+                short,
+                resumed(outcome, &run.phases, run.fault),
+                outcome
+                    .breakers_opened
+                    .map_or("n/a".into(), |n| n.to_string()),
+                match outcome.balanced {
+                    None => "n/a",
+                    Some(true) => "exact",
+                    Some(false) => "UNBALANCED",
+                },
+            );
+        }
     }
     let _ = writeln!(
         out,
         "\n`send` latency over the whole run (ns, two clock reads included), and the process's \
-         resident memory during the fault (both variants share the process):\n\n\
-         | fault | raw: p50 / p99 / p99.9 | tanker: p50 / p99 / p99.9 | RSS during the fault (MiB) |\n\
-         |---|---|---|---|"
+         resident memory during the fault (every variant shares the process):\n\n\
+         | fault | variant | p50 / p99 / p99.9 |\n|---|---|---|"
     );
     for run in runs {
+        for outcome in &run.outcomes {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} / {} / {} |",
+                run.fault.describe(),
+                outcome.name,
+                outcome.send_ns(0.5),
+                outcome.send_ns(0.99),
+                outcome.send_ns(0.999),
+            );
+        }
+    }
+    for run in runs {
         let _ = writeln!(
             out,
-            "| {} | {} / {} / {} | {} / {} / {} | {:.1} – {:.1} |",
+            "\n{}: RSS during the fault {:.1} – {:.1} MiB. What became of the rest:\n",
             run.fault.describe(),
-            run.raw.send_ns(0.5),
-            run.raw.send_ns(0.99),
-            run.raw.send_ns(0.999),
-            run.tanker.send_ns(0.5),
-            run.tanker.send_ns(0.99),
-            run.tanker.send_ns(0.999),
             run.rss_mib.0,
-            run.rss_mib.1,
+            run.rss_mib.1
         );
+        for outcome in &run.outcomes {
+            let _ = writeln!(out, "- {}: {}.", outcome.name, outcome.detail);
+        }
     }
-    let _ = writeln!(out, "\nWhat became of the rest:\n");
+    let _ = writeln!(out, "\nDeliveries per second (raw / tanker / layers):\n");
     for run in runs {
-        let _ = writeln!(
-            out,
-            "- {}: raw {}; tanker {}.",
-            run.fault.describe(),
-            run.raw.detail,
-            run.tanker.detail
-        );
-    }
-    let _ = writeln!(out, "\nDeliveries per second (raw / tanker):\n");
-    for run in runs {
-        let seconds: Vec<String> = run
-            .raw
-            .per_second
-            .iter()
-            .zip(&run.tanker.per_second)
-            .map(|(r, t)| format!("{r}/{t}"))
+        let seconds: Vec<String> = (0..run.outcomes[0].per_second.len())
+            .map(|i| {
+                let at = |o: &Outcome| o.per_second.get(i).copied().unwrap_or(0).to_string();
+                run.outcomes.iter().map(at).collect::<Vec<_>>().join("/")
+            })
             .collect();
         let _ = writeln!(out, "- {}: {}", run.fault.name(), seconds.join(" "));
     }

@@ -27,8 +27,8 @@
 //!    the sender thread switched out by the kernel (`/proc/thread-self/schedstat`), was the
 //!    queue at least half full (the doorbell path), was it the first send after a sleep.
 //! 2. **`throughput`**: records/s through the whole stack (hand-off of capacity 16 384 and
-//!    concurrency 4096, bulkhead 4096) against raw rdkafka (`FutureProducer::send_result`
-//!    from a tokio task, at most 4096 delivery futures in flight, awaiting them), same mock
+//!    concurrency 4096, bulkhead 4096, the leaf's per-broker domains on) against raw rdkafka
+//!    (`FutureProducer::send_result` from a tokio task, at most 4096 delivery futures in flight, awaiting them), same mock
 //!    cluster layout, same payload (100 B), same producer properties (set explicitly on both).
 //!    Each run starts on a fresh cluster after a warm-up and ends when every record's delivery
 //!    report is in; the stack's sender thread offers as fast as it can and, when the hand-off
@@ -65,7 +65,7 @@ use tower::ServiceBuilder;
 use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffCounts, Sent};
-use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
+use tanker::kafka::{BrokerDomains, FaultClassifier, KafkaConfig, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
 type Cluster = MockCluster<'static, DefaultProducerContext>;
@@ -120,9 +120,15 @@ fn cluster() -> Cluster {
     cluster
 }
 
+/// The stack's producer: the shared properties, and the per-broker domains on (as by default)
+/// with a compartment as large as the stack's bulkhead, so that the broker's compartment is
+/// not what limits the records in flight.
 fn kafka_config(cluster: &Cluster, name: &str) -> KafkaConfig {
+    let domains = BrokerDomains::new().bulkhead(BulkheadLayer::builder().max_in_flight(IN_FLIGHT));
     PRODUCER_PROPERTIES.iter().fold(
-        KafkaConfig::new(cluster.bootstrap_servers()).name(name.to_owned()),
+        KafkaConfig::new(cluster.bootstrap_servers())
+            .name(name.to_owned())
+            .broker_domains(domains),
         |config, &(key, value)| config.set(key, value),
     )
 }
@@ -140,8 +146,25 @@ fn raw_producer(cluster: &Cluster) -> FutureProducer {
 
 struct Stack {
     handoff: Handoff<Record>,
-    breaker: BreakerHandle,
+    /// The outer breaker; `None` for the quick start, which has none.
+    breaker: Option<BreakerHandle>,
     kafka: KafkaService,
+}
+
+/// The README's quick start: hand-off → KafkaService, whose per-broker domains are built in.
+fn quick_start(rt: &Runtime, kafka: KafkaService, capacity: usize) -> Stack {
+    let _runtime = rt.enter();
+    let handoff = Handoff::builder()
+        .name("bench")
+        .capacity(capacity)
+        .concurrency(IN_FLIGHT)
+        .spawn(kafka.clone())
+        .expect("hand-off settings");
+    Stack {
+        handoff,
+        breaker: None,
+        kafka,
+    }
 }
 
 /// hand-off → breaker(FaultClassifier) → bulkhead → KafkaService.
@@ -166,7 +189,7 @@ fn stack(rt: &Runtime, kafka: KafkaService, capacity: usize) -> Stack {
         .expect("hand-off settings");
     Stack {
         handoff,
-        breaker: breaker_handle,
+        breaker: Some(breaker_handle),
         kafka,
     }
 }
@@ -533,14 +556,14 @@ fn latency_case(rt: &Runtime, case: Case, n: usize, rate: u64) -> LatencyRow {
     }
     let paced = {
         let handoff = stack.handoff.clone();
-        let breaker = stack.breaker.clone();
+        let breaker = stack.breaker.clone().expect("the layered stack");
         std::thread::spawn(move || {
             paced_sends(Some(&handoff), Some(&breaker), n, rate, owned_record)
         })
         .join()
         .expect("sender thread")
     };
-    let metrics = stack.breaker.counts();
+    let metrics = stack.breaker.as_ref().expect("the layered stack").counts();
     let breaker = format!(
         "{:?}, opened {}×, rejected {}",
         metrics.state, metrics.times_opened, metrics.rejected
@@ -610,12 +633,17 @@ impl ThroughputRun {
     }
 }
 
-fn throughput_stack(rt: &Runtime, n: u64) -> ThroughputRun {
+/// Records/s through the layered stack, or through the quick start (`layered` false).
+fn throughput_stack(rt: &Runtime, n: u64, layered: bool) -> ThroughputRun {
     let cluster = cluster();
     let kafka = kafka_config(&cluster, "throughput")
         .build()
         .expect("producer");
-    let stack = stack(rt, kafka, THROUGHPUT_CAPACITY);
+    let stack = if layered {
+        stack(rt, kafka, THROUGHPUT_CAPACITY)
+    } else {
+        quick_start(rt, kafka, THROUGHPUT_CAPACITY)
+    };
     warm_up(&stack, 10_000);
     let base = stack.handoff.counts();
 
@@ -826,7 +854,7 @@ fn memory(rt: &Runtime, secs: u64, rate: u64) -> MemoryRun {
             rss_kib: rss_kib(),
             counts: since(counts, base),
             kafka_in_flight: stack.kafka.in_flight(),
-            breaker: stack.breaker.state(),
+            breaker: stack.breaker.as_ref().expect("the layered stack").state(),
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -1072,6 +1100,33 @@ fn report_latency(out: &mut String, rows: &[LatencyRow], rate: u64) {
     let _ = writeln!(out);
 }
 
+/// The quick start's throughput (hand-off → `KafkaService`, per-broker domains, no outer
+/// layers), measured in the same rounds as the layered stack.
+fn report_quick_start(out: &mut String, raw: &[ThroughputRun], quick: &[ThroughputRun]) {
+    if raw.is_empty() || quick.is_empty() {
+        return;
+    }
+    let mut ratios: Vec<f64> = raw
+        .iter()
+        .zip(quick)
+        .map(|(r, q)| q.rate() / r.rate())
+        .collect();
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    let mut rates: Vec<f64> = quick.iter().map(ThroughputRun::rate).collect();
+    rates.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    let _ = writeln!(
+        out,
+        "Quick start (hand-off → `KafkaService` with its per-broker domains, no outer breaker or \
+         bulkhead), in the same rounds, right after the stack: median {:.0} records/s; per \
+         round {}× raw; **median of per-round ratios {median:.2}×** (target ≥ 0.9×) {}.\n",
+        rates[rates.len() / 2],
+        shown.join(", "),
+        verdict(median >= 0.9),
+    );
+}
+
 fn report_throughput(out: &mut String, raw: &[ThroughputRun], stack: &[ThroughputRun]) {
     let median = |runs: &[ThroughputRun]| {
         if runs.is_empty() {
@@ -1098,7 +1153,8 @@ fn report_throughput(out: &mut String, raw: &[ThroughputRun], stack: &[Throughpu
          linger.ms = 5). Raw: `FutureProducer::send_result` from one tokio task, at most \
          {IN_FLIGHT} delivery futures in flight. Stack: a sender thread offering to the hand-off \
          (capacity {THROUGHPUT_CAPACITY}, concurrency {IN_FLIGHT}) → breaker → bulkhead \
-         ({IN_FLIGHT}) → `KafkaService`, waiting 50 µs and offering again on `Dropped`. Runs \
+         ({IN_FLIGHT}) → `KafkaService` with its per-broker domains on (the broker's compartment \
+         {IN_FLIGHT}), waiting 50 µs and offering again on `Dropped`. Runs \
          alternate raw, stack, so that each pair shares the machine's conditions (this machine is shared: \
          compare the ratio within a round). CPU per record is the whole process's user + system \
          time during the run (every thread, librdkafka's and the mock broker's included) divided \
@@ -1292,6 +1348,7 @@ fn main() {
     if wanted("throughput") {
         let mut raw = Vec::new();
         let mut stacked = Vec::new();
+        let mut quick = Vec::new();
         // `TANKER_BENCH_VARIANT=raw` (or `stack`) runs one side only, for profiling.
         let variant = std::env::var("TANKER_BENCH_VARIANT").unwrap_or_default();
         for round in 1..=rounds {
@@ -1301,10 +1358,13 @@ fn main() {
             }
             if variant != "raw" {
                 progress(format!("throughput round {round}/{rounds}: stack"));
-                stacked.push(throughput_stack(&rt, records));
+                stacked.push(throughput_stack(&rt, records, true));
+                progress(format!("throughput round {round}/{rounds}: quick start"));
+                quick.push(throughput_stack(&rt, records, false));
             }
         }
         report_throughput(&mut out, &raw, &stacked);
+        report_quick_start(&mut out, &raw, &quick);
     }
     if wanted("memory") {
         let run = memory(&rt, memory_secs, memory_rate);

@@ -98,9 +98,10 @@
 //!
 //! ## The incident stack: Kafka behind a hand-off
 //!
-//! A request handler hands records to a [`handoff::Handoff`], whose worker drives them through
-//! breaker → bulkhead → `KafkaService`. `send` never blocks and never fails; a frozen Kafka costs
-//! the handler nothing. The `kafka` module docs show the stack, and
+//! A request handler hands records to a [`handoff::Handoff`], whose worker drives them to
+//! `KafkaService`, which sends each record through a bulkhead and a breaker of the broker that
+//! leads its partition. `send` never blocks and never fails; a frozen Kafka, or one frozen
+//! broker, costs the handler nothing. The `kafka` module docs show the stack, and
 //! `cargo run --release --example incident` shows it through an incident.
 //!
 //! ## One compartment per dependency

@@ -100,9 +100,12 @@ fn cluster(brokers: i32, topic: &str, partitions: i32) -> Cluster {
 }
 
 /// A producer for `cluster` tuned for fast tests: short message timeout, quick reconnects.
+/// The per-broker domains are off: these tests tell the story of the generic stack's own
+/// breaker and bulkhead (tests/kafka_partitions.rs tells the per-broker one).
 fn config(cluster: &Cluster, name: &str, message_timeout: Duration) -> KafkaConfig {
     KafkaConfig::new(cluster.bootstrap_servers())
         .name(name.to_owned())
+        .no_broker_domains()
         .message_timeout(message_timeout)
         .linger(Duration::from_millis(1))
         .set("reconnect.backoff.ms", "20")

@@ -280,6 +280,28 @@ impl Engine {
         self.events.transition(&transition);
     }
 
+    /// Ends the cool-down of an open breaker now: its next call is a probe. Returns whether it
+    /// was open and cooling down.
+    pub(crate) fn probe_now(&self) -> bool {
+        let now = Instant::now();
+        let mut machine = self.machine();
+        let ended = machine.end_cool_down(now);
+        if ended {
+            self.open_until
+                .store(self.origin.nanos(now), Ordering::Release);
+        }
+        ended
+    }
+
+    /// Whether an open breaker's cool-down is over, so that its next call would be a probe: a
+    /// load of the state word, and a read of the clock only when the breaker is open.
+    pub(crate) fn probe_due(&self) -> bool {
+        if self.word.load().state() != BreakerState::Open {
+            return false;
+        }
+        self.origin.elapsed() >= self.open_until.load(Ordering::Acquire)
+    }
+
     pub(crate) fn force(&self, to: BreakerState) {
         let mut machine = self.machine();
         let transition = machine.force(Instant::now(), to);

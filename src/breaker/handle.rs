@@ -80,6 +80,49 @@ impl BreakerHandle {
         }
     }
 
+    /// Ends an open breaker's cool-down now, so that its next call goes through as a probe:
+    /// for a caller that learns the dependency is back before the cool-down is over (a Kafka
+    /// producer that sees a broker's connection come up again). Returns whether the breaker was
+    /// open and cooling down; a breaker in any other state (closed, half-open with its probes
+    /// out, forced) is left as it is. The probe decides, as usual: a failed probe opens the
+    /// breaker again with a longer cool-down.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tanker::breaker::{BreakerLayer, BreakerState};
+    /// use tower::{service_fn, BoxError, Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() -> Result<(), BoxError> {
+    /// let breaker = BreakerLayer::builder()
+    ///     .consecutive_failures(1)
+    ///     .open_for(Duration::from_secs(30))
+    ///     .build()?;
+    /// let handle = breaker.handle();
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(breaker)
+    ///     .service(service_fn(|fail: bool| async move {
+    ///         if fail { Err::<(), BoxError>("down".into()) } else { Ok(()) }
+    ///     }));
+    /// assert!(svc.ready().await?.call(true).await.is_err());
+    /// assert_eq!(handle.state(), BreakerState::Open);
+    ///
+    /// // The dependency says it is back: probe at once instead of in 30 s.
+    /// assert!(handle.probe_now());
+    /// svc.ready().await?.call(false).await?;
+    /// assert_eq!(handle.state(), BreakerState::Closed);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn probe_now(&self) -> bool {
+        self.engine.probe_now()
+    }
+
+    /// Whether the breaker is open and its cool-down over: its next call would be a probe.
+    pub(crate) fn probe_due(&self) -> bool {
+        self.engine.probe_due()
+    }
+
     /// Forces the breaker open: every call is rejected (with no `retry_after`) until
     /// [`reset`](Self::reset) or [`force_closed`](Self::force_closed). A handle readied before
     /// is rejected in `call` too.

@@ -390,6 +390,16 @@ impl Machine {
         }
     }
 
+    /// Ends an open breaker's cool-down at `now`, so that the next call is a probe. Returns
+    /// whether the breaker was open and waiting; any other state is left as it is.
+    pub(crate) fn end_cool_down(&mut self, now: Instant) -> bool {
+        if self.state != BreakerState::Open || now >= self.open_until {
+            return false;
+        }
+        self.open_until = now;
+        true
+    }
+
     pub(crate) fn force(&mut self, now: Instant, to: BreakerState) -> Transition {
         self.move_to(now, to, None, Reason::Forced)
     }
@@ -456,6 +466,25 @@ mod tests {
         // No storm: the third caller is rejected.
         let (c, _) = m.admit(t0 + secs(1), &p);
         assert!(matches!(c, Admission::Reject { .. }));
+    }
+
+    #[test]
+    fn ending_the_cool_down_lets_the_next_call_probe_at_once() {
+        let p = policy();
+        let t0 = Instant::now();
+        let mut m = Machine::new(t0, 1);
+        assert!(!m.end_cool_down(t0), "a closed breaker has no cool-down");
+        m.trip(t0, 0, &p, X);
+        let early = t0 + Duration::from_millis(100);
+        assert!(m.end_cool_down(early));
+        assert_eq!(m.state(), BreakerState::Open, "no transition by itself");
+        let (admission, transition) = m.admit(early, &p);
+        assert!(
+            matches!(admission, Admission::Probe { .. }),
+            "{admission:?}"
+        );
+        assert_eq!(transition.unwrap().to, BreakerState::HalfOpen);
+        assert!(!m.end_cool_down(early), "half-open: its probes decide");
     }
 
     #[test]

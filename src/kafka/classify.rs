@@ -2,7 +2,7 @@
 
 use tower::BoxError;
 
-use super::error::{Fault, KafkaError};
+use super::error::{Fault, KafkaError, KafkaErrorKind};
 use super::record::Delivery;
 use crate::breaker::{Classify, Outcome};
 use crate::Rejection;
@@ -29,6 +29,10 @@ use crate::Rejection;
 pub struct FaultClassifier;
 
 fn by_fault(error: &KafkaError) -> Outcome {
+    // A compartment's refusal is tanker's own back-pressure: Kafka was not called.
+    if error.kind() == KafkaErrorKind::Refused {
+        return Outcome::Ignore;
+    }
     match error.fault() {
         Fault::Dependency => Outcome::Failure,
         Fault::Caller => Outcome::Ignore,

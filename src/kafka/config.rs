@@ -9,6 +9,8 @@ use std::time::Duration;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError as RdKafkaError;
 
+use super::domains::BrokerDomains;
+use super::leaders::Leaders;
 use super::refusal::{self, is_secret, REDACTED};
 use super::service::KafkaService;
 use crate::ConfigError;
@@ -48,6 +50,8 @@ use crate::ConfigError;
 pub struct KafkaConfig {
     properties: BTreeMap<String, String>,
     name: Arc<str>,
+    /// One compartment and breaker per broker; `None` when turned off.
+    domains: Option<BrokerDomains>,
 }
 
 const DEFAULTS: &[(&str, &str)] = &[
@@ -68,6 +72,10 @@ const DEFAULT_PROPAGATION_MS: u64 = 1000;
 const BOOTSTRAP: &str = "bootstrap.servers";
 const MESSAGE_TIMEOUT: &str = "message.timeout.ms";
 const QUEUE_CAPACITY: &str = "queue.buffering.max.messages";
+const STATISTICS: &str = "statistics.interval.ms";
+const PARTITIONER: &str = "partitioner";
+/// librdkafka's default partitioner, the only one whose key mapping the leaf reproduces.
+const DEFAULT_PARTITIONER: &str = "consistent_random";
 
 impl KafkaConfig {
     /// A producer for the cluster at `bootstrap_servers` (`host:port[,host:port...]`), with the
@@ -81,6 +89,7 @@ impl KafkaConfig {
         Self {
             properties,
             name: Arc::from("kafka"),
+            domains: Some(BrokerDomains::new()),
         }
     }
 
@@ -121,6 +130,22 @@ impl KafkaConfig {
     pub fn reconnect_backoff_max(self, backoff: Duration) -> Self {
         let ms = backoff.as_millis().to_string();
         self.set("reconnect.backoff.max.ms", ms)
+    }
+
+    /// The per-broker failure domains: one compartment and one breaker per broker, records
+    /// routed by their partition's leader (see [`BrokerDomains`]). On by default, with
+    /// [`BrokerDomains::new`]'s settings.
+    pub fn broker_domains(mut self, domains: BrokerDomains) -> Self {
+        self.domains = Some(domains);
+        self
+    }
+
+    /// Turns the per-broker failure domains off: every record goes to librdkafka as it comes,
+    /// and its partitioner chooses. Put a breaker and a bulkhead of your own above the service
+    /// then, as for any dependency.
+    pub fn no_broker_domains(mut self) -> Self {
+        self.domains = None;
+        self
     }
 
     /// The value of a property, or `None` if it is unset or holds a secret.
@@ -166,7 +191,23 @@ impl KafkaConfig {
     /// ```
     pub fn build(self) -> Result<KafkaService, ConfigError> {
         self.check()?;
-        KafkaService::start(&self.client_config(), self.name.clone())
+        let mut client = self.client_config();
+        let domains = match &self.domains {
+            Some(domains) => {
+                let layer = domains.layer(&self.name)?;
+                if !self.properties.contains_key(STATISTICS) {
+                    client.set(STATISTICS, domains.statistics_ms());
+                }
+                let leaders = Arc::new(Leaders::new(domains.stall_threshold()));
+                let by_key = self
+                    .properties
+                    .get(PARTITIONER)
+                    .is_none_or(|p| p.trim() == DEFAULT_PARTITIONER);
+                Some((layer, leaders, by_key))
+            }
+            None => None,
+        };
+        KafkaService::start(&client, self.name.clone(), domains)
             .map_err(|error| self.refusal(&error))
     }
 
@@ -188,6 +229,14 @@ impl KafkaConfig {
                 "must be between 1 and 2147483647 ms: 0 means no timeout at all in librdkafka, \
                  so a record would wait forever and the breaker would never see Kafka fail; \
                  set `message_timeout` to how long a record may wait (default 5 s)",
+            ));
+        }
+        if self.domains.is_some() && value(STATISTICS) == Some("0") {
+            return Err(ConfigError::new(
+                STATISTICS,
+                "must be above 0 with per-broker domains: the producer learns each partition's \
+                 leader and each broker's state from librdkafka's statistics; remove the \
+                 property (the domains set it), or call `no_broker_domains()`",
             ));
         }
         if value(QUEUE_CAPACITY) == Some("0") {
@@ -260,6 +309,7 @@ impl fmt::Debug for KafkaConfig {
         f.debug_struct("KafkaConfig")
             .field("name", &self.name)
             .field("properties", &shown)
+            .field("domains", &self.domains)
             .finish()
     }
 }

@@ -1,6 +1,6 @@
-//! The producer's librdkafka context: counts the records in flight, hands each delivery report
-//! to the call waiting for it, and reports librdkafka's logs and errors through `tracing`, at
-//! most once a second per producer.
+//! The producer's librdkafka context: counts the records in flight, hands each delivery report to the call waiting for it, feeds librdkafka's statistics to the
+//! leaders table, and reports librdkafka's logs and errors through `tracing`, at most once a
+//! second per producer.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +11,10 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
+use rdkafka::statistics::Statistics;
 use tokio::sync::oneshot;
+
+use super::leaders::Leaders;
 
 use super::error::{KafkaError, KafkaErrorKind};
 use super::record::Delivery;
@@ -26,6 +29,8 @@ pub(super) struct ProducerState {
     name: Arc<str>,
     /// Records handed to librdkafka whose delivery report has not come back.
     in_flight: AtomicUsize,
+    /// The leaders table the statistics feed, when the producer routes by leader.
+    leaders: Option<Arc<Leaders>>,
     metrics: ProducerMetrics,
     reports: ClientReports,
 }
@@ -59,11 +64,12 @@ impl ProducerMetrics {
 }
 
 impl ProducerState {
-    pub(super) fn new(name: Arc<str>) -> Self {
+    pub(super) fn new(name: Arc<str>, leaders: Option<Arc<Leaders>>) -> Self {
         Self {
             metrics: ProducerMetrics::new(&name),
             name,
             in_flight: AtomicUsize::new(0),
+            leaders,
             reports: ClientReports::new(),
         }
     }
@@ -124,6 +130,12 @@ impl ProducerContext for ProducerState {
 }
 
 impl ClientContext for ProducerState {
+    fn stats(&self, statistics: Statistics) {
+        if let Some(leaders) = &self.leaders {
+            leaders.update(&statistics, Instant::now());
+        }
+    }
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         let producer = &*self.name;
         let serious = matches!(

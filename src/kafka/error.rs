@@ -1,6 +1,9 @@
 //! Errors of the Kafka leaf, and whose fault they are.
 
 use std::fmt;
+use std::sync::Arc;
+
+use tower::BoxError;
 
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 
@@ -44,6 +47,14 @@ pub enum KafkaErrorKind {
     Config,
     /// Any other error; counted as the dependency's.
     Other,
+    /// The record's broker compartment refused it: the broker that leads its partition is sick
+    /// (its breaker is open, or its compartment full, or more brokers are open than the cap).
+    /// The record never reached librdkafka. The refusal,
+    /// [`BreakerOpen`](crate::breaker::BreakerOpen) or
+    /// [`BulkheadFull`](crate::bulkhead::BulkheadFull), is the error's
+    /// [`source`](std::error::Error::source), so [`Rejection::find`](crate::Rejection::find)
+    /// sees it and a hand-off parks the record.
+    Refused,
 }
 
 impl KafkaErrorKind {
@@ -61,12 +72,13 @@ impl KafkaErrorKind {
             | Self::BrokerError
             | Self::Fatal
             | Self::Closed
-            | Self::Other => Fault::Dependency,
+            | Self::Other
+            | Self::Refused => Fault::Dependency,
         }
     }
 
     /// Every kind, for metrics that keep one counter per kind.
-    pub(crate) const ALL: [Self; 12] = [
+    pub(crate) const ALL: [Self; 13] = [
         Self::QueueFull,
         Self::MessageTimedOut,
         Self::BrokerDown,
@@ -79,6 +91,7 @@ impl KafkaErrorKind {
         Self::UnknownPartition,
         Self::Config,
         Self::Other,
+        Self::Refused,
     ];
 
     /// The kind in snake case, as the `kind` label of [`crate::metrics::KAFKA_ERRORS`].
@@ -96,6 +109,7 @@ impl KafkaErrorKind {
             Self::UnknownPartition => "unknown_partition",
             Self::Config => "config",
             Self::Other => "other",
+            Self::Refused => "refused",
         }
     }
 
@@ -119,6 +133,7 @@ impl KafkaErrorKind {
             Self::UnknownPartition => "unknown partition",
             Self::Config => "kafka refused the producer's configuration",
             Self::Other => "kafka error",
+            Self::Refused => "refused by the broker's compartment",
         }
     }
 
@@ -173,16 +188,32 @@ impl fmt::Display for KafkaErrorKind {
 #[derive(Debug, Clone)]
 pub struct KafkaError {
     kind: KafkaErrorKind,
-    source: Option<RdKafkaError>,
+    source: Option<Cause>,
     /// The record's topic, kept for the errors a topic explains (unknown topic or partition).
     topic: Option<Box<str>>,
+}
+
+/// What caused a [`KafkaError`]: librdkafka's error, or a compartment's refusal.
+#[derive(Debug, Clone)]
+enum Cause {
+    Rdkafka(RdKafkaError),
+    Refusal(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl KafkaError {
     pub(crate) fn new(kind: KafkaErrorKind, source: Option<RdKafkaError>) -> Self {
         Self {
             kind,
-            source,
+            source: source.map(Cause::Rdkafka),
+            topic: None,
+        }
+    }
+
+    /// The refusal of a record's broker compartment, kept as the source.
+    pub(crate) fn refused(refusal: BoxError) -> Self {
+        Self {
+            kind: KafkaErrorKind::Refused,
+            source: Some(Cause::Refusal(Arc::from(refusal))),
             topic: None,
         }
     }
@@ -228,9 +259,10 @@ impl KafkaError {
 
     /// The librdkafka error code, if there is one.
     pub fn code(&self) -> Option<RDKafkaErrorCode> {
-        self.source
-            .as_ref()
-            .and_then(RdKafkaError::rdkafka_error_code)
+        match &self.source {
+            Some(Cause::Rdkafka(error)) => error.rdkafka_error_code(),
+            _ => None,
+        }
     }
 }
 
@@ -252,7 +284,11 @@ impl fmt::Display for KafkaError {
 
 impl std::error::Error for KafkaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
+        match &self.source {
+            Some(Cause::Rdkafka(error)) => Some(error),
+            Some(Cause::Refusal(refusal)) => Some(&**refusal),
+            None => None,
+        }
     }
 }
 

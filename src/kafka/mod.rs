@@ -2,28 +2,22 @@
 //!
 //! [`KafkaService`] takes a [`Record`] and resolves with its [`Delivery`] (partition and
 //! offset), or with a [`KafkaError`] whose [`Fault`] says whether Kafka failed (timeouts, brokers
-//! down, a full queue) or the caller did (a record too large, an unknown topic). Put it under a
-//! breaker with the [`FaultClassifier`] and a bulkhead, and behind a
-//! [hand-off](crate::handoff), and a slow or frozen Kafka cannot slow the service that writes to
-//! it:
+//! down, a full queue) or the caller did (a record too large, an unknown topic). It has a
+//! bulkhead and a breaker per broker built in ([`BrokerDomains`]): each record goes through the
+//! compartment of the broker that leads its partition, records without a key go to healthy
+//! brokers, and a sick broker's records are refused ([`Refused`](KafkaErrorKind::Refused)) while
+//! the others flow. Behind a [hand-off](crate::handoff), which parks what is refused, a slow,
+//! frozen or dead broker cannot slow the service that writes to it:
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use tower::ServiceBuilder;
-//! use tanker::breaker::BreakerLayer;
-//! use tanker::bulkhead::BulkheadLayer;
 //! use tanker::handoff::Handoff;
-//! use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
-//! use tanker::ServiceBuilderExt;
+//! use tanker::kafka::{KafkaConfig, Record};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), tower::BoxError> {
 //! let kafka = KafkaConfig::new("127.0.0.1:9092").name("stats").build()?;
-//! let stack = ServiceBuilder::new()
-//!     .breaker(BreakerLayer::builder().name("kafka").classify(FaultClassifier).build()?)
-//!     .bulkhead(BulkheadLayer::new(4096)?)
-//!     .service(kafka.clone());
-//! let stats = Handoff::builder().name("stats").spawn(stack)?;
+//! let stats = Handoff::builder().name("stats").spawn(kafka.clone())?;
 //!
 //! // In a request handler: returns at once, whatever Kafka does.
 //! stats.send(Record::new("page-views", b"/index.html".to_vec()));
@@ -36,6 +30,10 @@
 //! # }
 //! ```
 //!
+//! With [`KafkaConfig::no_broker_domains`], the leaf is a plain producer, to put under the
+//! generic layers: a [`BreakerLayer`](crate::breaker::BreakerLayer) with the
+//! [`FaultClassifier`] over a [`BulkheadLayer`](crate::bulkhead::BulkheadLayer).
+//!
 //! # Delivery guarantee
 //!
 //! At least once for the records reported delivered: librdkafka retries a produce request
@@ -46,17 +44,23 @@
 //! ([`MessageTimedOut`](KafkaErrorKind::MessageTimedOut)). Every record is counted under exactly
 //! one outcome; none is lost silently.
 
+mod broker;
 mod classify;
 mod config;
 mod context;
+mod domains;
 mod error;
 pub mod future;
+mod leaders;
+mod partitioner;
+mod producer;
 mod record;
 mod refusal;
 mod service;
 
 pub use self::classify::FaultClassifier;
 pub use self::config::KafkaConfig;
+pub use self::domains::{BrokerDomains, BrokerHandles};
 pub use self::error::{Fault, KafkaError, KafkaErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::record::{Delivery, Record};

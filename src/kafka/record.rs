@@ -83,6 +83,11 @@ impl Record {
         self.key.as_ref()
     }
 
+    /// The partition set by [`partition`](Self::partition), if any.
+    pub(super) fn partition_number(&self) -> Option<i32> {
+        self.partition
+    }
+
     /// The headers.
     pub fn headers(&self) -> &[(Cow<'static, str>, Bytes)] {
         &self.headers
@@ -119,13 +124,18 @@ impl Record {
     }
 
     /// The record as librdkafka takes it, borrowing its bytes, with `delivery` as the opaque
-    /// value its delivery report brings back.
-    pub(super) fn to_base<D: IntoOpaque>(&self, delivery: D) -> BaseRecord<'_, [u8], [u8], D> {
+    /// value its delivery report brings back, for `partition` if given (the leaf's routing),
+    /// else for the record's own.
+    pub(super) fn to_base<D: IntoOpaque>(
+        &self,
+        partition: Option<i32>,
+        delivery: D,
+    ) -> BaseRecord<'_, [u8], [u8], D> {
         let mut base = BaseRecord::with_opaque_to(&self.topic, delivery).payload(&self.payload[..]);
         if let Some(key) = &self.key {
             base = base.key(&key[..]);
         }
-        if let Some(partition) = self.partition {
+        if let Some(partition) = partition.or(self.partition) {
             base = base.partition(partition);
         }
         if let Some(timestamp) = self.timestamp {

@@ -1,19 +1,20 @@
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError as RdKafkaError;
-use rdkafka::producer::{Producer as _, ThreadedProducer};
-use tokio::sync::oneshot;
 use tower_service::Service;
 
-use super::context::ProducerState;
-use super::error::{KafkaError, KafkaErrorKind};
+use super::broker::{Broker, BrokerId, Domain};
+use super::classify::FaultClassifier;
+use super::domains::{BrokerHandles, DomainLayer, KeyFn};
+use super::error::KafkaError;
 use super::future::ResponseFuture;
+use super::leaders::{LeaderMap, Leaders};
+use super::partitioner::{route, Route};
+use super::producer::{Producer, Routed};
 use super::record::{Delivery, Record};
+use crate::keyed::Keyed;
 
 /// A `tower::Service` that produces [`Record`]s to Kafka and resolves with their [`Delivery`].
 ///
@@ -21,7 +22,7 @@ use super::record::{Delivery, Record};
 /// [module docs](super) for the whole stack.
 ///
 /// - **Never blocks**: `call` hands the record to librdkafka's local queue without waiting. A
-///   full queue is an immediate [`QueueFull`](KafkaErrorKind::QueueFull) error. The response
+///   full queue is an immediate [`QueueFull`](super::KafkaErrorKind::QueueFull) error. The response
 ///   future resolves on the record's delivery report: its partition and offset, or a
 ///   [`KafkaError`] that says whose fault the failure is.
 /// - **Honest readiness**: `poll_ready` is always ready, unless the producer hit a fatal error,
@@ -29,20 +30,81 @@ use super::record::{Delivery, Record};
 /// - **Cheap to clone**: clones share one producer and its connections.
 /// - **Shutdown**: [`flush`](Self::flush) waits, up to a deadline, for the records in flight and
 ///   says how many were not delivered. When the last clone is dropped, records still in flight
-///   are purged: their calls fail with [`Closed`](KafkaErrorKind::Closed) (so a hand-off counts
+///   are purged: their calls fail with [`Closed`](super::KafkaErrorKind::Closed) (so a hand-off counts
 ///   them as failed) and a warning gives their number. Nothing is dropped silently.
 #[derive(Clone)]
 pub struct KafkaService {
-    shared: Arc<SharedProducer>,
+    producer: Producer,
+    /// The per-broker compartments and breakers; `None` when turned off.
+    domains: Option<Domains>,
 }
 
-/// What the clones of a [`KafkaService`] share: one producer.
-struct SharedProducer {
-    /// `None` only while being dropped.
-    producer: Option<ThreadedProducer<ProducerState>>,
-    name: Arc<str>,
-    /// Whether the producer's fatal error was logged: once is enough, not once per call.
-    fatal_logged: AtomicBool,
+/// A service's view of the per-broker domains.
+struct Domains {
+    /// The compartments and breakers, over the shared producer.
+    keyed: Keyed<Producer, BrokerId, KeyFn, FaultClassifier>,
+    handles: BrokerHandles,
+    leaders: Arc<Leaders>,
+    /// The leaders as this handle last saw them; replaced when the table's version moves.
+    map: Arc<LeaderMap>,
+    /// Whether keys map to partitions as librdkafka's default partitioner maps them.
+    by_key: bool,
+}
+
+impl Clone for Domains {
+    fn clone(&self) -> Self {
+        Self {
+            keyed: self.keyed.clone(),
+            handles: self.handles.clone(),
+            leaders: self.leaders.clone(),
+            // A stale map is not passed on.
+            map: self.leaders.map(),
+            by_key: self.by_key,
+        }
+    }
+}
+
+impl Domains {
+    fn call(&mut self, record: Record, producer: &mut Producer) -> ResponseFuture {
+        if !self.leaders.is_current(&self.map) {
+            self.map = self.leaders.map();
+        }
+        let Self {
+            keyed, map, by_key, ..
+        } = self;
+        let chosen = match map.topic(record.topic()) {
+            Some(topic) => match route(topic, &record, *by_key, Broker::takes_keyless) {
+                Route::Leader { partition, broker } => Some((partition, broker)),
+                Route::Librdkafka => None,
+            },
+            None => None,
+        };
+        let Some((partition, broker)) = chosen else {
+            return ResponseFuture::direct(producer.call(Routed::unrouted(record)));
+        };
+        let delivery = keyed.call(Routed {
+            record,
+            partition: Some(partition),
+            broker: broker.id(),
+        });
+        if broker.domain().is_none() {
+            let broker = broker.clone();
+            self.remember_domain(&broker);
+        }
+        ResponseFuture::broker(delivery)
+    }
+
+    /// Keeps the handles of a broker's compartment and breaker with the broker, for routing
+    /// and for probing when it comes back up.
+    #[cold]
+    fn remember_domain(&self, broker: &Broker) {
+        broker.set_domain(|| {
+            self.handles.get(&broker.id()).map(|key| Domain {
+                breaker: key.breaker().clone(),
+                bulkhead: key.bulkhead().clone(),
+            })
+        });
+    }
 }
 
 /// What [`KafkaService::flush`] achieved.
@@ -55,34 +117,41 @@ pub struct FlushReport {
 
 impl KafkaService {
     /// Creates the producer `name` from librdkafka's `client` configuration, already checked
-    /// by [`KafkaConfig::build`](super::KafkaConfig::build), which explains librdkafka's refusal.
-    pub(super) fn start(client: &ClientConfig, name: Arc<str>) -> Result<Self, RdKafkaError> {
-        let producer: ThreadedProducer<ProducerState> =
-            client.create_with_context(ProducerState::new(name.clone()))?;
-        Ok(Self {
-            shared: Arc::new(SharedProducer {
-                producer: Some(producer),
-                name,
-                fatal_logged: AtomicBool::new(false),
-            }),
-        })
-    }
-
-    fn producer(&self) -> Result<&ThreadedProducer<ProducerState>, KafkaError> {
-        self.shared
-            .producer
-            .as_ref()
-            .ok_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None))
+    /// by [`KafkaConfig::build`](super::KafkaConfig::build), with per-broker domains if
+    /// `domains` gives their layer, the leaders table the statistics feed, and whether keys map
+    /// as librdkafka's default partitioner maps them.
+    pub(super) fn start(
+        client: &rdkafka::config::ClientConfig,
+        name: Arc<str>,
+        domains: Option<(DomainLayer, Arc<Leaders>, bool)>,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        let leaders = domains.as_ref().map(|(_, leaders, _)| leaders.clone());
+        let producer = Producer::start(client, name, leaders)?;
+        let domains = domains.map(|(layer, leaders, by_key)| Domains {
+            keyed: tower_layer::Layer::layer(&layer, producer.clone()),
+            handles: layer.handle(),
+            map: leaders.map(),
+            leaders,
+            by_key,
+        });
+        Ok(Self { producer, domains })
     }
 
     /// The producer's name, as given to [`KafkaConfig::name`](super::KafkaConfig::name).
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.producer.name()
     }
 
     /// Records handed to the producer whose delivery report has not come back yet.
     pub fn in_flight(&self) -> usize {
-        self.producer().map_or(0, |p| p.context().in_flight())
+        self.producer.in_flight()
+    }
+
+    /// The per-broker compartments and breakers (see [`BrokerDomains`](super::BrokerDomains)),
+    /// keyed by broker id; `None` when they are turned off. A broker appears after the first
+    /// record routed to it.
+    pub fn brokers(&self) -> Option<&BrokerHandles> {
+        self.domains.as_ref().map(|domains| &domains.handles)
     }
 
     /// Waits up to `timeout` for every record in flight to be delivered (or to fail), without
@@ -91,38 +160,9 @@ impl KafkaService {
     ///
     /// Each record's own call still resolves with its delivery or error, as usual.
     pub async fn flush(&self, timeout: Duration) -> FlushReport {
-        let shared = self.shared.clone();
-        let waited = tokio::task::spawn_blocking(move || {
-            if let Some(producer) = &shared.producer {
-                // `Err` means the timeout passed; what is left is counted below either way.
-                let _ = producer.flush(timeout);
-            }
-        })
-        .await;
-        if let Err(error) = waited {
-            tracing::warn!(producer = self.name(), %error, "kafka flush did not run");
-        }
+        self.producer.flush(timeout).await;
         FlushReport {
             undelivered: self.in_flight(),
-        }
-    }
-
-    fn send(
-        &self,
-        record: &Record,
-    ) -> Result<oneshot::Receiver<Result<Delivery, KafkaError>>, KafkaError> {
-        let producer = self.producer()?;
-        let (reply, delivery) = oneshot::channel();
-        let base = record.to_base(Box::new(reply));
-        let state = producer.context();
-        state.sending();
-        match producer.send(base) {
-            Ok(()) => Ok(delivery),
-            Err((error, _record)) => {
-                let error = KafkaError::from_rdkafka(error).for_topic(record.topic());
-                state.refused(&error);
-                Err(error)
-            }
         }
     }
 }
@@ -132,30 +172,14 @@ impl Service<Record> for KafkaService {
     type Error = KafkaError;
     type Future = ResponseFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let producer = self.producer()?;
-        match producer.client().fatal_error() {
-            None => Poll::Ready(Ok(())),
-            Some((code, reason)) => {
-                if !self.shared.fatal_logged.swap(true, Ordering::Relaxed) {
-                    tracing::error!(
-                        producer = self.name(),
-                        ?code,
-                        reason,
-                        "kafka producer is broken; every call will fail until it is rebuilt"
-                    );
-                }
-                Poll::Ready(Err(KafkaError::from_rdkafka(
-                    RdKafkaError::MessageProduction(code),
-                )))
-            }
-        }
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.producer.poll_ready(cx)
     }
 
     fn call(&mut self, record: Record) -> Self::Future {
-        match self.send(&record) {
-            Ok(delivery) => ResponseFuture::waiting(delivery),
-            Err(error) => ResponseFuture::failed(error),
+        match &mut self.domains {
+            Some(domains) => domains.call(record, &mut self.producer),
+            None => ResponseFuture::direct(self.producer.call(Routed::unrouted(record))),
         }
     }
 }
@@ -167,30 +191,5 @@ impl fmt::Debug for KafkaService {
             .field("name", &self.name())
             .field("in_flight", &self.in_flight())
             .finish()
-    }
-}
-
-impl Drop for SharedProducer {
-    fn drop(&mut self) {
-        let Some(producer) = self.producer.take() else {
-            return;
-        };
-        let undelivered = producer.context().in_flight();
-        if undelivered > 0 {
-            tracing::warn!(
-                producer = &*self.name,
-                undelivered,
-                "kafka producer dropped before its records were delivered: they are purged and \
-                 their calls fail with `Closed`; call `flush` first to deliver them"
-            );
-        }
-        // Dropping the producer purges its queue and joins its polling thread, which can take a
-        // moment: keep that off the async worker threads when there are any.
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || drop(producer));
-            }
-            Err(_) => drop(producer),
-        }
     }
 }

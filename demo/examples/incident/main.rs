@@ -2,7 +2,8 @@
 //! then goes down, then heals. The same service runs three times on the same load, each on a
 //! fresh Kafka: **naive** (awaits each Kafka write in the handler), **fire-and-forget** (raw
 //! rdkafka `ThreadedProducer::send`, errors ignored, nothing awaited) and **protected**
-//! (tanker's hand-off → breaker → bulkhead → Kafka, on the README's defaults).
+//! (tanker's hand-off → Kafka leaf with a compartment and a breaker per broker, on the README's
+//! defaults).
 //!
 //! ```text
 //! cargo run --release --example incident

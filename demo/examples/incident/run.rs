@@ -18,13 +18,10 @@ use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{sleep_until, Instant};
-use tower::ServiceBuilder;
 
-use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
-use tanker::bulkhead::BulkheadLayer;
+use tanker::breaker::{BreakerHandle, BreakerState};
 use tanker::handoff::{Handoff, HandoffCounts};
-use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
-use tanker::ServiceBuilderExt;
+use tanker::kafka::{KafkaConfig, KafkaService, Record};
 
 use super::raw::{self, Counting};
 
@@ -58,7 +55,8 @@ pub(crate) enum Variant {
     /// Raw rdkafka: `ThreadedProducer::send`, errors ignored, nothing awaited. It never blocks
     /// either; librdkafka buffers and retries inside until the message timeout.
     FireAndForget,
-    /// Hands each record off to tanker's hand-off → breaker → bulkhead → Kafka.
+    /// Hands each record off to tanker's hand-off → Kafka leaf (a compartment and a breaker per
+    /// broker).
     Protected,
 }
 
@@ -363,8 +361,31 @@ async fn handle(State(app): State<Arc<App>>, Query(params): Query<Params>) -> St
 /// The protected writer's parts, kept to read their state.
 struct Protection {
     handoff: Handoff<Record>,
-    breaker: BreakerHandle,
     kafka: KafkaService,
+}
+
+impl Protection {
+    /// The state of the brokers' breakers, the sickest first: open if any is open.
+    fn breaker_state(&self) -> BreakerState {
+        let states = self.breakers().into_iter().map(|b| b.state());
+        states
+            .max_by_key(|state| match state {
+                BreakerState::Closed | BreakerState::ForcedClosed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open | BreakerState::ForcedOpen => 2,
+            })
+            .unwrap_or(BreakerState::Closed)
+    }
+
+    /// Kafka faults the brokers' breakers counted.
+    fn failures(&self) -> u64 {
+        self.breakers().iter().map(|b| b.counts().failures).sum()
+    }
+
+    fn breakers(&self) -> Vec<BreakerHandle> {
+        let keys = self.kafka.brokers().map(|b| b.keys()).unwrap_or_default();
+        keys.iter().map(|key| key.breaker().clone()).collect()
+    }
 }
 
 /// The producer's settings, shared by the protected writer and fire-and-forget: tanker's
@@ -374,29 +395,12 @@ fn kafka_config(bootstrap: &str) -> KafkaConfig {
 }
 
 /// The protected writer: the README's quick start on its defaults, nothing tuned for the demo
-/// (message timeout 5 s; breaker on consecutive Kafka faults, open 1 s, back-off ×2 up to 2 s;
-/// hand-off of 50 000 records that parks them while the breaker is open).
+/// (message timeout 5 s; a compartment and a breaker per broker, built into the Kafka leaf;
+/// hand-off of 50 000 records that parks them while a breaker is open).
 fn protected_writer(bootstrap: &str) -> Result<Protection, tower::BoxError> {
     let kafka = kafka_config(bootstrap).build()?;
-    let breaker = BreakerLayer::builder()
-        .name("stats")
-        .classify(FaultClassifier)
-        .build()?;
-    let handle = breaker.handle();
-    let bulkhead = BulkheadLayer::builder()
-        .name("stats")
-        .max_in_flight(4096)
-        .build()?;
-    let stack = ServiceBuilder::new()
-        .breaker(breaker)
-        .bulkhead(bulkhead)
-        .service(kafka.clone());
-    let handoff = Handoff::builder().name("stats").spawn(stack)?;
-    Ok(Protection {
-        handoff,
-        breaker: handle,
-        kafka,
-    })
+    let handoff = Handoff::builder().name("stats").spawn(kafka.clone())?;
+    Ok(Protection { handoff, kafka })
 }
 
 /// Raw rdkafka with the protected writer's properties, counting its delivery reports.
@@ -655,7 +659,7 @@ pub(crate) async fn run(
                     heal_to_drained = healed_at.map(|t| t.elapsed());
                 }
                 if let Some(p) = &protection {
-                    let state = p.breaker.state();
+                    let state = p.breaker_state();
                     if states.last() != Some(&state) {
                         states.push(state);
                     }
@@ -678,7 +682,7 @@ pub(crate) async fn run(
                 ignored: now.ignored - previous.ignored,
                 kafka_errors: now.errors - previous.errors,
                 backlog,
-                breaker: protection.as_ref().map(|p| p.breaker.state()),
+                breaker: protection.as_ref().map(Protection::breaker_state),
                 ..Second::default()
             };
             previous = now;
@@ -872,7 +876,7 @@ fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCoun
             ServerCounts {
                 delivered: c.delivered,
                 ignored: c.ignored(),
-                errors: protection.map_or(c.failed, |p| p.breaker.counts().failures),
+                errors: protection.map_or(c.failed, Protection::failures),
             }
         }
     }

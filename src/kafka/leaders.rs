@@ -1,0 +1,304 @@
+//! Which broker leads each partition of each topic the producer writes to, learnt from
+//! librdkafka's statistics and published for the send path without a lock.
+//!
+//! The statistics callback builds a [`LeaderMap`] (per topic: the leader of each partition)
+//! and publishes it only when it changed, under the next version. A service keeps the map it
+//! last saw and checks, with one atomic load per call, that the version has not moved; a stale
+//! service takes the current map under a sharded read lock (a reader locks only its own
+//! thread's shard). This is the keyed layer's publication scheme, for a map that changes only
+//! when a leader moves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::sync::ShardedLock;
+use rdkafka::statistics::Statistics;
+
+use super::broker::{Broker, BrokerId, Brokers, Presence};
+use crate::sync::{AtomicU64, Ordering};
+
+/// One topic's partitions, by partition number: the leader's broker, or `None` while the
+/// partition has no leader.
+pub(super) struct TopicLeaders {
+    partitions: Box<[Option<Arc<Broker>>]>,
+    /// Records without a key routed so far, for the sticky choice of their partition.
+    keyless: AtomicU64,
+}
+
+impl TopicLeaders {
+    pub(super) fn new(partitions: Vec<Option<Arc<Broker>>>) -> Self {
+        Self {
+            partitions: partitions.into_boxed_slice(),
+            keyless: AtomicU64::new(0),
+        }
+    }
+
+    /// The number of partitions.
+    #[inline]
+    pub(super) fn count(&self) -> usize {
+        self.partitions.len()
+    }
+
+    /// The leader of `partition`, if the partition exists and has one.
+    #[inline]
+    pub(super) fn leader(&self, partition: i32) -> Option<&Arc<Broker>> {
+        let index = usize::try_from(partition).ok()?;
+        self.partitions.get(index)?.as_ref()
+    }
+
+    /// The next keyless record's number.
+    #[inline]
+    pub(super) fn next_keyless(&self) -> u64 {
+        self.keyless.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn same_leaders(&self, leaders: &[Option<BrokerId>]) -> bool {
+        self.partitions.len() == leaders.len()
+            && self
+                .partitions
+                .iter()
+                .zip(leaders)
+                .all(|(have, new)| have.as_ref().map(|b| b.id()) == *new)
+    }
+}
+
+/// Every known topic's leaders, as one version of the table saw them; never changed once
+/// published.
+#[derive(Default)]
+pub(super) struct LeaderMap {
+    version: u64,
+    topics: HashMap<Box<str>, TopicLeaders>,
+}
+
+impl LeaderMap {
+    /// The leaders of `topic`'s partitions, once librdkafka's statistics gave them.
+    #[inline]
+    pub(super) fn topic(&self, topic: &str) -> Option<&TopicLeaders> {
+        self.topics.get(topic)
+    }
+}
+
+/// The leaders table of one producer, shared by its services and its statistics callback.
+pub(super) struct Leaders {
+    /// The version of the published map; read by every call.
+    version: AtomicU64,
+    current: ShardedLock<Arc<LeaderMap>>,
+    brokers: Brokers,
+    /// How long a broker may hold records without delivering any before it counts as stalled.
+    stall_after: Duration,
+}
+
+impl Leaders {
+    pub(super) fn new(stall_after: Duration) -> Self {
+        Self {
+            version: AtomicU64::new(0),
+            current: ShardedLock::new(Arc::default()),
+            brokers: Brokers::default(),
+            stall_after,
+        }
+    }
+
+    /// The published map.
+    pub(super) fn map(&self) -> Arc<LeaderMap> {
+        // Publishing cannot panic half-way: a poisoned lock still holds a whole map.
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Whether `map` is still the published one: one atomic load.
+    #[inline]
+    pub(super) fn is_current(&self, map: &LeaderMap) -> bool {
+        self.version.load(Ordering::Acquire) == map.version
+    }
+
+    /// One statistics report: watches each broker (stalls, reconnections) and publishes the
+    /// topics' leaders if they changed.
+    pub(super) fn update(&self, statistics: &Statistics, now: Instant) {
+        // Bootstrap entries (`-1`) are not brokers of the cluster's metadata.
+        let listed: Vec<(BrokerId, Presence)> = statistics
+            .brokers
+            .values()
+            .filter(|broker| broker.nodeid >= 0)
+            .map(|broker| {
+                let presence = if broker.state == "UP" {
+                    Presence::Up
+                } else {
+                    Presence::Listed
+                };
+                (broker.nodeid, presence)
+            })
+            .collect();
+        for &(id, _) in &listed {
+            self.brokers.get(id, now);
+        }
+        // A broker the report leaves out (librdkafka forgets a broker the metadata stops
+        // listing, as when it goes down) is watched as absent: its records still stall.
+        let brokers = self.brokers.all();
+        let mut returned = false;
+        let mut present = Vec::with_capacity(brokers.len());
+        for broker in &brokers {
+            let presence = listed
+                .iter()
+                .find(|&&(id, _)| id == broker.id())
+                .map_or(Presence::Absent, |&(_, presence)| presence);
+            if presence != Presence::Absent {
+                present.push(broker);
+            }
+            let load = broker.load();
+            let seen = broker.watch(now, presence, load, self.stall_after);
+            returned |= seen.came_up;
+            if seen.stalled {
+                tracing::warn!(
+                    broker = broker.id(),
+                    in_flight = load.in_flight,
+                    "kafka broker stalled: records in flight and none delivered for {:?}; \
+                     records without a key go to other brokers",
+                    self.stall_after
+                );
+            }
+        }
+        // A broker that comes back is probed at once. So is every other broker in the report:
+        // librdkafka connects only to the brokers it has records for, and an open breaker sends
+        // none, so after an outage of the whole cluster the first broker back is the only one
+        // seen coming back. A probe of a broker still down costs one record, which fails and
+        // gets its one more try in the hand-off.
+        if returned {
+            present.iter().for_each(|broker| broker.probe_now());
+        }
+        let topics: Vec<(&str, Vec<Option<BrokerId>>)> = statistics
+            .topics
+            .values()
+            .map(|topic| (topic.topic.as_str(), leaders_of(topic)))
+            .filter(|(_, leaders)| !leaders.is_empty())
+            .collect();
+        self.publish(&topics, now);
+    }
+
+    /// Publishes `topics` (name, leader of each partition) if they differ from the published
+    /// map. Topics the report does not mention are kept.
+    pub(super) fn publish(&self, topics: &[(&str, Vec<Option<BrokerId>>)], now: Instant) {
+        let old = self.map();
+        let changed = topics.iter().any(|(name, leaders)| {
+            old.topic(name)
+                .is_none_or(|known| !known.same_leaders(leaders))
+        });
+        if !changed {
+            return;
+        }
+        let mut map = LeaderMap {
+            version: old.version + 1,
+            topics: HashMap::with_capacity(old.topics.len().max(topics.len())),
+        };
+        for (name, known) in &old.topics {
+            let partitions = known.partitions.to_vec();
+            map.topics
+                .insert(name.clone(), TopicLeaders::new(partitions));
+        }
+        for (name, leaders) in topics {
+            let partitions = leaders
+                .iter()
+                .map(|leader| leader.map(|id| self.brokers.get(id, now)))
+                .collect();
+            if let Some(known) = old.topic(name) {
+                if known.same_leaders(leaders) {
+                    continue;
+                }
+                tracing::debug!(topic = *name, ?leaders, "kafka partition leaders changed");
+            }
+            map.topics
+                .insert(Box::from(*name), TopicLeaders::new(partitions));
+        }
+        let version = map.version;
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *current = Arc::new(map);
+        self.version.store(version, Ordering::Release);
+    }
+}
+
+/// The leader of each partition of `topic`, by partition number (`None` for a partition
+/// without a leader); empty while librdkafka does not know the topic's partitions yet.
+fn leaders_of(topic: &rdkafka::statistics::Topic) -> Vec<Option<BrokerId>> {
+    // Partition -1 is librdkafka's queue of records not assigned to a partition yet.
+    let count = topic
+        .partitions
+        .keys()
+        .filter(|&&p| p >= 0)
+        .map(|&p| p as usize + 1)
+        .max()
+        .unwrap_or(0);
+    let mut leaders = vec![None; count];
+    for partition in topic.partitions.values() {
+        if let Ok(index) = usize::try_from(partition.partition) {
+            if partition.leader >= 0 && !partition.unknown {
+                leaders[index] = Some(partition.leader);
+            }
+        }
+    }
+    leaders
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Leaders {
+        Leaders::new(Duration::from_millis(500))
+    }
+
+    fn ids(leaders: &TopicLeaders) -> Vec<Option<BrokerId>> {
+        (0..leaders.count() as i32)
+            .map(|p| leaders.leader(p).map(|b| b.id()))
+            .collect()
+    }
+
+    #[test]
+    fn a_topic_is_unknown_until_published() {
+        let leaders = table();
+        let map = leaders.map();
+        assert!(map.topic("stats").is_none());
+        leaders.publish(&[("stats", vec![Some(1), Some(2), None])], Instant::now());
+        assert!(!leaders.is_current(&map), "the version moved");
+        let map = leaders.map();
+        assert!(leaders.is_current(&map));
+        let stats = map.topic("stats").expect("published");
+        assert_eq!(stats.count(), 3);
+        assert_eq!(ids(stats), vec![Some(1), Some(2), None]);
+        assert!(stats.leader(3).is_none() && stats.leader(-1).is_none());
+    }
+
+    #[test]
+    fn the_same_leaders_are_not_published_again() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("stats", vec![Some(1), Some(2)])], now);
+        let map = leaders.map();
+        leaders.publish(&[("stats", vec![Some(1), Some(2)])], now);
+        assert!(
+            leaders.is_current(&map),
+            "nothing changed, nothing published"
+        );
+    }
+
+    #[test]
+    fn a_moved_leader_is_published_and_other_topics_kept() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("a", vec![Some(1), Some(2)]), ("b", vec![Some(3)])], now);
+        let before = leaders.map();
+        leaders.publish(&[("a", vec![Some(1), Some(3)])], now);
+        let after = leaders.map();
+        assert!(!leaders.is_current(&before));
+        assert_eq!(ids(after.topic("a").unwrap()), vec![Some(1), Some(3)]);
+        assert_eq!(ids(after.topic("b").unwrap()), vec![Some(3)]);
+        // The same broker is one `Broker`, whichever topic names it.
+        let three_a = after.topic("a").unwrap().leader(1).unwrap();
+        let three_b = after.topic("b").unwrap().leader(0).unwrap();
+        assert!(Arc::ptr_eq(three_a, three_b));
+    }
+}
