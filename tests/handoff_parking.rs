@@ -243,32 +243,29 @@ async fn the_queue_drops_the_newest_only_when_full() {
     let accepted = send_all(&handoff, 0..10);
     assert_eq!(accepted, 10, "room for every record so far");
     run_for(Duration::from_millis(50)).await;
-    // The worker parked what the breaker refused. Parked and queued records share the one
-    // capacity: the queue's places freed by the worker are not room for more.
+    // The worker parked what the breaker refused, up to the domain's share of the capacity
+    // (half); the refusals beyond it are final. Parked and queued records share the one
+    // capacity: only the places the parked records leave are room for more.
+    let counts = handoff.counts();
+    assert_eq!((counts.parked, counts.rejected), (5, 5), "{counts:?}");
     let more = send_all(&handoff, 10..40);
     let counts = handoff.counts();
-    assert_eq!(counts.dropped, u64::from(30 - more), "{counts:?}");
-    assert_eq!(more, 0, "parked records fill the capacity: {counts:?}");
+    assert_eq!(more, 5, "{counts:?}");
+    assert_eq!(counts.dropped, 25, "the newest are dropped: {counts:?}");
     assert_eq!(
         counts.parked + counts.queued + counts.in_flight,
         10,
         "{counts:?}"
     );
     run_for(Duration::from_millis(500)).await;
-    assert_eq!(
-        send_all(&handoff, 40..50),
-        0,
-        "still full: the newest are dropped"
-    );
     assert_identity(&handoff.counts());
 
     breaker.reset();
     let counts = settle(&handoff).await;
-    assert_eq!(counts.delivered, u64::from(accepted + more), "{counts:?}");
-    // What got in is the oldest: the records dropped were the newest.
-    let delivered = dependency.delivered();
-    assert_eq!(delivered[..10], (0..10).collect::<Vec<_>>()[..]);
-    assert!(delivered.iter().all(|&n| n < 10 + more));
+    assert_eq!(counts.rejected, 10, "{counts:?}");
+    assert_eq!(counts.delivered, 5, "{counts:?}");
+    // What parked is the oldest.
+    assert_eq!(dependency.delivered(), (0..5).collect::<Vec<_>>());
     assert_identity(&counts);
 }
 
@@ -880,4 +877,207 @@ async fn with_parking_and_retries_off_a_record_is_never_cloned() {
     }
     assert_eq!(settle(&handoff).await.delivered, 10);
     assert_eq!(clones.load(Ordering::SeqCst), 0);
+}
+
+// ===== The review's findings on the hand-off (branch handoff-fixes) =====
+
+/// Two domains: even records go to key 0, odd ones to key 1, each with its own breaker and a
+/// compartment of `slots`; `hang` tells which records never answer. Returns the keyed handle.
+#[allow(clippy::type_complexity)]
+fn two_domains(
+    slots: usize,
+    seen: &Seen,
+    hang: fn(u32) -> bool,
+) -> (
+    tanker::keyed::KeyedHandle<u32, tanker::breaker::ErrorsAsFailures>,
+    impl tower::Service<u32, Response = (), Error = BoxError, Future = impl Send> + Send + 'static,
+) {
+    let per_key = KeyedLayer::builder(|n: &u32| n % 2)
+        .bulkhead(BulkheadLayer::builder().max_in_flight(slots))
+        .breaker(BreakerLayer::builder().jitter(0.0))
+        .build()
+        .unwrap();
+    let keys = per_key.handle();
+    let seen = seen.clone();
+    let dependency = service_fn(move |n: u32| {
+        let seen = seen.clone();
+        async move {
+            if hang(n) {
+                std::future::pending::<()>().await;
+            }
+            seen.push(n);
+            Ok::<_, BoxError>(())
+        }
+    });
+    (
+        keys,
+        ServiceBuilder::new().layer(per_key).service(dependency),
+    )
+}
+
+/// `dependency` behind a breaker with the defaults, and the breaker's handle.
+fn behind_a_breaker<S>(dependency: S) -> (BreakerHandle, tanker::breaker::Breaker<S>) {
+    let breaker = BreakerLayer::builder().build().unwrap();
+    (
+        breaker.handle(),
+        ServiceBuilder::new().breaker(breaker).service(dependency),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_backlog_past_max_age_expires_at_once_not_one_probe_at_a_time() {
+    let (handle, stack) = behind_a_breaker(service_fn(|_: u32| async { Ok::<_, BoxError>(()) }));
+    let handoff = Handoff::builder()
+        .capacity(1000)
+        .max_age(Duration::from_secs(2))
+        .spawn(stack)
+        .unwrap();
+    handle.force_open();
+    assert_eq!(send_all(&handoff, 0..200), 200);
+    run_for(Duration::from_millis(1800)).await;
+    assert_eq!(handoff.counts().parked, 200);
+    // Past two seconds, the whole backlog expires while the domain still refuses (it used to
+    // go one record per probe, ten a second, and hold the lot meanwhile).
+    run_for(Duration::from_millis(400)).await;
+    let counts = handoff.counts();
+    assert_identity(&counts);
+    assert_eq!((counts.expired, counts.parked), (200, 0), "{counts:?}");
+    handle.reset();
+    assert_eq!(send_all(&handoff, 200..210), 10);
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, 10, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sick_domain_parks_at_most_half_the_lot_and_the_others_keep_flowing() {
+    let seen = Seen::default();
+    let (keys, stack) = two_domains(1024, &seen, |_| false);
+    let handoff = Handoff::builder().capacity(100).spawn(stack).unwrap();
+    assert_eq!(send_all(&handoff, 0..2), 2);
+    settle(&handoff).await;
+    let sick = keys.get(&1).unwrap().breaker().clone();
+    sick.force_open();
+    // 150 records per domain: the sick one's first 50 park, its other 100 are rejected (a full
+    // lot would stop the worker, and the queue would drop the healthy domain's records too).
+    let mut n = 2;
+    for _ in 0..150 {
+        assert_eq!(send_all(&handoff, n..n + 2), 2);
+        n += 2;
+        run_for(Duration::from_millis(1)).await;
+    }
+    let counts = handoff.counts();
+    assert_identity(&counts);
+    assert_eq!((counts.parked, counts.rejected), (50, 100), "{counts:?}");
+    assert_eq!(counts.dropped, 0, "{counts:?}");
+    assert_eq!(seen.of(0), (0..n).step_by(2).collect::<Vec<_>>());
+    sick.reset();
+    let counts = settle(&handoff).await;
+    assert_eq!(counts.delivered, 2 + 150 + 50, "{counts:?}");
+    assert_eq!(seen.of(1)[..3], [1, 3, 5], "the parked ones, oldest first");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_panics_in_call_does_not_strand_its_domain() {
+    let (handle, stack) = behind_a_breaker(service_fn(|n: u32| {
+        assert_ne!(n, 0, "record 0 makes the call panic");
+        async { Ok::<_, BoxError>(()) }
+    }));
+    let handoff = Handoff::builder().spawn(stack).unwrap();
+    handle.force_open();
+    assert_eq!(send_all(&handoff, 0..5), 5);
+    run_for(Duration::from_millis(500)).await;
+    assert_eq!(handoff.counts().parked, 5);
+    // Record 0 is the first probe: its call panics; the bay waits and probes again.
+    handle.reset();
+    run_for(Duration::from_millis(500)).await;
+    let counts = handoff.counts();
+    assert_identity(&counts);
+    assert_eq!((counts.delivered, counts.failed), (4, 1), "{counts:?}");
+    assert_eq!(counts.pending(), 0, "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_ending_in_a_healthy_domain_do_not_each_retry_a_full_compartment() {
+    let seen = Seen::default();
+    // Key 1's compartment has one slot, taken by a call of ours that never ends.
+    let (keys, stack) = two_domains(1, &seen, |n| n == 1);
+    let handoff = Handoff::builder().spawn(stack).unwrap();
+    assert_eq!(send_all(&handoff, 1..2), 1);
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(send_all(&handoff, 3..4), 1);
+    run_for(Duration::from_millis(1)).await;
+    assert_eq!(handoff.counts().parked, 1);
+    // A second of the healthy domain's records, one a millisecond, each a call that ends.
+    for n in 0..1000 {
+        assert_eq!(handoff.send(n * 2), Sent::Accepted);
+        run_for(Duration::from_millis(1)).await;
+    }
+    assert_eq!(seen.of(0).len(), 1000);
+    // 1, 2, 4 ... 64 ms, then every 100 ms: about 16, not one per call that ended elsewhere.
+    let sheds = keys.get(&1).unwrap().bulkhead().counts().shed;
+    assert!((5..=25).contains(&sheds), "{sheds} sheds");
+    assert_eq!(handoff.counts().parked, 1);
+}
+
+/// Each record's first call yields once and then times out, the second succeeds; after a
+/// timeout the service is not ready twice (it wakes its caller at once each time), so that the
+/// worker yields and polls again with records waiting for their one more try.
+#[derive(Clone, Default)]
+struct FailsOnce {
+    tried: Arc<Mutex<Vec<u32>>>,
+    stall: Arc<AtomicU64>,
+}
+
+impl Service<u32> for FailsOnce {
+    type Response = ();
+    type Error = BoxError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BoxError>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        let stalled = self
+            .stall
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if stalled.is_ok() {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, n: u32) -> Self::Future {
+        let first = {
+            let mut tried = self.tried.lock().unwrap();
+            let first = !tried.contains(&n);
+            tried.push(n);
+            first
+        };
+        let stall = self.stall.clone();
+        Box::pin(async move {
+            if !first {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+            stall.store(2, Ordering::SeqCst);
+            Err(Box::new(Elapsed::new()) as BoxError)
+        })
+    }
+}
+
+/// A runtime without the time driver (no `enable_time`): no timer may be armed there.
+#[test]
+fn a_dependency_fault_on_a_runtime_without_timers_is_retried_and_the_worker_lives() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let handoff = Handoff::builder().spawn(FailsOnce::default()).unwrap();
+        assert_eq!(send_all(&handoff, 0..2), 2);
+        run_worker().await;
+        let counts = handoff.counts();
+        assert!(!handoff.is_closed(), "the worker died: {counts:?}");
+        assert_eq!((counts.delivered, counts.retried), (2, 2), "{counts:?}");
+    });
 }

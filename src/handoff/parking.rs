@@ -5,6 +5,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::mem;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,6 +19,10 @@ pub(super) const LOOK_AGAIN: Duration = Duration::from_millis(100);
 
 /// The shortest pause: a breaker's `retry_after` below this, and a full bulkhead's first pause.
 pub(super) const SHORTEST: Duration = Duration::from_millis(1);
+
+/// The longest records wait for their one more try while some domain refuses (see
+/// [`Lot::faulted`]): after this they go even if nothing succeeded.
+pub(super) const FAULTED_LATEST: Duration = Duration::from_secs(1);
 
 /// A record the worker holds: taken from the queue, in the stack, or parked.
 pub(super) struct Held<Req> {
@@ -65,11 +70,27 @@ enum Gate {
 struct Bay<Req> {
     records: VecDeque<Held<Req>>,
     gate: Gate,
-    /// Bulkhead pauses in a row without a call to wait for: each doubles the pause.
+    /// Bulkhead pauses in a row without a call to wait for (or whose probe was refused again
+    /// after a call ended): each doubles the pause.
     strikes: u32,
+    /// Whether the bay's name is in the lot's `turns` (so it is never there twice, and one
+    /// turn never sends two probes).
+    in_turns: bool,
+    /// Whether the bay's name is in the lot's `await_calls`.
+    awaits_call: bool,
 }
 
 impl<Req> Bay<Req> {
+    fn new() -> Self {
+        Self {
+            records: VecDeque::new(),
+            gate: Gate::Open,
+            strikes: 0,
+            in_turns: false,
+            awaits_call: false,
+        }
+    }
+
     /// Puts `record` back in the order of acceptance.
     fn insert(&mut self, record: Held<Req>) {
         let at = self.records.partition_point(|held| held.seq <= record.seq);
@@ -93,10 +114,14 @@ pub(super) struct Lot<Req> {
     bays: HashMap<Domain, Bay<Req>>,
     /// Bays that may send now (open, or whose pause is over), in turn.
     turns: VecDeque<Domain>,
+    /// Bays whose gate may be [`Gate::CallEnds`]: the ones a call's end opens, so that an
+    /// ending looks at them only, not at every bay.
+    await_calls: Vec<Domain>,
     /// Records waiting for their one more try after a dependency fault, oldest first.
     faulted: VecDeque<Held<Req>>,
-    /// When the faulted records go even if nothing succeeded since.
-    faulted_until: Option<Instant>,
+    /// When the faulted records go even if nothing succeeded since: after the first instant
+    /// if no domain refuses, after the second in any case.
+    faulted_until: Option<(Instant, Instant)>,
     /// Whether the faulted records may go (a call succeeded after they failed, or their wait is
     /// over).
     faulted_due: bool,
@@ -106,6 +131,9 @@ pub(super) struct Lot<Req> {
     /// then fills, and drops the newest): parking never holds more than this plus the calls
     /// in flight when it was reached.
     limit: usize,
+    /// The most records one domain's bay holds ([`share`]): past it, that domain's refusals
+    /// are final, so that one sick domain never fills the lot and stops the others.
+    share: usize,
     /// Whether the worker has timers. Without, faulted records go again at once (nothing
     /// would end their wait if no call succeeded).
     timers: bool,
@@ -116,11 +144,13 @@ impl<Req> Lot<Req> {
         Self {
             bays: HashMap::new(),
             turns: VecDeque::new(),
+            await_calls: Vec::new(),
             faulted: VecDeque::new(),
             faulted_until: None,
             faulted_due: false,
             len: 0,
             limit,
+            share: share(limit),
             timers,
         }
     }
@@ -149,30 +179,38 @@ impl<Req> Lot<Req> {
             .any(|bay| matches!(bay.gate, Gate::Until(_) | Gate::CallEnds(_)))
     }
 
-    /// Parks a record `domain` refused, and pauses the domain.
+    /// Parks a record `domain` refused, and pauses the domain. A domain whose bay holds its
+    /// [`share`] of the lot already is paused all the same, but the record is given back: that
+    /// refusal is final.
     pub(super) fn refused(
         &mut self,
         domain: Domain,
         why: Refused,
         mut record: Held<Req>,
         now: Instant,
-    ) {
-        record.probe_of = None;
-        let bay = self.bays.entry(domain).or_insert_with(|| Bay {
-            records: VecDeque::new(),
-            gate: Gate::Open,
-            strikes: 0,
-        });
+    ) -> Result<(), Held<Req>> {
+        let was_probe = record.probe_of.take() == Some(domain);
+        let bay = self.bays.entry(domain).or_insert_with(Bay::new);
         let gate = match why {
             Refused::Breaker(retry_after) => Gate::Until(
                 now + retry_after
                     .unwrap_or(LOOK_AGAIN)
                     .clamp(SHORTEST, LOOK_AGAIN),
             ),
-            Refused::Bulkhead { calls: true } => Gate::CallEnds(now + LOOK_AGAIN),
-            Refused::Bulkhead { calls: false } => {
-                // No call of ours to wait for (the compartment is full of others' calls):
-                // 1 ms, 2 ms, 4 ms ... up to `LOOK_AGAIN`, not a shed every millisecond.
+            // The first refusal waits for one of our calls to end. A probe refused again after
+            // one did (the call that ended went to another domain, or another caller took the
+            // slot) backs off instead: calls ending elsewhere would otherwise each cost a
+            // refused probe.
+            Refused::Bulkhead { calls: true } if !was_probe => {
+                if !mem::replace(&mut bay.awaits_call, true) {
+                    self.await_calls.push(domain);
+                }
+                Gate::CallEnds(now + LOOK_AGAIN)
+            }
+            Refused::Bulkhead { .. } => {
+                // No call of ours to wait for (the compartment is full of others' calls), or
+                // waiting for one did not help: 1 ms, 2 ms, 4 ms ... up to `LOOK_AGAIN`, not a
+                // refusal every millisecond.
                 let wait = SHORTEST
                     .saturating_mul(1 << bay.strikes.min(16))
                     .min(LOOK_AGAIN);
@@ -187,32 +225,45 @@ impl<Req> Lot<Req> {
             }
             _ => gate,
         };
+        if bay.records.len() >= self.share {
+            return Err(record);
+        }
         bay.insert(record);
         self.len += 1;
+        Ok(())
     }
 
     /// Parks a record for its one more try after a dependency fault: it goes again after the
-    /// next call that succeeds, or after [`LOOK_AGAIN`] if no domain is refusing, whichever
-    /// comes first.
+    /// next call that succeeds, or after [`LOOK_AGAIN`] if no domain is refusing, or after
+    /// [`FAULTED_LATEST`] in any case, whichever comes first. Without timers, at once.
     pub(super) fn faulted(&mut self, record: Held<Req>, now: Instant) {
         let at = self.faulted.partition_point(|held| held.seq <= record.seq);
         self.faulted.insert(at, record);
-        self.faulted_until.get_or_insert(now + LOOK_AGAIN);
-        self.faulted_due |= !self.timers;
+        if self.timers {
+            self.faulted_until
+                .get_or_insert((now + LOOK_AGAIN, now + FAULTED_LATEST));
+        } else {
+            // Nothing could end their wait: no alarm can be set on such a runtime.
+            self.faulted_due = true;
+        }
         self.len += 1;
     }
 
     /// A call ended that was no refusal (it reached the dependency, or the stack's end): a
     /// full bulkhead has a free slot again. `delivered`: the dependency took it, so the
-    /// faulted records may go.
+    /// faulted records may go. Looks only at the bays that wait for a call to end.
     pub(super) fn call_ended(&mut self, delivered: bool) {
         if delivered && !self.faulted.is_empty() {
             self.faulted_due = true;
         }
-        for (&domain, bay) in &mut self.bays {
+        for domain in self.await_calls.drain(..) {
+            let Some(bay) = self.bays.get_mut(&domain) else {
+                continue;
+            };
+            bay.awaits_call = false;
             if let Gate::CallEnds(_) = bay.gate {
                 bay.gate = Gate::Probing;
-                self.turns.push_back(domain);
+                give_turn(&mut self.turns, domain, bay);
             }
         }
     }
@@ -221,22 +272,67 @@ impl<Req> Lot<Req> {
     /// bay again by itself): delivered, the bay drains; otherwise it waits [`LOOK_AGAIN`] and
     /// probes again. A bay left with nothing is dropped.
     pub(super) fn probe_ended(&mut self, domain: Domain, delivered: bool, now: Instant) {
-        let Entry::Occupied(mut entry) = self.bays.entry(domain) else {
+        let Some(bay) = probing(&mut self.bays, domain) else {
             return;
         };
-        let bay = entry.get_mut();
-        if bay.gate != Gate::Probing {
-            return;
-        }
-        if bay.records.is_empty() {
-            entry.remove();
-        } else if delivered {
+        if delivered {
             bay.gate = Gate::Open;
             bay.strikes = 0;
-            self.turns.push_back(domain);
+            give_turn(&mut self.turns, domain, bay);
         } else {
             bay.gate = Gate::Until(now + LOOK_AGAIN);
         }
+    }
+
+    /// The probe of `domain`'s bay was never sent (it had expired): the bay's next record is
+    /// its probe, at once. A bay left with nothing is dropped.
+    pub(super) fn probe_skipped(&mut self, domain: Domain) {
+        if let Some(bay) = probing(&mut self.bays, domain) {
+            give_turn(&mut self.turns, domain, bay);
+        }
+    }
+
+    /// Takes out the records `expired` says are too old, from the front of each bay and of the
+    /// faulted line (each is in the order of acceptance, so the oldest are in front), and
+    /// gives each to `out`. A bay left empty is dropped unless its probe is out. It costs one
+    /// look per bay when nothing is that old.
+    pub(super) fn expire(
+        &mut self,
+        mut expired: impl FnMut(&Held<Req>) -> bool,
+        mut out: impl FnMut(Held<Req>),
+    ) {
+        let mut gone = 0;
+        let mut take_front = |records: &mut VecDeque<Held<Req>>| {
+            while records.front().is_some_and(&mut expired) {
+                if let Some(record) = records.pop_front() {
+                    gone += 1;
+                    out(record);
+                }
+            }
+        };
+        self.bays.retain(|_, bay| {
+            take_front(&mut bay.records);
+            !bay.records.is_empty() || bay.gate == Gate::Probing
+        });
+        take_front(&mut self.faulted);
+        self.len -= gone;
+        if self.faulted.is_empty() {
+            self.faulted_due = false;
+            self.faulted_until = None;
+        }
+    }
+
+    /// Takes every parked record out (the service broke: none will be tried again).
+    pub(super) fn clear(&mut self) -> impl Iterator<Item = Held<Req>> {
+        self.len = 0;
+        self.turns.clear();
+        self.await_calls.clear();
+        self.faulted_due = false;
+        self.faulted_until = None;
+        mem::take(&mut self.bays)
+            .into_values()
+            .flat_map(|bay| bay.records)
+            .chain(mem::take(&mut self.faulted))
     }
 
     /// Opens the pauses that are over by `now`; returns the earliest one still running (for
@@ -247,19 +343,20 @@ impl<Req> Lot<Req> {
             if let Gate::Until(at) | Gate::CallEnds(at) = bay.gate {
                 if at <= now {
                     bay.gate = Gate::Probing;
-                    self.turns.push_back(domain);
+                    give_turn(&mut self.turns, domain, bay);
                 } else {
                     next = Some(next.map_or(at, |next| next.min(at)));
                 }
             }
         }
-        if let Some(at) = self.faulted_until {
-            // While a domain refuses, the faulted records wait for a success (a probe's): sent
-            // on a timer, one could take the breaker's probe and fail its last try.
-            if at > now {
-                next = Some(next.map_or(at, |next| next.min(at)));
-            } else if self.bays.is_empty() {
+        if let Some((soon, latest)) = self.faulted_until {
+            // While a domain refuses, the faulted records wait for a success (a probe's), up to
+            // `latest`: sent on a timer, one could take a breaker's probe and fail its last try.
+            if latest <= now || (soon <= now && self.bays.is_empty()) {
                 self.faulted_due = true;
+            } else {
+                let at = if soon > now { soon } else { latest };
+                next = Some(next.map_or(at, |next| next.min(at)));
             }
         }
         next
@@ -292,6 +389,10 @@ impl<Req> Lot<Req> {
                 continue;
             };
             let bay = entry.get_mut();
+            if !mem::take(&mut bay.in_turns) {
+                // Left over from a bay that was dropped and made again.
+                continue;
+            }
             let record = match bay.gate {
                 Gate::Probing => bay.take_probe().map(|mut record| {
                     record.probe_of = Some(domain);
@@ -301,7 +402,7 @@ impl<Req> Lot<Req> {
                     let record = bay.records.pop_front();
                     if record.is_some() {
                         // Its turn comes again after the others'.
-                        self.turns.push_back(domain);
+                        give_turn(&mut self.turns, domain, bay);
                     }
                     record
                 }
@@ -323,6 +424,35 @@ impl<Req> Lot<Req> {
             }
         }
         None
+    }
+}
+
+/// The most records one domain may park out of a lot of `limit`: half, rounded up, so that
+/// one sick domain leaves the other half to the queue and to the other domains.
+pub(super) fn share(limit: usize) -> usize {
+    limit.div_ceil(2)
+}
+
+/// `domain`'s bay if its probe is out and it has records left; a bay whose probe is out with
+/// nothing left is dropped.
+fn probing<Req>(bays: &mut HashMap<Domain, Bay<Req>>, domain: Domain) -> Option<&mut Bay<Req>> {
+    let Entry::Occupied(entry) = bays.entry(domain) else {
+        return None;
+    };
+    if entry.get().gate != Gate::Probing {
+        return None;
+    }
+    if entry.get().records.is_empty() {
+        entry.remove();
+        return None;
+    }
+    Some(entry.into_mut())
+}
+
+/// Gives `bay` (named `domain`) a turn, unless it has one already.
+fn give_turn<Req>(turns: &mut VecDeque<Domain>, domain: Domain, bay: &mut Bay<Req>) {
+    if !mem::replace(&mut bay.in_turns, true) {
+        turns.push_back(domain);
     }
 }
 
@@ -350,11 +480,17 @@ mod tests {
         let t0 = Instant::now();
         let (sick, well) = (Domain::new(), Domain::new());
         let mut lot = Lot::new(100, true);
-        lot.refused(sick, Refused::Breaker(Some(ms(50))), held(2), t0);
-        lot.refused(sick, Refused::Breaker(Some(ms(50))), held(1), t0);
+        assert!(lot
+            .refused(sick, Refused::Breaker(Some(ms(50))), held(2), t0)
+            .is_ok());
+        assert!(lot
+            .refused(sick, Refused::Breaker(Some(ms(50))), held(1), t0)
+            .is_ok());
         assert_eq!(lot.wake(t0 + ms(10)), Some(t0 + ms(50)));
         assert!(lot.next_due().is_none(), "paused");
-        lot.refused(well, Refused::Bulkhead { calls: true }, held(3), t0);
+        assert!(lot
+            .refused(well, Refused::Bulkhead { calls: true }, held(3), t0)
+            .is_ok());
         lot.call_ended(true);
         // The bulkhead's domain goes after a call ended; the breaker's still waits.
         let probe = lot.next_due().expect("the bulkhead's record");
@@ -377,8 +513,8 @@ mod tests {
         let t0 = Instant::now();
         let d = Domain::new();
         let mut lot = Lot::new(100, true);
-        lot.refused(d, Refused::Breaker(None), held(1), t0);
-        lot.refused(d, Refused::Breaker(None), held(2), t0);
+        assert!(lot.refused(d, Refused::Breaker(None), held(1), t0).is_ok());
+        assert!(lot.refused(d, Refused::Breaker(None), held(2), t0).is_ok());
         assert_eq!(
             lot.wake(t0),
             Some(t0 + LOOK_AGAIN),
@@ -398,8 +534,12 @@ mod tests {
         let mut lot = Lot::new(100, true);
         let mut tried = held(1);
         tried.retried = true;
-        lot.refused(d, Refused::Breaker(Some(ms(1))), tried, t0);
-        lot.refused(d, Refused::Breaker(Some(ms(1))), held(2), t0);
+        assert!(lot
+            .refused(d, Refused::Breaker(Some(ms(1))), tried, t0)
+            .is_ok());
+        assert!(lot
+            .refused(d, Refused::Breaker(Some(ms(1))), held(2), t0)
+            .is_ok());
         lot.wake(t0 + ms(1));
         assert_eq!(lot.next_due().unwrap().stamp, 2);
     }
@@ -411,7 +551,9 @@ mod tests {
         let mut lot = Lot::new(100, true);
         let mut waits = Vec::new();
         for _ in 0..10 {
-            lot.refused(d, Refused::Bulkhead { calls: false }, held(1), t0);
+            assert!(lot
+                .refused(d, Refused::Bulkhead { calls: false }, held(1), t0)
+                .is_ok());
             waits.push(lot.wake(t0).unwrap() - t0);
             lot.wake(t0 + LOOK_AGAIN);
             lot.next_due().unwrap();
@@ -434,5 +576,124 @@ mod tests {
         lot.wake(t0 + ms(6) + LOOK_AGAIN);
         assert_eq!(lot.next_due().unwrap().stamp, 2);
         assert_eq!(lot.len(), 0);
+    }
+
+    #[test]
+    fn one_domain_parks_at_most_half_the_lot() {
+        let t0 = Instant::now();
+        let (sick, other) = (Domain::new(), Domain::new());
+        let mut lot = Lot::new(4, true);
+        for n in 1..=2 {
+            assert!(lot
+                .refused(sick, Refused::Breaker(None), held(n), t0)
+                .is_ok());
+        }
+        let Err(given_back) = lot.refused(sick, Refused::Breaker(None), held(3), t0) else {
+            panic!("a third record of four places parked for one domain");
+        };
+        assert_eq!(given_back.stamp, 3);
+        assert_eq!(lot.wake(t0), Some(t0 + LOOK_AGAIN), "paused all the same");
+        assert!(lot
+            .refused(other, Refused::Breaker(None), held(4), t0)
+            .is_ok());
+        assert_eq!((lot.len(), lot.has_room()), (3, true));
+        assert_eq!(share(1), 1, "a lot of one still parks");
+    }
+
+    #[test]
+    fn expiry_takes_the_oldest_of_every_bay_at_once() {
+        let t0 = Instant::now();
+        let (one, two) = (Domain::new(), Domain::new());
+        let mut lot = Lot::new(100, true);
+        for n in [1, 3, 5] {
+            assert!(lot
+                .refused(one, Refused::Breaker(None), held(n), t0)
+                .is_ok());
+        }
+        assert!(lot
+            .refused(two, Refused::Breaker(None), held(2), t0)
+            .is_ok());
+        lot.faulted(held(4), t0);
+        let mut gone = Vec::new();
+        lot.expire(|record| record.stamp <= 4, |record| gone.push(record.stamp));
+        gone.sort_unstable();
+        assert_eq!(gone, [1, 2, 3, 4]);
+        assert_eq!(
+            (lot.len(), lot.domains()),
+            (1, 1),
+            "an emptied bay is dropped"
+        );
+        assert!(!lot.has_due(), "nothing left to retry");
+        assert_eq!(
+            lot.wake(t0),
+            Some(t0 + LOOK_AGAIN),
+            "no wait for the faulted"
+        );
+    }
+
+    #[test]
+    fn a_bay_paused_while_it_has_its_turn_sends_one_probe() {
+        let t0 = Instant::now();
+        let d = Domain::new();
+        let mut lot = Lot::new(100, true);
+        for n in 1..=3 {
+            assert!(lot
+                .refused(d, Refused::Breaker(Some(ms(1))), held(n), t0)
+                .is_ok());
+        }
+        lot.wake(t0 + ms(1));
+        let probe = lot.next_due().unwrap();
+        lot.probe_ended(probe.probe_of.unwrap(), true, t0 + ms(1));
+        // Open and in turn, the domain refuses a new record, and its pause ends.
+        assert!(lot
+            .refused(d, Refused::Breaker(Some(ms(1))), held(4), t0 + ms(2))
+            .is_ok());
+        lot.wake(t0 + ms(3));
+        assert_eq!(lot.next_due().unwrap().probe_of, Some(d));
+        assert!(lot.next_due().is_none(), "one probe at a time");
+    }
+
+    #[test]
+    fn a_probe_refused_again_after_a_call_ended_backs_off() {
+        let t0 = Instant::now();
+        let d = Domain::new();
+        let mut lot = Lot::new(100, true);
+        let full = Refused::Bulkhead { calls: true };
+        assert!(lot.refused(d, full, held(1), t0).is_ok());
+        assert!(lot.refused(d, full, held(2), t0).is_ok());
+        lot.call_ended(true);
+        let probe = lot.next_due().unwrap();
+        // The call that ended was to another domain: the probe is refused again.
+        assert!(lot.refused(d, full, probe, t0).is_ok());
+        lot.call_ended(true);
+        assert!(lot.next_due().is_none(), "not opened by every call's end");
+        assert_eq!(lot.wake(t0), Some(t0 + SHORTEST));
+    }
+
+    #[test]
+    fn faulted_records_go_within_a_second_while_a_domain_refuses() {
+        let t0 = Instant::now();
+        let d = Domain::new();
+        let mut lot = Lot::new(100, true);
+        assert!(lot.refused(d, Refused::Breaker(None), held(1), t0).is_ok());
+        lot.faulted(held(2), t0);
+        assert_eq!(lot.wake(t0 + LOOK_AGAIN), Some(t0 + FAULTED_LATEST));
+        assert_eq!(
+            lot.next_due().unwrap().stamp,
+            1,
+            "the probe; the faulted wait"
+        );
+        assert!(lot.next_due().is_none());
+        lot.wake(t0 + FAULTED_LATEST);
+        assert_eq!(lot.next_due().unwrap().stamp, 2);
+    }
+
+    #[test]
+    fn without_timers_faulted_records_go_at_once_and_set_no_alarm() {
+        let t0 = Instant::now();
+        let mut lot = Lot::new(100, false);
+        lot.faulted(held(1), t0);
+        assert_eq!(lot.wake(t0), None);
+        assert_eq!(lot.next_due().unwrap().stamp, 1);
     }
 }

@@ -79,6 +79,20 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
     }
 }
 
+/// Counts a record's final outcome and gives its weight back.
+fn count_done<Req>(shared: &Shared<Req>, record: &Held<Req>, outcome: Outcome) {
+    shared.release_bytes(record.weight);
+    shared.finish(outcome);
+}
+
+/// How a refusal that is not parked is counted.
+fn final_refusal(why: Refused) -> Outcome {
+    match why {
+        Refused::Breaker(_) => Outcome::Rejected,
+        Refused::Bulkhead { .. } => Outcome::Shed,
+    }
+}
+
 /// What the worker does with a call that ended.
 enum Ended {
     Delivered,
@@ -380,10 +394,16 @@ where
                 Ended::Delivered => Outcome::Delivered,
                 // Parked with the domain that refused; with parking off the refusal is final.
                 Ended::Refused(domain, rejection) if self.park => {
-                    if let Some(probed) = probe_of.filter(|&probed| probed != domain) {
-                        // Another domain refused the probe: its own bay waits and probes again.
-                        self.lot.probe_ended(probed, false, self.instant);
-                    }
+                    let probe_of = match probe_of {
+                        Some(probed) if probed != domain => {
+                            // Another domain refused the probe: its own bay waits and probes
+                            // again.
+                            self.lot.probe_ended(probed, false, self.instant);
+                            None
+                        }
+                        // Its own domain refused it: the refusal pauses the bay again.
+                        probe_of => probe_of,
+                    };
                     let why = match rejection {
                         Rejection::BreakerOpen { retry_after } => Refused::Breaker(retry_after),
                         // A call of ours still in the stack frees a slot when it ends.
@@ -391,9 +411,18 @@ where
                             calls: !self.calls.is_empty(),
                         },
                     };
-                    self.lot.refused(domain, why, record, self.instant);
-                    self.shared.park();
-                    return;
+                    record.probe_of = probe_of;
+                    match self.lot.refused(domain, why, record, self.instant) {
+                        Ok(()) => {
+                            self.shared.park();
+                            return;
+                        }
+                        // The domain holds its share of the lot already: this refusal is final.
+                        Err(refused) => {
+                            self.done(refused, final_refusal(why));
+                            return;
+                        }
+                    }
                 }
                 Ended::Refused(_, Rejection::BreakerOpen { .. }) => Outcome::Rejected,
                 Ended::Refused(..) => Outcome::Shed,
@@ -420,13 +449,10 @@ where
             Outcome::Delivered | Outcome::Failed => {
                 self.call_ended(outcome == Outcome::Delivered, probe_of);
             }
-            _ => {
-                if let Some(probed) = probe_of {
-                    self.lot.probe_ended(probed, false, self.instant);
-                }
-            }
+            // A final refusal of a probe: `done` ends it.
+            _ => record.probe_of = probe_of,
         }
-        self.done(&record, outcome);
+        self.done(record, outcome);
     }
 
     /// A call left the stack other than by a refusal: a full bulkhead has a slot again, and a
@@ -442,21 +468,39 @@ where
         }
     }
 
-    /// Counts a record's final outcome and gives its weight back.
-    fn done(&self, record: &Held<Req>, outcome: Outcome) {
-        self.shared.release_bytes(record.weight);
-        self.shared.finish(outcome);
+    /// Counts a record's final outcome and gives its weight back. If it was its bay's probe
+    /// and the call did not say how it went (it was never made, or it panicked), the bay waits
+    /// and probes again: every way a probe ends goes through here or
+    /// [`call_ended`](Self::call_ended), so no bay is left waiting for a probe that is gone.
+    fn done(&mut self, mut record: Held<Req>, outcome: Outcome) {
+        if let Some(probed) = record.probe_of.take() {
+            self.lot.probe_ended(probed, false, self.instant);
+        }
+        count_done(&self.shared, &record, outcome);
     }
 
-    /// Looks at the lot's pauses as of `self.instant`, and sets the alarm for the next one to
-    /// end.
+    /// Looks at the lot as of `self.instant`: parked records past their maximum age expire
+    /// (from the front of each bay, the oldest, so a backlog older than that goes at once, not
+    /// one probe at a time), pauses that are over end, and the alarm is set for the next one.
     fn wake_lot(&mut self) {
+        if let Some(age) = self.max_age {
+            let (now, shared) = (self.now, &self.shared);
+            self.lot.expire(
+                |record| now.wrapping_sub(record.stamp) > age,
+                |record| {
+                    shared.unpark();
+                    count_done(shared, &record, Outcome::Expired);
+                },
+            );
+        }
         self.next_alarm = self.lot.wake(self.instant);
     }
 
-    /// Whether the alarm rang (and the lot was looked at again); arms it otherwise.
+    /// Whether the alarm rang (and the lot was looked at again); arms it otherwise. Never on a
+    /// runtime without the time driver (tokio's timers panic there; the lot then sets no
+    /// pause).
     fn poll_alarm(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(at) = self.next_alarm else {
+        let Some(at) = self.next_alarm.filter(|_| self.tick.is_some()) else {
             return false;
         };
         let alarm = match &mut self.alarm {
@@ -527,9 +571,10 @@ where
                 Some(age) if self.now.wrapping_sub(record.stamp) > age => {
                     *budget -= 1;
                     if let Some(probed) = record.probe_of.take() {
-                        self.lot.probe_ended(probed, false, self.instant);
+                        // Not sent, so no sign of the domain's health: the next record probes.
+                        self.lot.probe_skipped(probed);
                     }
-                    self.done(&record, Outcome::Expired);
+                    self.done(record, Outcome::Expired);
                 }
                 _ => return Some(record),
             }
@@ -560,12 +605,20 @@ where
             // Its `drop` is user code too.
             let _ = catch_unwind(AssertUnwindSafe(|| drop(service)));
         }
+        // Nothing will be tried again: what is parked fails now, and what the calls still in
+        // flight give back is final.
+        self.park = false;
+        self.retry = false;
+        for record in self.lot.clear() {
+            self.shared.unpark();
+            count_done(&self.shared, &record, Outcome::Failed);
+        }
     }
 
     /// Drives one record into the stack: readiness, then the call.
     fn start(&mut self, cx: &mut Context<'_>, mut record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
-            self.done(&record, Outcome::Failed);
+            self.done(record, Outcome::Failed);
             return Start::Done;
         };
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
@@ -579,7 +632,7 @@ where
                     record.request.take()
                 };
                 let Some(request) = request else {
-                    self.done(&record, Outcome::Failed);
+                    self.done(record, Outcome::Failed);
                     return Start::Done;
                 };
                 match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
@@ -589,7 +642,7 @@ where
                     }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
-                        self.done(&record, Outcome::Failed);
+                        self.done(record, Outcome::Failed);
                     }
                 }
             }
@@ -600,12 +653,12 @@ where
             Ok(Poll::Ready(Err(error))) => {
                 let error: BoxError = error.into();
                 self.broke(&format_args!("poll_ready failed: {error}"));
-                self.done(&record, Outcome::Failed);
+                self.done(record, Outcome::Failed);
             }
             Err(panic) => {
                 let message = panic_message(&*panic).to_owned();
                 self.broke(&format_args!("poll_ready panicked: {message}"));
-                self.done(&record, Outcome::Failed);
+                self.done(record, Outcome::Failed);
             }
         }
         Start::Done
