@@ -22,11 +22,11 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///
 /// | setting | default | why |
 /// |---|---|---|
-/// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: 25 s of an outage at 2000 records/s is kept whole, and only records beyond that are dropped (the newest). The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
+/// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: one domain parks up to half of it, so 12.5 s of a whole-cluster outage at 2000 records/s is kept whole (25 s when only some domains are sick), and only records beyond that are refused for good or dropped. The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
 /// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
-/// | [`max_age`](Self::max_age) | 5 min | a record parked longer than that is discarded (counted as expired) when its turn comes, so that a long outage ends with fresh data, and a closed hand-off behind a breaker that never closes again still ends |
+/// | [`max_age`](Self::max_age) | 5 min | a record older than that is discarded unsent (counted as expired): a parked one at the worker's next look even while its domain still refuses, a queued one when its turn comes; so a long outage ends with fresh data, parking never stays full of stale records, and a closed hand-off behind a breaker that never closes again still ends |
 /// | [`max_bytes`](Self::max_bytes) | none | bounding by bytes needs to know what a record weighs: give a weight function (for Kafka, `.max_bytes(64 << 20, Record::weight)`, as the README's quick start does) |
-/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the domain that refused it instead of being lost, while the other domains' records flow; at most `capacity` records park, then the queue fills and drops the newest |
+/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the domain that refused it instead of being lost, while the other domains' records flow; one domain parks at most half of `capacity` (beyond, its refusals are final), and parked and queued records share `capacity`, beyond which the newest are dropped |
 /// | [`retry_failed`](Self::retry_failed) | on | a record the dependency failed (a timeout, brokers down) most likely was not written; one more try once the dependency takes records again keeps it. At least once: it may have been written after all |
 ///
 /// # Parking
@@ -41,7 +41,9 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///   stack. Each domain waits on its own: a breaker until its
 ///   [`retry_after`](crate::breaker::BreakerOpen::retry_after) has passed, or 100 ms, whichever
 ///   comes first (a half-open breaker may close well before); a full bulkhead until one of the
-///   hand-off's own calls ends, or, with none in the stack, 1 ms doubling up to 100 ms. Then
+///   hand-off's own calls ends, or 100 ms, whichever comes first; with none of its calls in the
+///   stack, or once a probe sent after a call ended is refused again (that call went to another
+///   domain), 1 ms doubling up to 100 ms. Then
 ///   the domain gets one record (its probe: the oldest that has not used its one more try),
 ///   and once that one is delivered its records go again, oldest first. Meanwhile the worker
 ///   keeps taking new records: those for a domain that is well flow at the offered rate, and
@@ -52,7 +54,20 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// - failed with a dependency fault (a tower timeout, or a Kafka error whose
 ///   [`Fault`](crate::kafka::Fault) is the dependency's), it gets one more try, unless
 ///   [`retry_failed`](Self::retry_failed) is off: not at once, but after the next call that
-///   succeeds, or after 100 ms if no domain is refusing. A caller's fault is never retried.
+///   succeeds, or after 100 ms if no domain is refusing, or after 1 s in any case. A caller's
+///   fault is never retried.
+///
+/// One domain parks at most **half of `capacity`** (rounded up). Past that, the domain's
+/// refusals are final, counted as [`rejected`](super::HandoffCounts::rejected) (an open
+/// breaker) or [`shed`](super::HandoffCounts::shed) (a full bulkhead), so that one sick domain
+/// never fills the hand-off and stops the others: the other half stays for the queue and for
+/// the other domains. One breaker over the whole stack is one domain, so then half of
+/// `capacity` parks and later refusals are counted as rejected.
+///
+/// Parked records older than [`max_age`](Self::max_age) expire at the worker's next look (each
+/// time it runs, at least every 100 ms), oldest first in each domain, whether or not the
+/// domain still refuses: after an outage longer than `max_age`, the stale backlog goes at
+/// once, not one probe at a time.
 ///
 /// A backlog drains oldest first, ahead of new records, for up to half of each turn of the
 /// worker (512 records), so that new records are never starved; beyond that, records offered
@@ -62,7 +77,8 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 /// records waiting (give or take the senders racing the check) plus `concurrency` in the
 /// stack; [`max_bytes`](Self::max_bytes) bounds the weight of all of
 /// them together. With both `park` and `retry_failed` off, the worker keeps no copy: the
-/// record itself goes into the stack, never cloned.
+/// record itself goes into the stack, never cloned. If the service breaks (its `poll_ready`
+/// fails or panics), what is parked is counted as failed at once.
 ///
 /// ```
 /// use tanker::handoff::Handoff;
@@ -194,16 +210,19 @@ impl<W> HandoffBuilder<W> {
     /// 1 ms; [`Duration::MAX`] (or anything over 24 days) means no limit. On a runtime without
     /// the time driver there is no limit either: the worker cannot keep its clock moving there.
     ///
-    /// Ages are read on the hand-off's coarse clock, which the worker moves each time it runs
-    /// (at least every 100 ms while it has nothing to do): a record may be discarded up to that
-    /// much early.
+    /// Parked records (see [Parking](Self#parking)) are looked at each time the worker runs,
+    /// and expire then even while their domain still refuses; queued ones when their turn
+    /// comes. Ages are read on the hand-off's coarse clock, which the worker moves each time it
+    /// runs (at least every 100 ms while it has nothing to do): a record may be discarded up to
+    /// that much early.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = age;
         self
     }
 
     /// Whether records refused by an open breaker or a full bulkhead are parked and tried again
-    /// (see [Parking](Self#parking)). Default: on. Off, a refusal is final: the record is counted
+    /// (see [Parking](Self#parking); one domain parks at most half of
+    /// [`capacity`](Self::capacity)). Default: on. Off, a refusal is final: the record is counted
     /// as [`rejected`](super::HandoffCounts::rejected) or [`shed`](super::HandoffCounts::shed)
     /// at once, and a sick dependency costs records instead of queue space.
     pub fn park(mut self, park: bool) -> Self {
