@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// [`BulkheadFull::domain`](crate::bulkhead::BulkheadFull::domain),
 /// [`Rejection::find_with_domain`](crate::Rejection::find_with_domain)), so that code above the
 /// stack can hold back only what that domain refused: the [hand-off](crate::handoff) parks
-/// records per domain, up to half of its capacity each, and a sick broker's records wait while
+/// records per domain (one sick domain among healthy ones up to half of its capacity), and a sick broker's records wait while
 /// the others flow.
 ///
 /// It is a number taken from a process-wide counter when the layer (or key) is built: `Copy`,

@@ -22,11 +22,11 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///
 /// | setting | default | why |
 /// |---|---|---|
-/// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: one domain parks up to half of it, so 12.5 s of a whole-cluster outage at 2000 records/s is kept whole (25 s when only some domains are sick), and only records beyond that are refused for good or dropped. The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
+/// | [`capacity`](Self::capacity) | 50 000 | records park here while the dependency is down: 25 s of a whole outage at 2000 records/s is kept whole (one sick domain among healthy ones parks up to half), and only records beyond that are refused for good or dropped. The places are allocated up front: 50 000 × the request's size (about 7 MiB for a Kafka [`Record`](crate::kafka::Record)), plus what the records point to |
 /// | [`concurrency`](Self::concurrency) | 1024 | a Kafka producer batches many records per request, so many calls wait on delivery reports at once |
 /// | [`max_age`](Self::max_age) | 5 min | a record older than that is discarded unsent (counted as expired): a parked one at the worker's next look even while its domain still refuses, a queued one when its turn comes; so a long outage ends with fresh data, parking never stays full of stale records, and a closed hand-off behind a breaker that never closes again still ends |
 /// | [`max_bytes`](Self::max_bytes) | none | bounding by bytes needs to know what a record weighs: give a weight function (for Kafka, `.max_bytes(64 << 20, Record::weight)`, as the README's quick start does) |
-/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the domain that refused it instead of being lost, while the other domains' records flow; one domain parks at most half of `capacity` (beyond, its refusals are final), and parked and queued records share `capacity`, beyond which the newest are dropped |
+/// | [`park`](Self::park) | on | a record refused by an open breaker or a full bulkhead waits for the domain that refused it instead of being lost, while the other domains' records flow; while other domains deliver, one domain parks at most half of `capacity` (beyond, its refusals are final), and parked and queued records share `capacity`, beyond which the newest are dropped |
 /// | [`retry_failed`](Self::retry_failed) | on | a record the dependency failed (a timeout, brokers down) most likely was not written; one more try once the dependency takes records again keeps it. At least once: it may have been written after all |
 ///
 /// # Parking
@@ -57,12 +57,14 @@ pub const MAX_CAPACITY: usize = 1 << 24;
 ///   succeeds, or after 100 ms if no domain is refusing, or after 1 s in any case. A caller's
 ///   fault is never retried.
 ///
-/// One domain parks at most **half of `capacity`** (rounded up). Past that, the domain's
-/// refusals are final, counted as [`rejected`](super::HandoffCounts::rejected) (an open
-/// breaker) or [`shed`](super::HandoffCounts::shed) (a full bulkhead), so that one sick domain
-/// never fills the hand-off and stops the others: the other half stays for the queue and for
-/// the other domains. One breaker over the whole stack is one domain, so then half of
-/// `capacity` parks and later refusals are counted as rejected.
+/// While some call was delivered in the last second (other domains are healthy), one domain
+/// parks at most **half of `capacity`** (rounded up). Past that, the domain's refusals are
+/// final, counted as [`rejected`](super::HandoffCounts::rejected) (an open breaker) or
+/// [`shed`](super::HandoffCounts::shed) (a full bulkhead), so that one sick domain never fills
+/// the hand-off and stops the others: the other half stays for the queue and for the other
+/// domains. When nothing is delivered (the whole dependency is down, or one breaker covers the
+/// whole stack), there is no one to keep room for, and a domain may park up to the whole
+/// `capacity`.
 ///
 /// Parked records older than [`max_age`](Self::max_age) expire at the worker's next look (each
 /// time it runs, at least every 100 ms), oldest first in each domain, whether or not the
@@ -221,7 +223,7 @@ impl<W> HandoffBuilder<W> {
     }
 
     /// Whether records refused by an open breaker or a full bulkhead are parked and tried again
-    /// (see [Parking](Self#parking); one domain parks at most half of
+    /// (see [Parking](Self#parking); while others deliver, one domain parks at most half of
     /// [`capacity`](Self::capacity)). Default: on. Off, a refusal is final: the record is counted
     /// as [`rejected`](super::HandoffCounts::rejected) or [`shed`](super::HandoffCounts::shed)
     /// at once, and a sick dependency costs records instead of queue space.

@@ -80,7 +80,7 @@
 //!
 //! A record the stack refused (an open breaker, a full bulkhead) is not lost: it parks in the
 //! worker with the [`Domain`](crate::Domain) that refused it, and that domain alone waits
-//! before it is tried again (one domain parks at most half of the hand-off's capacity);
+//! before it is tried again (while others deliver, one domain parks at most half of the hand-off's capacity);
 //! records for the other domains keep flowing. A record that failed
 //! with a dependency fault gets one more try once the dependency looks healthy again. See
 //! [Parking](HandoffBuilder#parking) for the rules, the pauses and the bounds. In the

@@ -131,9 +131,14 @@ pub(super) struct Lot<Req> {
     /// then fills, and drops the newest): parking never holds more than this plus the calls
     /// in flight when it was reached.
     limit: usize,
-    /// The most records one domain's bay holds ([`share`]): past it, that domain's refusals
-    /// are final, so that one sick domain never fills the lot and stops the others.
+    /// The most records one domain's bay holds ([`share`]) while some call is being delivered:
+    /// past it, that domain's refusals are final, so that one sick domain never fills the lot
+    /// (and with it the queue's capacity) while the others are healthy. When nothing is
+    /// delivered (the whole dependency is down, or one breaker covers all of it), one domain
+    /// may use the whole lot: there is no one else to keep room for.
     share: usize,
+    /// When a call was last delivered: the others are healthy until [`DELIVERING`] after it.
+    delivered_at: Option<Instant>,
     /// Whether the worker has timers. Without, faulted records go again at once (nothing
     /// would end their wait if no call succeeded).
     timers: bool,
@@ -151,6 +156,7 @@ impl<Req> Lot<Req> {
             len: 0,
             limit,
             share: share(limit),
+            delivered_at: None,
             timers,
         }
     }
@@ -225,7 +231,10 @@ impl<Req> Lot<Req> {
             }
             _ => gate,
         };
-        if bay.records.len() >= self.share {
+        let others_deliver = self
+            .delivered_at
+            .is_some_and(|at| now.saturating_duration_since(at) < DELIVERING);
+        if others_deliver && bay.records.len() >= self.share {
             return Err(record);
         }
         bay.insert(record);
@@ -252,9 +261,12 @@ impl<Req> Lot<Req> {
     /// A call ended that was no refusal (it reached the dependency, or the stack's end): a
     /// full bulkhead has a free slot again. `delivered`: the dependency took it, so the
     /// faulted records may go. Looks only at the bays that wait for a call to end.
-    pub(super) fn call_ended(&mut self, delivered: bool) {
-        if delivered && !self.faulted.is_empty() {
-            self.faulted_due = true;
+    pub(super) fn call_ended(&mut self, delivered: bool, now: Instant) {
+        if delivered {
+            self.delivered_at = Some(now);
+            if !self.faulted.is_empty() {
+                self.faulted_due = true;
+            }
         }
         for domain in self.await_calls.drain(..) {
             let Some(bay) = self.bays.get_mut(&domain) else {
@@ -427,8 +439,13 @@ impl<Req> Lot<Req> {
     }
 }
 
-/// The most records one domain may park out of a lot of `limit`: half, rounded up, so that
-/// one sick domain leaves the other half to the queue and to the other domains.
+/// How long after a delivery the dependency counts as healthy somewhere, so that one sick
+/// domain is held to its [`share`].
+const DELIVERING: Duration = Duration::from_secs(1);
+
+/// The most records one domain may park out of a lot of `limit` while others deliver: half,
+/// rounded up, so that one sick domain leaves the other half to the queue and to the other
+/// domains.
 pub(super) fn share(limit: usize) -> usize {
     limit.div_ceil(2)
 }
@@ -491,7 +508,7 @@ mod tests {
         assert!(lot
             .refused(well, Refused::Bulkhead { calls: true }, held(3), t0)
             .is_ok());
-        lot.call_ended(true);
+        lot.call_ended(true, t0);
         // The bulkhead's domain goes after a call ended; the breaker's still waits.
         let probe = lot.next_due().expect("the bulkhead's record");
         assert_eq!((probe.stamp, probe.probe_of), (3, Some(well)));
@@ -569,7 +586,7 @@ mod tests {
         lot.faulted(held(1), t0);
         assert_eq!(lot.wake(t0), Some(t0 + LOOK_AGAIN));
         assert!(!lot.has_due() && lot.next_due().is_none(), "not at once");
-        lot.call_ended(true);
+        lot.call_ended(true, t0);
         assert_eq!(lot.next_due().unwrap().stamp, 1);
         lot.faulted(held(2), t0 + ms(6));
         assert!(lot.next_due().is_none());
@@ -579,10 +596,11 @@ mod tests {
     }
 
     #[test]
-    fn one_domain_parks_at_most_half_the_lot() {
+    fn one_domain_parks_at_most_half_the_lot_while_others_deliver() {
         let t0 = Instant::now();
         let (sick, other) = (Domain::new(), Domain::new());
         let mut lot = Lot::new(4, true);
+        lot.call_ended(true, t0);
         for n in 1..=2 {
             assert!(lot
                 .refused(sick, Refused::Breaker(None), held(n), t0)
@@ -598,6 +616,29 @@ mod tests {
             .is_ok());
         assert_eq!((lot.len(), lot.has_room()), (3, true));
         assert_eq!(share(1), 1, "a lot of one still parks");
+    }
+
+    #[test]
+    fn one_domain_uses_the_whole_lot_when_nothing_is_delivered() {
+        let t0 = Instant::now();
+        let sick = Domain::new();
+        let mut lot = Lot::new(4, true);
+        for n in 1..=4 {
+            assert!(lot
+                .refused(sick, Refused::Breaker(None), held(n), t0)
+                .is_ok());
+        }
+        assert_eq!((lot.len(), lot.has_room()), (4, false));
+
+        // A delivery long ago is no sign that anyone else is healthy now.
+        let mut lot = Lot::new(4, true);
+        lot.call_ended(true, t0);
+        let later = t0 + DELIVERING;
+        for n in 1..=3 {
+            assert!(lot
+                .refused(sick, Refused::Breaker(None), held(n), later)
+                .is_ok());
+        }
     }
 
     #[test]
@@ -661,11 +702,11 @@ mod tests {
         let full = Refused::Bulkhead { calls: true };
         assert!(lot.refused(d, full, held(1), t0).is_ok());
         assert!(lot.refused(d, full, held(2), t0).is_ok());
-        lot.call_ended(true);
+        lot.call_ended(true, t0);
         let probe = lot.next_due().unwrap();
         // The call that ended was to another domain: the probe is refused again.
         assert!(lot.refused(d, full, probe, t0).is_ok());
-        lot.call_ended(true);
+        lot.call_ended(true, t0);
         assert!(lot.next_due().is_none(), "not opened by every call's end");
         assert_eq!(lot.wake(t0), Some(t0 + SHORTEST));
     }

@@ -462,7 +462,7 @@ where
         if !self.park && !self.retry {
             return;
         }
-        self.lot.call_ended(delivered);
+        self.lot.call_ended(delivered, self.instant);
         if let Some(probed) = probe_of {
             self.lot.probe_ended(probed, delivered, self.instant);
         }
