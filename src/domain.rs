@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// [`BulkheadFull::domain`](crate::bulkhead::BulkheadFull::domain),
 /// [`Rejection::find_with_domain`](crate::Rejection::find_with_domain)), so that code above the
 /// stack can hold back only what that domain refused: the [hand-off](crate::handoff) parks
-/// records per domain (one sick domain among healthy ones up to half of its capacity), and a sick broker's records wait while
-/// the others flow.
+/// records per domain (one sick domain among healthy ones up to half of its capacity), and a
+/// sick broker's records wait while the others flow.
 ///
 /// It is a number taken from a process-wide counter when the layer (or key) is built: `Copy`,
 /// cheap to compare and hash, never reused within a process. Two domains are equal only if they
