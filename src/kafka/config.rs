@@ -28,6 +28,7 @@ use crate::ConfigError;
 /// | `reconnect.backoff.ms` / `reconnect.backoff.max.ms` | 100 / 1000 | with librdkafka's 10 s maximum, a broker that comes back is noticed late and timeouts fire late |
 /// | `socket.connection.setup.timeout.ms` | 5000 | a broker that black-holes connections is given up on in 5 s, not 30 |
 /// | `request.timeout.ms` | 5000 | a frozen broker's requests time out with the records |
+/// | `statistics.interval.ms` | 200, with the per-broker domains (see [`BrokerDomains`]) | the leaders and broker states they route by come from these reports; parsing one costs 64 µs (6 partitions) to 376 µs (100 partitions), 0.2 % or less of librdkafka's polling thread |
 /// | `topic.metadata.propagation.max.ms` | 1000 | a record for a topic that does not exist fails as [`UnknownTopic`](super::KafkaErrorKind::UnknownTopic) (the caller's fault) within a second (half the message timeout if that is shorter), instead of waiting 30 s and failing as a timeout that would trip the breaker |
 ///
 /// Any other librdkafka property can be set with [`set`](Self::set). The values of properties

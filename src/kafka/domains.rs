@@ -47,7 +47,7 @@ use crate::ConfigError;
 /// | [`breaker`](Self::breaker) | [`BreakerLayer::builder()`]'s defaults, with [`FaultClassifier`] | a broker's own timeouts and connection failures open its breaker; a bad record does not |
 /// | [`max_open`](Self::max_open) | 2 | three brokers or more sick at once is a cluster outage, seen as one |
 /// | [`stall_after`](Self::stall_after) | 500 ms | a healthy broker confirms records within milliseconds; a frozen one would hold them until `message.timeout.ms` (5 s) |
-/// | [`statistics_interval`](Self::statistics_interval) | 200 ms | how often librdkafka reports leaders and broker states (`statistics.interval.ms`): a moved leader is followed, and a healed broker probed, within that |
+/// | [`statistics_interval`](Self::statistics_interval) | 200 ms | how often librdkafka reports leaders and broker states (`statistics.interval.ms`): a moved leader is followed, and a healed broker probed, within that. Each report is parsed on librdkafka's polling thread, which also hands out the delivery reports: 64 µs for 3 brokers and 6 partitions, 376 µs for 100 partitions (median, `cargo bench --bench statistics`), so 0.03 % and 0.19 % of that thread at 200 ms. A longer default would delay every heal for no gain worth having; with thousands of partitions (by extrapolation, about 4 ms a report per 1000), set 1 s |
 ///
 /// ```no_run
 /// use std::time::Duration;
