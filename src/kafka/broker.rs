@@ -2,18 +2,20 @@
 //! breaker.
 //!
 //! The statistics callback (every `statistics.interval.ms`) reads the broker's compartment
-//! (records in flight) and breaker (records delivered, ever), and decides whether the broker
-//! stalled: it has records in flight and delivered none for longer than the threshold. A frozen
-//! broker (its connections open, its answers held back) is seen within the threshold plus one
-//! interval, long before its records would time out. The send path adds nothing per record:
-//! the compartment and the breaker count anyway.
+//! (records in flight) and the records it answered, and decides whether the broker stalled: it
+//! has records in flight and answered none for longer than the threshold. A frozen broker (its
+//! connections open, its answers held back) is seen within the threshold plus one interval,
+//! long before its records would time out. The send path adds nothing per record: the
+//! compartment counts anyway, and the answers are counted by the delivery reports, on
+//! librdkafka's polling thread, whoever waits for them (probes and records the caller stopped
+//! waiting for included).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::breaker::{BreakerHandle, BreakerState};
 use crate::bulkhead::BulkheadHandle;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// A broker's node id, as Kafka's metadata gives it.
 pub(super) type BrokerId = i32;
@@ -31,6 +33,8 @@ pub(super) struct Broker {
     id: BrokerId,
     /// Set by the statistics callback: records in flight and no delivery for too long.
     stalled: AtomicBool,
+    /// Records the broker answered, ever: counted by the delivery reports.
+    answered: AtomicU64,
     /// The broker's compartment and breaker, known after its first routed call.
     domain: OnceLock<Domain>,
     /// What the statistics callback remembers between two of its runs.
@@ -80,7 +84,7 @@ impl Presence {
 pub(super) struct Load {
     /// Records in flight to the broker.
     pub(super) in_flight: u64,
-    /// Records the broker confirmed, ever.
+    /// Records the broker answered (delivered, or refused as the caller's fault), ever.
     pub(super) delivered: u64,
 }
 
@@ -98,6 +102,7 @@ impl Broker {
         Self {
             id,
             stalled: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
             domain: OnceLock::new(),
             watch: Mutex::new(Watch {
                 delivered: 0,
@@ -118,13 +123,23 @@ impl Broker {
         self.id != NO_LEADER
     }
 
-    /// Records in the broker's compartment, and records it delivered ever (its breaker's
-    /// successes); zeros before its first routed record.
+    /// Records in the broker's compartment (none before its first routed record), and records
+    /// it answered ever.
     pub(super) fn load(&self) -> Load {
-        self.domain.get().map_or_else(Load::default, |domain| Load {
-            in_flight: domain.bulkhead.in_flight() as u64,
-            delivered: domain.breaker.counts().successes,
-        })
+        Load {
+            in_flight: self
+                .domain
+                .get()
+                .map_or(0, |domain| domain.bulkhead.in_flight() as u64),
+            delivered: self.answered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The broker answered a record: a delivery report said it was written, or refused it as
+    /// the caller's fault. Called on librdkafka's polling thread only.
+    #[inline]
+    pub(super) fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the broker has records in flight and delivered none for longer than the

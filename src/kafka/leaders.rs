@@ -132,6 +132,21 @@ impl Leaders {
         self.version.load(Ordering::Acquire) == map.version
     }
 
+    /// A delivery report of a record of `topic`'s `partition` came back with an answer of its
+    /// leader's: counted as that broker's progress, for its stall watch.
+    ///
+    /// Runs for every delivery report: it reads the published map under its read lock (the
+    /// polling thread's own shard), without taking a reference to it.
+    pub(super) fn answered(&self, topic: &str, partition: i32) {
+        let map = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(broker) = map.topic(topic).and_then(|t| t.leader(partition)) {
+            broker.answered();
+        }
+    }
+
     /// One statistics report: watches each broker (stalls, reconnections) and publishes the
     /// topics' leaders if they changed.
     pub(super) fn update(&self, statistics: &Statistics, now: Instant) {
@@ -346,6 +361,22 @@ mod tests {
         // It counts as "no leader" when the next report is compared.
         leaders.publish(&[("a", vec![Some(1), None])], now);
         assert!(leaders.is_current(&map));
+    }
+
+    #[test]
+    fn a_delivery_is_counted_as_its_leaders_progress() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("a", vec![Some(1), Some(2)])], now);
+        let map = leaders.map();
+        let [one, two] = [0, 1].map(|p| map.topic("a").unwrap().leader(p).unwrap().clone());
+        leaders.answered("a", 1);
+        leaders.answered("a", 1);
+        leaders.answered("unknown", 0);
+        leaders.answered("a", 7);
+        assert_eq!((one.load().delivered, two.load().delivered), (0, 2));
+        // Before its compartment is known: nothing in flight, answers counted all the same.
+        assert_eq!(two.load().in_flight, 0);
     }
 
     #[test]
