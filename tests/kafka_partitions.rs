@@ -6,7 +6,7 @@
 //! Each test owns its `MockCluster` (it is `!Send`: it stays in the test body). Waiting for an
 //! event is a bounded polling loop on a condition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,6 +131,42 @@ async fn keys_map_to_the_partitions_librdkafka_chooses() {
         after - before,
         KEYS as u64,
         "every keyed record went through its leader's compartment"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_is_spread_as_librdkafka_spreads_it() {
+    let cluster = cluster();
+    let plain = config(&cluster, "plain-empty")
+        .no_broker_domains()
+        .build()
+        .unwrap();
+    let routed = config(&cluster, "routed-empty").build().unwrap();
+    warm_up(&routed).await;
+    let before: u64 = (1..=BROKERS).map(|b| admitted(&routed, b)).sum();
+
+    // Four of tanker's batches of records without a key; librdkafka's own sticky batches last
+    // 10 ms (`sticky.partitioning.linger.ms`), a few records each here.
+    const RECORDS: usize = 256;
+    let (mut by_librdkafka, mut by_tanker) = (BTreeSet::new(), BTreeSet::new());
+    for _ in 0..RECORDS {
+        let plain = produce(&plain, Record::new(TOPIC, "p").key(""))
+            .await
+            .unwrap();
+        by_librdkafka.insert(plain.partition);
+        let routed = produce(&routed, Record::new(TOPIC, "r").key(""))
+            .await
+            .unwrap();
+        by_tanker.insert(routed.partition);
+    }
+    // The CRC-32 of an empty key is 0: mapped as a key, every record would go to partition 0.
+    assert!(by_librdkafka.len() > 1, "librdkafka: {by_librdkafka:?}");
+    assert!(by_tanker.len() > 1, "tanker: {by_tanker:?}");
+    let after: u64 = (1..=BROKERS).map(|b| admitted(&routed, b)).sum();
+    assert_eq!(
+        after - before,
+        RECORDS as u64,
+        "every record went through its leader's compartment"
     );
 }
 

@@ -302,6 +302,14 @@ impl Engine {
         self.origin.elapsed() >= self.open_until.load(Ordering::Acquire)
     }
 
+    /// Whether a half-open breaker has room for one more probe. Takes the machine's lock: for
+    /// steering records while half-open, which lasts a round trip of the dependency.
+    pub(crate) fn probe_room(&self) -> bool {
+        let machine = self.machine();
+        machine.state() == BreakerState::HalfOpen
+            && machine.probes_in_flight() < self.policy.probes()
+    }
+
     pub(crate) fn force(&self, to: BreakerState) {
         let mut machine = self.machine();
         let transition = machine.force(Instant::now(), to);

@@ -123,6 +123,12 @@ impl BreakerHandle {
         self.engine.probe_due()
     }
 
+    /// Whether the breaker is half-open with room for one more probe (see
+    /// [`probes`](super::BreakerBuilder::probes)). Takes the breaker's lock.
+    pub(crate) fn probe_room(&self) -> bool {
+        self.engine.probe_room()
+    }
+
     /// Forces the breaker open: every call is rejected (with no `retry_after`) until
     /// [`reset`](Self::reset) or [`force_closed`](Self::force_closed). A handle readied before
     /// is rejected in `call` too.

@@ -2,21 +2,30 @@
 //! breaker.
 //!
 //! The statistics callback (every `statistics.interval.ms`) reads the broker's compartment
-//! (records in flight) and breaker (records delivered, ever), and decides whether the broker
-//! stalled: it has records in flight and delivered none for longer than the threshold. A frozen
-//! broker (its connections open, its answers held back) is seen within the threshold plus one
-//! interval, long before its records would time out. The send path adds nothing per record:
-//! the compartment and the breaker count anyway.
+//! (records in flight) and the records it answered, and decides whether the broker stalled: it
+//! has records in flight and answered none for longer than the threshold. A frozen broker (its
+//! connections open, its answers held back) is seen within the threshold plus one interval,
+//! long before its records would time out. The send path adds nothing per record: the
+//! compartment counts anyway, and the answers are counted by the delivery reports, on
+//! librdkafka's polling thread, whoever waits for them (probes and records the caller stopped
+//! waiting for included).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::breaker::{BreakerHandle, BreakerState};
 use crate::bulkhead::BulkheadHandle;
-use crate::sync::{AtomicBool, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, Ordering};
 
 /// A broker's node id, as Kafka's metadata gives it.
 pub(super) type BrokerId = i32;
+
+/// The id under which the partitions without a leader share one compartment and breaker
+/// (Kafka's metadata says `-1` for a partition without a leader). Records that have to go to
+/// such a partition (a key or an explicit partition) wait in librdkafka until a leader is
+/// elected or they time out: the compartment bounds how many, and its breaker opens on their
+/// timeouts, so that a hand-off parks the rest. Records without a key never go there.
+pub(super) const NO_LEADER: BrokerId = -1;
 
 /// One broker's counters and health, shared by the send path, the delivery reports and the
 /// statistics callback.
@@ -24,6 +33,8 @@ pub(super) struct Broker {
     id: BrokerId,
     /// Set by the statistics callback: records in flight and no delivery for too long.
     stalled: AtomicBool,
+    /// Records the broker answered, ever: counted by the delivery reports.
+    answered: AtomicU64,
     /// The broker's compartment and breaker, known after its first routed call.
     domain: OnceLock<Domain>,
     /// What the statistics callback remembers between two of its runs.
@@ -73,7 +84,7 @@ impl Presence {
 pub(super) struct Load {
     /// Records in flight to the broker.
     pub(super) in_flight: u64,
-    /// Records the broker confirmed, ever.
+    /// Records the broker answered (delivered, or refused as the caller's fault), ever.
     pub(super) delivered: u64,
 }
 
@@ -91,6 +102,7 @@ impl Broker {
         Self {
             id,
             stalled: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
             domain: OnceLock::new(),
             watch: Mutex::new(Watch {
                 delivered: 0,
@@ -104,13 +116,30 @@ impl Broker {
         self.id
     }
 
-    /// Records in the broker's compartment, and records it delivered ever (its breaker's
-    /// successes); zeros before its first routed record.
+    /// Whether this is a broker, rather than the stand-in for the partitions without a leader
+    /// ([`NO_LEADER`]).
+    #[inline]
+    pub(super) fn is_leader(&self) -> bool {
+        self.id != NO_LEADER
+    }
+
+    /// Records in the broker's compartment (none before its first routed record), and records
+    /// it answered ever.
     pub(super) fn load(&self) -> Load {
-        self.domain.get().map_or_else(Load::default, |domain| Load {
-            in_flight: domain.bulkhead.in_flight() as u64,
-            delivered: domain.breaker.counts().successes,
-        })
+        Load {
+            in_flight: self
+                .domain
+                .get()
+                .map_or(0, |domain| domain.bulkhead.in_flight() as u64),
+            delivered: self.answered.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The broker answered a record: a delivery report said it was written, or refused it as
+    /// the caller's fault. Called on librdkafka's polling thread only.
+    #[inline]
+    pub(super) fn answered(&self) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Whether the broker has records in flight and delivered none for longer than the
@@ -133,9 +162,10 @@ impl Broker {
     }
 
     /// Whether a record without a key may go to this broker: it has not stalled, its
-    /// compartment has room, and its breaker is closed or due for a probe (so that a broker
-    /// only keyless records go to is probed too). A few atomic loads; the clock is read only
-    /// when the breaker is open.
+    /// compartment has room, and its breaker is closed, due for a probe, or half-open with room
+    /// for one more probe (so that a broker only keyless records go to is probed, and closes
+    /// again, even when it takes several probes). A few atomic loads; the clock is read only
+    /// when the breaker is open, its lock taken only while it is half-open.
     ///
     /// The loads are not one consistent view, and need not be: this only steers a record
     /// without a key. A record steered to a broker that filled or opened meanwhile is decided
@@ -155,7 +185,8 @@ impl Broker {
         match domain.breaker.state() {
             BreakerState::Closed | BreakerState::ForcedClosed => true,
             BreakerState::Open => domain.breaker.probe_due(),
-            BreakerState::HalfOpen | BreakerState::ForcedOpen => false,
+            BreakerState::HalfOpen => domain.breaker.probe_room(),
+            BreakerState::ForcedOpen => false,
         }
     }
 
@@ -291,6 +322,50 @@ mod tests {
         // Connecting after that says it again: harmless, since `probe_now` leaves a breaker
         // that is already probing (or closed) as it is.
         assert!(back(UP));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_half_open_broker_takes_keyless_records_until_its_probes_are_out() {
+        use tower::{service_fn, BoxError, Layer, Service, ServiceExt};
+
+        use crate::breaker::BreakerLayer;
+        use crate::bulkhead::BulkheadLayer;
+
+        let breaker = BreakerLayer::builder()
+            .consecutive_failures(1)
+            .probes(2)
+            .build()
+            .unwrap();
+        let bulkhead = BulkheadLayer::builder().max_in_flight(8).build().unwrap();
+        let broker = Broker::new(1, Instant::now());
+        broker.set_domain(|| {
+            Some(Domain {
+                breaker: breaker.handle(),
+                bulkhead: bulkhead.handle(),
+            })
+        });
+        // `true` fails at once; `false` is a probe that never answers.
+        let mut svc = breaker.layer(service_fn(|fail: bool| async move {
+            if fail {
+                return Err::<(), BoxError>("down".into());
+            }
+            std::future::pending().await
+        }));
+        svc.ready().await.unwrap().call(true).await.unwrap_err();
+        let handle = breaker.handle();
+        assert_eq!(handle.state(), BreakerState::Open);
+        assert!(!broker.takes_keyless(), "cooling down");
+        assert!(handle.probe_now());
+        assert!(broker.takes_keyless(), "due for a probe");
+
+        let _first = svc.ready().await.unwrap().call(false);
+        assert_eq!(handle.state(), BreakerState::HalfOpen);
+        assert!(
+            broker.takes_keyless(),
+            "one probe of two out: the second must find its way there too"
+        );
+        let _second = svc.ready().await.unwrap().call(false);
+        assert!(!broker.takes_keyless(), "both probes out");
     }
 
     #[test]

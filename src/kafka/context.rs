@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 
 use super::leaders::Leaders;
 
-use super::error::{KafkaError, KafkaErrorKind};
+use super::error::{Fault, KafkaError, KafkaErrorKind};
 use super::record::Delivery;
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
@@ -99,6 +99,13 @@ impl ProducerState {
         self.metrics.in_flight.track(|| self.in_flight());
     }
 
+    /// Counts a broker's answer for its stall watch, when the producer routes by leader.
+    fn answered(&self, topic: &str, partition: i32) {
+        if let Some(leaders) = &self.leaders {
+            leaders.answered(topic, partition);
+        }
+    }
+
     fn count_error(&self, error: &KafkaError) {
         self.metrics.errors[error.kind().index()].increment();
     }
@@ -113,6 +120,7 @@ impl ProducerContext for ProducerState {
         let outcome = match result {
             Ok(message) => {
                 self.metrics.delivered.increment();
+                self.answered(message.topic(), message.partition());
                 Ok(Delivery {
                     partition: message.partition(),
                     offset: message.offset(),
@@ -121,6 +129,10 @@ impl ProducerContext for ProducerState {
             Err((error, message)) => {
                 let error = KafkaError::from_rdkafka(error.clone()).for_topic(message.topic());
                 self.count_error(&error);
+                if error.fault() == Fault::Caller {
+                    // The broker answered; the record was wrong.
+                    self.answered(message.topic(), message.partition());
+                }
                 Err(error)
             }
         };

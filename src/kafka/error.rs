@@ -7,6 +7,9 @@ use tower::BoxError;
 
 use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 
+use crate::breaker::BreakerOpen;
+use crate::bulkhead::BulkheadFull;
+
 /// Whose fault an error is: this decides whether it may trip a breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Fault {
@@ -197,6 +200,11 @@ pub struct KafkaError {
 #[derive(Debug, Clone)]
 enum Cause {
     Rdkafka(RdKafkaError),
+    /// The broker's breaker refused: kept by value, its box freed.
+    BreakerOpen(BreakerOpen),
+    /// The broker's compartment was full: kept by value, its box freed.
+    BulkheadFull(BulkheadFull),
+    /// Any other refusal (none of tanker's layers returns one today).
     Refusal(Arc<dyn std::error::Error + Send + Sync>),
 }
 
@@ -209,11 +217,20 @@ impl KafkaError {
         }
     }
 
-    /// The refusal of a record's broker compartment, kept as the source.
+    /// The refusal of a record's broker compartment, kept as the source; a breaker's or a
+    /// bulkhead's refusal is taken out of its box, so that a refused record costs no
+    /// allocation beyond the box it came in.
     pub(crate) fn refused(refusal: BoxError) -> Self {
+        let cause = match refusal.downcast::<BreakerOpen>() {
+            Ok(open) => Cause::BreakerOpen(*open),
+            Err(refusal) => match refusal.downcast::<BulkheadFull>() {
+                Ok(full) => Cause::BulkheadFull(*full),
+                Err(other) => Cause::Refusal(Arc::from(other)),
+            },
+        };
         Self {
             kind: KafkaErrorKind::Refused,
-            source: Some(Cause::Refusal(Arc::from(refusal))),
+            source: Some(cause),
             topic: None,
         }
     }
@@ -286,6 +303,8 @@ impl std::error::Error for KafkaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.source {
             Some(Cause::Rdkafka(error)) => Some(error),
+            Some(Cause::BreakerOpen(open)) => Some(open),
+            Some(Cause::BulkheadFull(full)) => Some(full),
             Some(Cause::Refusal(refusal)) => Some(&**refusal),
             None => None,
         }
@@ -310,6 +329,37 @@ mod tests {
         labels.sort_unstable();
         labels.dedup();
         assert_eq!(labels.len(), KafkaErrorKind::ALL.len());
+    }
+
+    #[test]
+    fn a_refusal_keeps_its_kind_and_domain() {
+        use crate::{Domain, Rejection};
+
+        let domain = Domain::new();
+        let open = BreakerOpen::new(Some(std::time::Duration::from_secs(1)), domain);
+        let full = BulkheadFull::new(domain);
+        let other: BoxError = "refused by a layer of the user's".into();
+        for (refusal, expected) in [
+            (
+                Box::new(open) as BoxError,
+                Some(Rejection::BreakerOpen {
+                    retry_after: open.retry_after(),
+                }),
+            ),
+            (Box::new(full), Some(Rejection::BulkheadFull)),
+            (other, None),
+        ] {
+            let error = KafkaError::refused(refusal);
+            assert_eq!(error.kind(), KafkaErrorKind::Refused);
+            let found = Rejection::find_with_domain(&error);
+            assert_eq!(found.map(|(r, _)| r), expected, "{error}");
+            if expected.is_some() {
+                assert_eq!(found.map(|(_, d)| d), Some(domain));
+            }
+            let copy = error.clone();
+            assert_eq!(Rejection::find(&copy), expected);
+        }
+        assert!(std::error::Error::source(&KafkaError::refused("x".into())).is_some());
     }
 
     #[test]

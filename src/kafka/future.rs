@@ -28,7 +28,7 @@ pin_project! {
 pin_project! {
     #[project = PathProj]
     enum Path {
-        /// Straight to librdkafka: no broker domains, or a partition whose leader is not known.
+        /// Straight to librdkafka: no broker domains, or a topic whose partitions are not known yet.
         Direct { #[pin] delivery: DeliveryFuture },
         /// Through the leader's compartment and breaker.
         Broker { #[pin] delivery: KeyedFuture<DeliveryFuture, FaultClassifier> },

@@ -2,35 +2,41 @@
 //! librdkafka's statistics and published for the send path without a lock.
 //!
 //! The statistics callback builds a [`LeaderMap`] (per topic: the leader of each partition)
-//! and publishes it only when it changed, under the next version. A service keeps the map it
+//! and publishes it only when it changed, under the next version. A topic whose leaders did not
+//! change is shared by the two versions; one whose leaders moved keeps its count of records
+//! without a key, so that their batches go on where they were. A service keeps the map it
 //! last saw and checks, with one atomic load per call, that the version has not moved; a stale
 //! service takes the current map under a sharded read lock (a reader locks only its own
 //! thread's shard). This is the keyed layer's publication scheme, for a map that changes only
 //! when a leader moves.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::sync::ShardedLock;
 use rdkafka::statistics::Statistics;
 
-use super::broker::{Broker, BrokerId, Brokers, Presence};
+use super::broker::{Broker, BrokerId, Brokers, Presence, NO_LEADER};
 use crate::sync::{AtomicU64, Ordering};
 
-/// One topic's partitions, by partition number: the leader's broker, or `None` while the
-/// partition has no leader.
+/// One topic's partitions, by partition number: the leader's broker, or the stand-in for the
+/// partitions without a leader ([`NO_LEADER`]).
 pub(super) struct TopicLeaders {
-    partitions: Box<[Option<Arc<Broker>>]>,
-    /// Records without a key routed so far, for the sticky choice of their partition.
+    partitions: Box<[Arc<Broker>]>,
+    /// Records without a key routed so far (from a random start), for the sticky choice of
+    /// their partition.
     keyless: AtomicU64,
 }
 
 impl TopicLeaders {
-    pub(super) fn new(partitions: Vec<Option<Arc<Broker>>>) -> Self {
+    /// The partitions led by `partitions`, the first record without a key numbered `keyless`.
+    pub(super) fn new(partitions: Vec<Arc<Broker>>, keyless: u64) -> Self {
         Self {
             partitions: partitions.into_boxed_slice(),
-            keyless: AtomicU64::new(0),
+            keyless: AtomicU64::new(keyless),
         }
     }
 
@@ -40,11 +46,12 @@ impl TopicLeaders {
         self.partitions.len()
     }
 
-    /// The leader of `partition`, if the partition exists and has one.
+    /// The leader of `partition` if the partition exists: a broker, or the stand-in for the
+    /// partitions without a leader (see [`Broker::is_leader`]).
     #[inline]
     pub(super) fn leader(&self, partition: i32) -> Option<&Arc<Broker>> {
         let index = usize::try_from(partition).ok()?;
-        self.partitions.get(index)?.as_ref()
+        self.partitions.get(index)
     }
 
     /// The next keyless record's number.
@@ -59,8 +66,15 @@ impl TopicLeaders {
                 .partitions
                 .iter()
                 .zip(leaders)
-                .all(|(have, new)| have.as_ref().map(|b| b.id()) == *new)
+                .all(|(have, new)| have.is_leader().then(|| have.id()) == *new)
     }
+}
+
+/// Where the records without a key of a topic seen for the first time start: a random batch,
+/// so that producers started together do not all begin with partition 0.
+fn random_start() -> u64 {
+    // Kept well below `u64::MAX`, so that the count never wraps around mid-batch.
+    RandomState::new().build_hasher().finish() >> 16
 }
 
 /// Every known topic's leaders, as one version of the table saw them; never changed once
@@ -68,14 +82,14 @@ impl TopicLeaders {
 #[derive(Default)]
 pub(super) struct LeaderMap {
     version: u64,
-    topics: HashMap<Box<str>, TopicLeaders>,
+    topics: HashMap<Box<str>, Arc<TopicLeaders>>,
 }
 
 impl LeaderMap {
     /// The leaders of `topic`'s partitions, once librdkafka's statistics gave them.
     #[inline]
     pub(super) fn topic(&self, topic: &str) -> Option<&TopicLeaders> {
-        self.topics.get(topic)
+        self.topics.get(topic).map(|topic| &**topic)
     }
 }
 
@@ -85,6 +99,9 @@ pub(super) struct Leaders {
     version: AtomicU64,
     current: ShardedLock<Arc<LeaderMap>>,
     brokers: Brokers,
+    /// The stand-in leader of every partition without one: one compartment and breaker for
+    /// them all, kept out of the brokers the statistics watch.
+    no_leader: Arc<Broker>,
     /// How long a broker may hold records without delivering any before it counts as stalled.
     stall_after: Duration,
 }
@@ -95,6 +112,7 @@ impl Leaders {
             version: AtomicU64::new(0),
             current: ShardedLock::new(Arc::default()),
             brokers: Brokers::default(),
+            no_leader: Arc::new(Broker::new(NO_LEADER, Instant::now())),
             stall_after,
         }
     }
@@ -112,6 +130,21 @@ impl Leaders {
     #[inline]
     pub(super) fn is_current(&self, map: &LeaderMap) -> bool {
         self.version.load(Ordering::Acquire) == map.version
+    }
+
+    /// A delivery report of a record of `topic`'s `partition` came back with an answer of its
+    /// leader's: counted as that broker's progress, for its stall watch.
+    ///
+    /// Runs for every delivery report: it reads the published map under its read lock (the
+    /// polling thread's own shard), without taking a reference to it.
+    pub(super) fn answered(&self, topic: &str, partition: i32) {
+        let map = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(broker) = map.topic(topic).and_then(|t| t.leader(partition)) {
+            broker.answered();
+        }
     }
 
     /// One statistics report: watches each broker (stalls, reconnections) and publishes the
@@ -193,23 +226,28 @@ impl Leaders {
             topics: HashMap::with_capacity(old.topics.len().max(topics.len())),
         };
         for (name, known) in &old.topics {
-            let partitions = known.partitions.to_vec();
-            map.topics
-                .insert(name.clone(), TopicLeaders::new(partitions));
+            map.topics.insert(name.clone(), known.clone());
         }
         for (name, leaders) in topics {
+            let keyless = match old.topic(name) {
+                Some(known) if known.same_leaders(leaders) => continue,
+                Some(known) => {
+                    tracing::debug!(topic = *name, ?leaders, "kafka partition leaders changed");
+                    known.keyless.load(Ordering::Relaxed)
+                }
+                None => random_start(),
+            };
             let partitions = leaders
                 .iter()
-                .map(|leader| leader.map(|id| self.brokers.get(id, now)))
+                .map(|leader| match leader {
+                    Some(id) => self.brokers.get(*id, now),
+                    None => self.no_leader.clone(),
+                })
                 .collect();
-            if let Some(known) = old.topic(name) {
-                if known.same_leaders(leaders) {
-                    continue;
-                }
-                tracing::debug!(topic = *name, ?leaders, "kafka partition leaders changed");
-            }
-            map.topics
-                .insert(Box::from(*name), TopicLeaders::new(partitions));
+            map.topics.insert(
+                Box::from(*name),
+                Arc::new(TopicLeaders::new(partitions, keyless)),
+            );
         }
         let version = map.version;
         let mut current = self
@@ -253,7 +291,7 @@ mod tests {
 
     fn ids(leaders: &TopicLeaders) -> Vec<Option<BrokerId>> {
         (0..leaders.count() as i32)
-            .map(|p| leaders.leader(p).map(|b| b.id()))
+            .map(|p| leaders.leader(p).filter(|b| b.is_leader()).map(|b| b.id()))
             .collect()
     }
 
@@ -300,5 +338,82 @@ mod tests {
         let three_a = after.topic("a").unwrap().leader(1).unwrap();
         let three_b = after.topic("b").unwrap().leader(0).unwrap();
         assert!(Arc::ptr_eq(three_a, three_b));
+    }
+
+    #[test]
+    fn partitions_without_a_leader_share_one_stand_in_outside_the_brokers() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("a", vec![Some(1), None]), ("b", vec![None])], now);
+        let map = leaders.map();
+        let a = map.topic("a").unwrap().leader(1).expect("a stand-in");
+        let b = map.topic("b").unwrap().leader(0).expect("a stand-in");
+        assert_eq!(a.id(), NO_LEADER);
+        assert!(!a.is_leader() && map.topic("a").unwrap().leader(0).unwrap().is_leader());
+        assert!(
+            Arc::ptr_eq(a, b),
+            "one compartment for every leaderless partition"
+        );
+        assert!(
+            leaders.brokers.all().iter().all(|b| b.is_leader()),
+            "the statistics never watch the stand-in as a broker"
+        );
+        // It counts as "no leader" when the next report is compared.
+        leaders.publish(&[("a", vec![Some(1), None])], now);
+        assert!(leaders.is_current(&map));
+    }
+
+    #[test]
+    fn a_delivery_is_counted_as_its_leaders_progress() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("a", vec![Some(1), Some(2)])], now);
+        let map = leaders.map();
+        let [one, two] = [0, 1].map(|p| map.topic("a").unwrap().leader(p).unwrap().clone());
+        leaders.answered("a", 1);
+        leaders.answered("a", 1);
+        leaders.answered("unknown", 0);
+        leaders.answered("a", 7);
+        assert_eq!((one.load().delivered, two.load().delivered), (0, 2));
+        // Before its compartment is known: nothing in flight, answers counted all the same.
+        assert_eq!(two.load().in_flight, 0);
+    }
+
+    #[test]
+    fn a_moved_leader_keeps_the_topics_keyless_batches_going() {
+        let leaders = table();
+        let now = Instant::now();
+        leaders.publish(&[("a", vec![Some(1), Some(2)]), ("b", vec![Some(3)])], now);
+        let before = leaders.map();
+        let taken: Vec<u64> = (0..100)
+            .map(|_| before.topic("a").unwrap().next_keyless())
+            .collect();
+        leaders.publish(&[("a", vec![Some(1), Some(3)])], now);
+        let after = leaders.map();
+        assert_eq!(
+            after.topic("a").unwrap().next_keyless(),
+            taken[99] + 1,
+            "the count goes on: the batch is not restarted at partition 0"
+        );
+        let unchanged = |map: &LeaderMap| map.topic("b").unwrap() as *const TopicLeaders;
+        assert_eq!(
+            unchanged(&before),
+            unchanged(&after),
+            "an unchanged topic is shared"
+        );
+    }
+
+    #[test]
+    fn a_new_topics_keyless_records_start_at_a_random_batch() {
+        let starts: Vec<u64> = (0..4)
+            .map(|_| {
+                let leaders = table();
+                leaders.publish(&[("a", vec![Some(1), Some(2), Some(3)])], Instant::now());
+                leaders.map().topic("a").unwrap().next_keyless()
+            })
+            .collect();
+        // Four equal draws of 48 random bits would be a one in 2^144 chance.
+        assert!(starts.windows(2).any(|w| w[0] != w[1]), "{starts:?}");
+        assert!(starts.iter().all(|&start| start < 1 << 48), "{starts:?}");
     }
 }
