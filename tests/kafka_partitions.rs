@@ -415,8 +415,10 @@ async fn every_broker_down_is_one_outage_that_ends_soon_after_the_heal() {
                     assert_eq!(delivery.partition, partition);
                     break;
                 }
+                // The bound is the point (long before the 60 s cool-down), not the speed:
+                // the faults bench measures that (1 s); a loaded CI machine needs slack.
                 Err(error) => assert!(
-                    healed.elapsed() < Duration::from_secs(5),
+                    healed.elapsed() < Duration::from_secs(15),
                     "partition {partition} still failing {:?} after the heal: {error}",
                     healed.elapsed()
                 ),
