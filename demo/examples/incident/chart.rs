@@ -220,13 +220,15 @@ struct Window {
     fault: Fault,
 }
 
-/// The shade of a fault's seconds: one broker frozen is a partial outage, yellow; the whole
-/// cluster frozen or down, red.
+/// The shade of a fault's seconds: a partial outage (one broker frozen) yellow; the whole
+/// cluster frozen light red, down darker.
 fn shade(fault: Fault) -> ShapeStyle {
-    let color = match fault {
-        Fault::OneFrozen => RGBColor(255, 220, 120),
-        Fault::Frozen => RGBColor(255, 200, 200),
-        Fault::Down | Fault::None => RGBColor(255, 150, 150),
+    let color = if !fault.is_cluster_wide() {
+        RGBColor(255, 220, 120)
+    } else if fault == Fault::Frozen {
+        RGBColor(255, 200, 200)
+    } else {
+        RGBColor(255, 150, 150)
     };
     color.mix(0.35).filled()
 }

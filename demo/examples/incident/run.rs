@@ -737,7 +737,18 @@ pub(crate) async fn run(
     for (phase_index, phase) in settings.phases.iter().enumerate() {
         let phase_start = start + Duration::from_secs(u64::from(at));
         sleep_until(phase_start).await;
+        let injected = Instant::now();
         faults.apply(phase.fault);
+        let took = injected.elapsed();
+        if took > Duration::from_millis(100) {
+            // The mock cluster answers fault injection from its own thread; say when it was
+            // slow, since the first second's samples start after it.
+            eprintln!(
+                "  [{variant:>15}] injecting `{}` took {:.2} s",
+                phase.name,
+                took.as_secs_f64()
+            );
+        }
         if phase.fault != Fault::None && fault_started.is_none() {
             fault_started = Some(Instant::now());
         }
@@ -750,7 +761,8 @@ pub(crate) async fn run(
             // Watch the breaker and the backlog closely so transitions are timed to 20 ms.
             let mut backlog = 0;
             let mut open_breakers = protection.as_ref().map(|_| 0);
-            while Instant::now() < second_end {
+            // At least one sample per second, even when injecting the fault took a while.
+            loop {
                 let buffered = buffered(&app.writer);
                 backlog = backlog.max(buffered);
                 if buffered <= drained_below && heal_to_drained.is_none() {
@@ -769,8 +781,11 @@ pub(crate) async fn run(
                         heal_to_closed = healed_at.map(|t| t.elapsed());
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20).min(second_end - Instant::now()))
-                    .await;
+                let left = second_end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20).min(left)).await;
             }
             let now = server_counts(&app.writer, protection.as_ref());
             let second = Second {
