@@ -186,6 +186,16 @@ fn the_protected_service_answers_everything_keeps_more_than_fire_and_forget_and_
         theirs.delivered * 10 < theirs.offered * 9,
         "the frozen broker held fire-and-forget's records for its partitions: {theirs:?}"
     );
+    // The frozen broker leads a third of the partitions. Tanker misses only what it sent
+    // there before the broker stalled (0.5 s without a confirmation): at least 80 % of the
+    // phase's records are delivered in it (89 % in a run here; 68 % with the stall detection
+    // turned off by `stall_after` 60 s, which still delivered more than fire-and-forget's 62 %).
+    assert!(
+        ours.delivered * 5 >= ours.offered * 4,
+        "with one broker frozen tanker delivered {} of {}",
+        ours.delivered,
+        ours.offered
+    );
     assert!(
         ours.delivered > theirs.delivered,
         "with one broker frozen tanker delivered {}, fire-and-forget {}",
