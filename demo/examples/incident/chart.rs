@@ -22,7 +22,8 @@ fn color(variant: Variant) -> RGBColor {
 /// Kafka errors (dashed) per second. Bottom: the records buffered in the writer (tanker's
 /// queued + parked, librdkafka's in-flight count for fire-and-forget). The naive writer is
 /// only in the top panel: it loses nothing on purpose and buffers no more than its
-/// connections. The failure window is shaded.
+/// connections. Each fault is shaded in its own colour (one broker frozen in yellow, every
+/// broker frozen then down in red) and named at the top.
 pub(crate) fn draw(path: &Path, reports: &[Report]) -> Result<(), tower::BoxError> {
     let secs = reports.iter().map(|r| r.seconds.len()).max().unwrap_or(1) as u32;
     let root = SVGBackend::new(path, (1000, 960)).into_drawing_area();
@@ -75,7 +76,7 @@ fn latency_panel(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     reports: &[Report],
     secs: u32,
-    failure: &[(u32, u32)],
+    failure: &[Window],
 ) -> Result<(), tower::BoxError> {
     let max_us = reports
         .iter()
@@ -85,7 +86,7 @@ fn latency_panel(
         .max(1000) as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(
-            "p99 latency of the service per second (a client timeout counts as the timeout; shaded: Kafka frozen, then down)",
+            "p99 latency of the service per second (a client timeout counts as the timeout; shaded: the faults)",
             ("sans-serif", 17),
         )
         .margin(12)
@@ -98,10 +99,15 @@ fn latency_panel(
         .y_desc("p99 (µs, log)")
         .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
-    for &(from, to) in failure {
+    for window in failure {
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(from, 50.0), (to, max_us * 2.0)],
-            RGBColor(255, 200, 200).mix(0.35).filled(),
+            [(window.from, 50.0), (window.to, max_us * 2.0)],
+            shade(window.fault),
+        )))?;
+        chart.draw_series(std::iter::once(Text::new(
+            name(window.fault),
+            (window.from, max_us * 1.6),
+            ("sans-serif", 13),
         )))?;
     }
     for report in reports {
@@ -155,7 +161,7 @@ fn counts_panel(
     caption: &str,
     lines: &[Line<'_>],
     secs: u32,
-    failure: &[(u32, u32)],
+    failure: &[Window],
 ) -> Result<(), tower::BoxError> {
     let max = lines
         .iter()
@@ -175,10 +181,10 @@ fn counts_panel(
         .x_desc("seconds")
         .y_desc("records")
         .draw()?;
-    for &(from, to) in failure {
+    for window in failure {
         chart.draw_series(std::iter::once(Rectangle::new(
-            [(from, 0), (to, top)],
-            RGBColor(255, 200, 200).mix(0.35).filled(),
+            [(window.from, 0), (window.to, top)],
+            shade(window.fault),
         )))?;
     }
     for line in lines {
@@ -207,26 +213,53 @@ fn counts_panel(
     Ok(())
 }
 
-/// The seconds during which a fault was injected, as `[from, to)` ranges.
-fn failure_windows(report: Option<&Report>) -> Vec<(u32, u32)> {
-    let mut windows = Vec::new();
+/// Seconds `[from, to)` during which one fault was injected.
+struct Window {
+    from: u32,
+    to: u32,
+    fault: Fault,
+}
+
+/// The shade of a fault's seconds: a partial outage (one broker frozen) yellow; the whole
+/// cluster frozen light red, down darker.
+fn shade(fault: Fault) -> ShapeStyle {
+    let color = if !fault.is_cluster_wide() {
+        RGBColor(255, 220, 120)
+    } else if fault == Fault::Frozen {
+        RGBColor(255, 200, 200)
+    } else {
+        RGBColor(255, 150, 150)
+    };
+    color.mix(0.35).filled()
+}
+
+/// A fault's label on the chart.
+fn name(fault: Fault) -> &'static str {
+    match fault {
+        Fault::None => "healthy",
+        Fault::OneFrozen => "one broker frozen",
+        Fault::Frozen => "every broker frozen",
+        Fault::Down => "every broker down",
+    }
+}
+
+/// Each run of seconds with the same injected fault.
+fn failure_windows(report: Option<&Report>) -> Vec<Window> {
+    let mut windows: Vec<Window> = Vec::new();
     let Some(report) = report else {
         return windows;
     };
-    let mut open: Option<u32> = None;
     for second in &report.seconds {
-        let failing = second.fault.is_some_and(|f| f != Fault::None);
-        match (failing, open) {
-            (true, None) => open = Some(second.at),
-            (false, Some(from)) => {
-                windows.push((from, second.at));
-                open = None;
-            }
-            _ => {}
+        let fault = second.fault.unwrap_or(Fault::None);
+        match windows.last_mut() {
+            Some(last) if last.fault == fault && last.to == second.at => last.to = second.at + 1,
+            _ if fault == Fault::None => {}
+            _ => windows.push(Window {
+                from: second.at,
+                to: second.at + 1,
+                fault,
+            }),
         }
-    }
-    if let Some(from) = open {
-        windows.push((from, report.seconds.len() as u32));
     }
     windows
 }

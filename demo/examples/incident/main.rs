@@ -1,23 +1,24 @@
-//! The incident, reproduced: a latency-critical service writes stats to Kafka; Kafka freezes,
-//! then goes down, then heals. The same service runs three times on the same load, each on a
-//! fresh Kafka: **naive** (awaits each Kafka write in the handler), **fire-and-forget** (raw
-//! rdkafka `ThreadedProducer::send`, errors ignored, nothing awaited) and **protected**
-//! (tanker's hand-off → Kafka leaf with a compartment and a breaker per broker, on the README's
-//! defaults).
+//! The incident, reproduced: a latency-critical service writes stats to Kafka; one broker of
+//! three freezes, then every broker freezes, then the cluster goes down, then heals. The same
+//! service runs three times on the same load, each on a fresh Kafka: **naive** (awaits each
+//! Kafka write in the handler), **fire-and-forget** (raw rdkafka `ThreadedProducer::send`,
+//! errors ignored, nothing awaited) and **protected** (tanker's hand-off → Kafka leaf with a
+//! compartment and a breaker per broker, on the README's defaults).
 //!
 //! ```text
 //! cargo run --release --example incident
 //! cargo run --release --example incident -- --help
 //! ```
 //!
-//! By default Kafka is librdkafka's in-process mock cluster and the faults are injected there.
+//! By default Kafka is librdkafka's in-process mock cluster (3 brokers, a topic of 6
+//! partitions, two led by each broker) and the faults are injected there.
 //! With `--brokers HOST:PORT` it writes to a real cluster and the faults are yours to cause; with
-//! tansu (see `scripts/tansu.sh`):
+//! tansu (see `scripts/tansu.sh`), a single broker, freeze it when the "all frozen" phase begins:
 //!
 //! ```text
 //! scripts/tansu.sh start request-stats
 //! cargo run --release --example incident -- --brokers 127.0.0.1:19092 &
-//! sleep 12; kill -STOP $(cat target/tansu/tansu.pid)   # frozen: the seed incident
+//! sleep 18; kill -STOP $(cat target/tansu/tansu.pid)   # frozen: the seed incident
 //! sleep 8;  kill -CONT $(cat target/tansu/tansu.pid)   # healed
 //! scripts/tansu.sh stop
 //! ```
@@ -30,9 +31,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use rdkafka::mocking::MockCluster;
-
-use run::{Fault, MockFaults, NoFaults, Phase, Report, Settings, Variant, TOPIC};
+use run::{Fault, MockFaults, NoFaults, Phase, Report, Settings, Variant, SICK_BROKER, TOPIC};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Which {
@@ -46,8 +45,9 @@ enum Which {
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Seconds of each phase: healthy, Kafka frozen, Kafka down, healed.
-    #[arg(long, value_delimiter = ',', default_value = "8,8,6,10")]
+    /// Seconds of each phase: healthy, one broker of three frozen, every broker frozen, every
+    /// broker down, healed.
+    #[arg(long, value_delimiter = ',', default_value = "6,8,8,6,10")]
     phases: Vec<u32>,
     /// Requests per second sent to the service.
     #[arg(long, default_value_t = 1000)]
@@ -77,31 +77,24 @@ struct Args {
 
 fn main() -> Result<(), tower::BoxError> {
     let args = Args::parse();
-    let [healthy, frozen, down, healed] = args.phases[..] else {
-        return Err("--phases takes four numbers: healthy,frozen,down,healed".into());
+    let [healthy, one_frozen, frozen, down, healed] = args.phases[..] else {
+        return Err(
+            "--phases takes five numbers: healthy,one broker frozen,all frozen,all down,healed"
+                .into(),
+        );
+    };
+    let phase = |name: &str, secs, fault| Phase {
+        name: name.into(),
+        secs,
+        fault,
     };
     let settings = Settings {
         phases: vec![
-            Phase {
-                name: "healthy".into(),
-                secs: healthy,
-                fault: Fault::None,
-            },
-            Phase {
-                name: "frozen".into(),
-                secs: frozen,
-                fault: Fault::Frozen,
-            },
-            Phase {
-                name: "down".into(),
-                secs: down,
-                fault: Fault::Down,
-            },
-            Phase {
-                name: "healed".into(),
-                secs: healed,
-                fault: Fault::None,
-            },
+            phase("healthy", healthy, Fault::None),
+            phase("one frozen", one_frozen, Fault::OneFrozen),
+            phase("all frozen", frozen, Fault::Frozen),
+            phase("all down", down, Fault::Down),
+            phase("healed", healed, Fault::None),
         ],
         rate: args.rate,
         connections: args.concurrency,
@@ -121,6 +114,13 @@ fn main() -> Result<(), tower::BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.brokers.is_none() {
+        println!(
+            "Kafka: librdkafka's mock cluster, {} brokers, topic `{TOPIC}` of {} partitions; \"one frozen\" freezes broker {SICK_BROKER}",
+            run::BROKERS,
+            run::PARTITIONS
+        );
+    }
     let mut reports = Vec::new();
     for &variant in variants {
         println!(
@@ -131,12 +131,8 @@ fn main() -> Result<(), tower::BoxError> {
         let report = match &args.brokers {
             Some(brokers) => runtime.block_on(run::run(variant, &settings, brokers, &NoFaults))?,
             None => {
-                let cluster = MockCluster::new(1)?;
-                cluster.create_topic(TOPIC, 8, 1)?;
-                let faults = MockFaults {
-                    cluster: &cluster,
-                    brokers: 1,
-                };
+                let cluster = run::mock_cluster()?;
+                let faults = MockFaults { cluster: &cluster };
                 let bootstrap = cluster.bootstrap_servers();
                 runtime.block_on(run::run(variant, &settings, &bootstrap, &faults))?
             }
@@ -146,6 +142,8 @@ fn main() -> Result<(), tower::BoxError> {
     }
     println!();
     print_verdict_table(&reports, &settings);
+    println!();
+    print_phase_table(&reports, &settings);
     println!();
     for report in &reports {
         print_verdict(report, &settings.phases);
@@ -167,7 +165,7 @@ fn ms(us: u64) -> String {
 fn print_table(report: &Report) {
     println!();
     println!(
-        "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10}",
+        "{:>4} {:<10} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10} {:>4}",
         "s",
         "phase",
         "req/s",
@@ -179,11 +177,12 @@ fn print_table(report: &Report) {
         "ignored",
         "errors",
         "backlog",
-        "breaker"
+        "breaker",
+        "open"
     );
     for s in &report.seconds {
         println!(
-            "{:>4} {:<8} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10}",
+            "{:>4} {:<10} {:>6} {:>9} {:>9} {:>9} {:>8} {:>9} {:>8} {:>7} {:>8} {:>10} {:>4}",
             s.at + 1,
             s.phase,
             s.answered,
@@ -196,6 +195,7 @@ fn print_table(report: &Report) {
             s.kafka_errors,
             s.backlog,
             s.breaker.map_or("-".to_owned(), |b| b.to_string()),
+            s.open_breakers.map_or("-".to_owned(), |n| n.to_string()),
         );
     }
 }
@@ -265,6 +265,47 @@ fn print_verdict_table(reports: &[Report], settings: &Settings) {
     }
 }
 
+/// One row per variant and phase, as a Markdown table. Records count in the phase in which their
+/// outcome was seen.
+fn print_phase_table(reports: &[Report], settings: &Settings) {
+    let timeout_us = settings.client_timeout.as_micros() as u64;
+    println!(
+        "| | phase | p99 (a timeout counts as {} ms) | requests answered | records offered | records delivered | records lost | peak buffered | phase start → full delivery | breakers not closed (most at once) |",
+        settings.client_timeout.as_millis()
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for report in reports {
+        for (phase, figures) in settings.phases.iter().zip(&report.phases) {
+            let p99 = match figures.p99_felt_us {
+                Some(us) if us >= timeout_us => "timed out".to_owned(),
+                Some(us) => format!("{} ms", ms(us)),
+                None => "n/a".to_owned(),
+            };
+            println!(
+                "| {} | {} ({} s) | {p99} | {} / {} | {} | {} ({}) | {} | {} | {} | {} |",
+                report.variant,
+                phase.name,
+                phase.secs,
+                figures.answered,
+                figures.requests,
+                figures.offered,
+                figures.delivered,
+                percent(figures.delivered, figures.offered),
+                figures.lost,
+                figures.peak_backlog,
+                figures
+                    .to_full_delivery
+                    .map_or("not in the phase".to_owned(), |d| {
+                        format!("{} s", d.as_secs())
+                    }),
+                figures
+                    .most_open_breakers
+                    .map_or("n/a".to_owned(), |n| format!("{n} of {}", run::BROKERS)),
+            );
+        }
+    }
+}
+
 fn print_verdict(report: &Report, phases: &[Phase]) {
     let healthy = report.p99_where(&phases[..1], |f| f == Fault::None);
     let failing = report.p99_where(phases, |f| f != Fault::None);
@@ -294,11 +335,17 @@ fn print_verdict(report: &Report, phases: &[Phase]) {
             report.breaker_states.len().saturating_sub(1)
         );
         if let Some(d) = report.fault_to_open {
-            print!(", breaker opened {:.2} s into the failure", d.as_secs_f64());
+            print!(
+                ", a breaker first opened {:.2} s into the first fault",
+                d.as_secs_f64()
+            );
         }
         match report.heal_to_closed {
-            Some(d) => print!(", breaker closed {:.2} s after the heal", d.as_secs_f64()),
-            None => print!(", breaker not seen closed after the heal"),
+            Some(d) => print!(
+                ", every breaker closed {:.2} s after the heal",
+                d.as_secs_f64()
+            ),
+            None => print!(", breakers not seen closed after the heal"),
         }
         if let Some(c) = report.handoff {
             print!(

@@ -12,7 +12,11 @@ use axum::extract::{Query, State};
 use axum::routing::get;
 use axum::Router;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, Producer, ThreadedProducer};
+use rdkafka::error::KafkaResult;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{
+    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer, ThreadedProducer,
+};
 use rdkafka::util::Timeout;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -28,15 +32,35 @@ use super::raw::{self, Counting};
 /// The topic the service writes its stats to.
 pub(crate) const TOPIC: &str = "request-stats";
 
+/// Brokers of the mock cluster.
+pub(crate) const BROKERS: i32 = 3;
+/// Partitions of [`TOPIC`] on the mock cluster: two led by each broker.
+pub(crate) const PARTITIONS: i32 = 6;
+/// The broker that freezes alone in [`Fault::OneFrozen`].
+pub(crate) const SICK_BROKER: i32 = 2;
+/// A frozen broker holds every answer back this long, far longer than any timeout, while its
+/// connections stay open.
+const FROZEN_RTT: Duration = Duration::from_secs(30);
+
 /// What Kafka does during a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fault {
     /// Kafka answers.
     None,
-    /// The broker stops answering while connections stay open (the seed incident).
+    /// One broker of three ([`SICK_BROKER`]) stops answering while its connections stay open;
+    /// the others answer (a slow disk, a long pause: the most common Kafka incident).
+    OneFrozen,
+    /// Every broker stops answering while connections stay open (the seed incident).
     Frozen,
-    /// The broker refuses connections.
+    /// Every broker refuses connections.
     Down,
+}
+
+impl Fault {
+    /// Whether the whole cluster is sick, not just one broker.
+    pub(crate) fn is_cluster_wide(self) -> bool {
+        matches!(self, Fault::Frozen | Fault::Down)
+    }
 }
 
 /// One phase of the run.
@@ -99,26 +123,39 @@ impl Faults for NoFaults {
     fn apply(&self, _fault: Fault) {}
 }
 
-/// librdkafka's in-process mock cluster, with faults injected into every broker.
+/// librdkafka's in-process mock cluster.
+pub(crate) type Cluster = MockCluster<'static, DefaultProducerContext>;
+
+/// A mock cluster of [`BROKERS`] brokers with [`TOPIC`] in [`PARTITIONS`] partitions, partition
+/// `p` led by broker `p % BROKERS + 1` (pinned, so that the sick broker's share is known: a
+/// third of the partitions).
+pub(crate) fn mock_cluster() -> KafkaResult<Cluster> {
+    let cluster = MockCluster::new(BROKERS)?;
+    cluster.create_topic(TOPIC, PARTITIONS, 1)?;
+    for partition in 0..PARTITIONS {
+        cluster.partition_leader(TOPIC, partition, Some(partition % BROKERS + 1))?;
+    }
+    Ok(cluster)
+}
+
+/// librdkafka's in-process mock cluster (from [`mock_cluster`]), with the faults injected.
 pub(crate) struct MockFaults<'a> {
-    pub(crate) cluster:
-        &'a rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
-    pub(crate) brokers: i32,
+    pub(crate) cluster: &'a Cluster,
 }
 
 impl Faults for MockFaults<'_> {
     fn apply(&self, fault: Fault) {
-        for broker in 1..=self.brokers {
+        for broker in 1..=BROKERS {
             let result = match fault {
-                Fault::None => self
-                    .cluster
-                    .broker_up(broker)
-                    .and_then(|()| self.cluster.broker_round_trip_time(broker, Duration::ZERO)),
-                // Responses held back far longer than any timeout: the broker is frozen.
-                Fault::Frozen => self
-                    .cluster
-                    .broker_round_trip_time(broker, Duration::from_secs(30)),
                 Fault::Down => self.cluster.broker_down(broker),
+                Fault::None | Fault::OneFrozen | Fault::Frozen => {
+                    let frozen = fault == Fault::Frozen
+                        || (fault == Fault::OneFrozen && broker == SICK_BROKER);
+                    let rtt = if frozen { FROZEN_RTT } else { Duration::ZERO };
+                    self.cluster
+                        .broker_up(broker)
+                        .and_then(|()| self.cluster.broker_round_trip_time(broker, rtt))
+                }
             };
             if let Err(error) = result {
                 eprintln!("fault injection on broker {broker} failed: {error}");
@@ -132,6 +169,8 @@ impl Faults for MockFaults<'_> {
 pub(crate) struct Second {
     pub(crate) at: u32,
     pub(crate) phase: String,
+    /// The phase's index in [`Settings::phases`].
+    pub(crate) phase_index: usize,
     pub(crate) fault: Option<Fault>,
     /// Requests answered in this second (by intended send time).
     pub(crate) answered: u64,
@@ -141,6 +180,9 @@ pub(crate) struct Second {
     /// The p99 counting each client timeout as the timeout itself: what callers felt.
     pub(crate) p99_felt_us: u64,
     pub(crate) max_us: u64,
+    /// Records handed to the writer during this second (one per request that reached the
+    /// handler).
+    pub(crate) offered: u64,
     /// Records delivered to Kafka during this second.
     pub(crate) delivered: u64,
     /// Records given up on during this second: for tanker dropped, expired, shed, rejected or
@@ -152,7 +194,33 @@ pub(crate) struct Second {
     /// The most records buffered in the writer at a sample during this second: tanker's
     /// queued + parked, librdkafka's in-flight count for the raw producers.
     pub(crate) backlog: u64,
+    /// The sickest of the brokers' breakers at the end of this second (protected only).
     pub(crate) breaker: Option<BreakerState>,
+    /// The most brokers whose breaker was not closed at a sample during this second
+    /// (protected only).
+    pub(crate) open_breakers: Option<usize>,
+}
+
+/// One phase of a variant's run, summed over its seconds. Records are counted when their
+/// outcome is seen (a record offered in one phase may be delivered or lost in a later one).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PhaseFigures {
+    /// Requests whose intended send time fell in this phase: answered or timed out.
+    pub(crate) requests: u64,
+    pub(crate) answered: u64,
+    /// The p99 latency (µs) of the phase's requests, counting each client timeout as the
+    /// timeout itself: what callers felt.
+    pub(crate) p99_felt_us: Option<u64>,
+    pub(crate) offered: u64,
+    pub(crate) delivered: u64,
+    pub(crate) lost: u64,
+    /// The most records buffered in the writer at a sample.
+    pub(crate) peak_backlog: u64,
+    /// From the phase's start to the end of its first second whose deliveries reached 95 % of
+    /// the offered rate (for the healed phase: from the heal to full delivery).
+    pub(crate) to_full_delivery: Option<Duration>,
+    /// The most brokers whose breaker was not closed at once (protected only).
+    pub(crate) most_open_breakers: Option<usize>,
 }
 
 /// Everything one variant's run produced.
@@ -160,6 +228,8 @@ pub(crate) struct Second {
 pub(crate) struct Report {
     pub(crate) variant: Variant,
     pub(crate) seconds: Vec<Second>,
+    /// Each phase's figures, in the order of [`Settings::phases`].
+    pub(crate) phases: Vec<PhaseFigures>,
     /// Latencies (µs) of every request answered, by phase index.
     pub(crate) latencies_by_phase: Vec<Vec<u64>>,
     pub(crate) timeouts_by_phase: Vec<u64>,
@@ -259,6 +329,25 @@ mod memory {
     pub(super) fn peak() -> Option<u64> {
         status("VmHWM:")
     }
+}
+
+/// The p99 of `latencies` (µs) with each of `timeouts` counted as `timeout_us`.
+fn felt_p99(latencies: &[u64], timeouts: u64, timeout_us: u64) -> Option<u64> {
+    let mut felt = latencies.to_vec();
+    felt.extend(std::iter::repeat_n(timeout_us, timeouts as usize));
+    percentile(&mut felt, 0.99)
+}
+
+/// From second `from` to the end of the first of `seconds` that delivered at least `full`
+/// records.
+fn first_full_second<'a>(
+    mut seconds: impl Iterator<Item = &'a Second>,
+    from: u32,
+    full: u64,
+) -> Option<Duration> {
+    seconds
+        .find(|s| s.delivered >= full)
+        .map(|s| Duration::from_secs(u64::from(s.at + 1 - from)))
 }
 
 fn percentile(values: &mut [u64], q: f64) -> Option<u64> {
@@ -365,6 +454,14 @@ struct Protection {
 }
 
 impl Protection {
+    /// Brokers whose breaker is not closed.
+    fn open_breakers(&self) -> usize {
+        let states = self.breakers().into_iter().map(|b| b.state());
+        states
+            .filter(|state| !matches!(state, BreakerState::Closed | BreakerState::ForcedClosed))
+            .count()
+    }
+
     /// The state of the brokers' breakers, the sickest first: open if any is open.
     fn breaker_state(&self) -> BreakerState {
         let states = self.breakers().into_iter().map(|b| b.state());
@@ -637,10 +734,21 @@ pub(crate) async fn run(
     let mut peak_backlog = 0;
     let drained_below = u64::from(settings.rate / 20);
     let mut at = 0u32;
-    for phase in &settings.phases {
+    for (phase_index, phase) in settings.phases.iter().enumerate() {
         let phase_start = start + Duration::from_secs(u64::from(at));
         sleep_until(phase_start).await;
+        let injected = Instant::now();
         faults.apply(phase.fault);
+        let took = injected.elapsed();
+        if took > Duration::from_millis(100) {
+            // The mock cluster answers fault injection from its own thread; say when it was
+            // slow, since the first second's samples start after it.
+            eprintln!(
+                "  [{variant:>15}] injecting `{}` took {:.2} s",
+                phase.name,
+                took.as_secs_f64()
+            );
+        }
         if phase.fault != Fault::None && fault_started.is_none() {
             fault_started = Some(Instant::now());
         }
@@ -652,13 +760,16 @@ pub(crate) async fn run(
             let second_end = phase_start + Duration::from_secs(u64::from(s) + 1);
             // Watch the breaker and the backlog closely so transitions are timed to 20 ms.
             let mut backlog = 0;
-            while Instant::now() < second_end {
+            let mut open_breakers = protection.as_ref().map(|_| 0);
+            // At least one sample per second, even when injecting the fault took a while.
+            loop {
                 let buffered = buffered(&app.writer);
                 backlog = backlog.max(buffered);
                 if buffered <= drained_below && heal_to_drained.is_none() {
                     heal_to_drained = healed_at.map(|t| t.elapsed());
                 }
                 if let Some(p) = &protection {
+                    open_breakers = open_breakers.max(Some(p.open_breakers()));
                     let state = p.breaker_state();
                     if states.last() != Some(&state) {
                         states.push(state);
@@ -670,19 +781,25 @@ pub(crate) async fn run(
                         heal_to_closed = healed_at.map(|t| t.elapsed());
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(20).min(second_end - Instant::now()))
-                    .await;
+                let left = second_end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20).min(left)).await;
             }
             let now = server_counts(&app.writer, protection.as_ref());
             let second = Second {
                 at,
                 phase: phase.name.clone(),
+                phase_index,
                 fault: Some(phase.fault),
+                offered: now.offered - previous.offered,
                 delivered: now.delivered - previous.delivered,
                 ignored: now.ignored - previous.ignored,
                 kafka_errors: now.errors - previous.errors,
                 backlog,
                 breaker: protection.as_ref().map(Protection::breaker_state),
+                open_breakers,
                 ..Second::default()
             };
             previous = now;
@@ -715,27 +832,41 @@ pub(crate) async fn run(
     // Per-second and per-phase latencies from the client's tallies.
     let mut latencies_by_phase = vec![Vec::new(); settings.phases.len()];
     let mut timeouts_by_phase = vec![0; settings.phases.len()];
-    let mut phase_of = Vec::new();
-    for (i, phase) in settings.phases.iter().enumerate() {
-        phase_of.extend(std::iter::repeat_n(i, phase.secs as usize));
-    }
+    let timeout_us = settings.client_timeout.as_micros() as u64;
     for (second, tally) in seconds.iter_mut().zip(&client.tallies) {
         let mut tally = tally.lock().unwrap();
-        let phase = phase_of[second.at as usize];
+        let phase = second.phase_index;
         latencies_by_phase[phase].extend(tally.latencies.iter().copied());
         timeouts_by_phase[phase] += tally.timeouts;
         second.answered = tally.latencies.len() as u64;
         second.timeouts = tally.timeouts;
         second.p50_us = percentile(&mut tally.latencies, 0.50).unwrap_or(0);
         second.p99_us = percentile(&mut tally.latencies, 0.99).unwrap_or(0);
-        let timeout_us = settings.client_timeout.as_micros() as u64;
-        let mut felt = tally.latencies.clone();
-        felt.extend(std::iter::repeat_n(timeout_us, tally.timeouts as usize));
-        second.p99_felt_us = percentile(&mut felt, 0.99).unwrap_or(0);
+        second.p99_felt_us = felt_p99(&tally.latencies, tally.timeouts, timeout_us).unwrap_or(0);
         second.max_us = tally.latencies.last().copied().unwrap_or(0);
     }
 
     server.abort();
+    let full = u64::from(settings.rate) * 95 / 100;
+    let mut phase_start = 0;
+    let mut phases = Vec::new();
+    for (index, phase) in settings.phases.iter().enumerate() {
+        let own = || seconds.iter().filter(move |s| s.phase_index == index);
+        let latencies = &latencies_by_phase[index];
+        let timeouts = timeouts_by_phase[index];
+        phases.push(PhaseFigures {
+            requests: latencies.len() as u64 + timeouts,
+            answered: latencies.len() as u64,
+            p99_felt_us: felt_p99(latencies, timeouts, timeout_us),
+            offered: own().map(|s| s.offered).sum(),
+            delivered: own().map(|s| s.delivered).sum(),
+            lost: own().map(|s| s.ignored).sum(),
+            peak_backlog: own().map(|s| s.backlog).max().unwrap_or(0),
+            to_full_delivery: first_full_second(own(), phase_start, full),
+            most_open_breakers: own().filter_map(|s| s.open_breakers).max(),
+        });
+        phase_start += phase.secs;
+    }
     let healed_start = settings
         .phases
         .iter()
@@ -746,13 +877,8 @@ pub(crate) async fn run(
                 .map(|p| p.secs)
                 .sum::<u32>()
         });
-    let full = u64::from(settings.rate) * 95 / 100;
-    let heal_to_full_delivery = healed_start.and_then(|from| {
-        seconds
-            .iter()
-            .find(|s| s.at >= from && s.delivered >= full)
-            .map(|s| Duration::from_secs(u64::from(s.at + 1 - from)))
-    });
+    let heal_to_full_delivery = healed_start
+        .and_then(|from| first_full_second(seconds.iter().filter(|s| s.at >= from), from, full));
     let (handoff, records) = finish(&app.writer, protection.as_ref()).await;
     let rss = rss_start
         .zip(memory::peak())
@@ -760,6 +886,7 @@ pub(crate) async fn run(
     Ok(Report {
         variant,
         seconds,
+        phases,
         latencies_by_phase,
         timeouts_by_phase,
         sent: client.sent.load(Ordering::Relaxed),
@@ -849,6 +976,7 @@ fn buffered(writer: &Writer) -> u64 {
 
 #[derive(Default, Clone, Copy)]
 struct ServerCounts {
+    offered: u64,
     delivered: u64,
     ignored: u64,
     errors: u64,
@@ -857,8 +985,12 @@ struct ServerCounts {
 fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCounts {
     match writer {
         Writer::Naive {
-            delivered, errors, ..
+            delivered,
+            errors,
+            offered,
+            ..
         } => ServerCounts {
+            offered: offered.load(Ordering::Relaxed),
             delivered: delivered.load(Ordering::Relaxed),
             ignored: 0,
             errors: errors.load(Ordering::Relaxed),
@@ -866,6 +998,7 @@ fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCoun
         Writer::FireAndForget { reports, .. } => {
             let failed = reports.deliveries.0.failed.load(Ordering::Relaxed);
             ServerCounts {
+                offered: reports.offered.load(Ordering::Relaxed),
                 delivered: reports.deliveries.0.delivered.load(Ordering::Relaxed),
                 ignored: failed + reports.refused.load(Ordering::Relaxed),
                 errors: failed,
@@ -874,6 +1007,7 @@ fn server_counts(writer: &Writer, protection: Option<&Protection>) -> ServerCoun
         Writer::Protected(handoff) => {
             let c = handoff.counts();
             ServerCounts {
+                offered: c.offered,
                 delivered: c.delivered,
                 ignored: c.ignored(),
                 errors: protection.map_or(c.failed, Protection::failures),
