@@ -7,12 +7,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::buffer::Buffer;
+use super::counts::HandoffCounts;
 use super::doorbell::{seq_cst_point, Doorbell};
+use super::publish::HandoffMetrics;
 use super::weigh::Weigh;
 use crate::clock::Origin;
-use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::telemetry::{Counter, Gauge, Labels};
 
 /// What became of a record handed off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,11 +27,29 @@ pub enum Sent {
 
 /// A record in the queue, with the hand-off's coarse time when it was accepted.
 pub(crate) struct Envelope<Req> {
-    pub(crate) request: Req,
+    request: Req,
     /// Milliseconds after the hand-off's origin, on the coarse clock.
-    pub(crate) stamp: u32,
+    stamp: u32,
     /// What it weighs (0 without a weigher), given back when it is finished.
-    pub(crate) weight: usize,
+    weight: usize,
+}
+
+impl<Req> Envelope<Req> {
+    /// When the record was accepted: milliseconds after the hand-off's origin, on the coarse
+    /// clock.
+    pub(crate) fn stamp(&self) -> u32 {
+        self.stamp
+    }
+
+    /// What the record weighs (0 without a weigher), to give back when it is finished.
+    pub(crate) fn weight(&self) -> usize {
+        self.weight
+    }
+
+    /// The record itself.
+    pub(crate) fn into_request(self) -> Req {
+        self.request
+    }
 }
 
 pub(crate) struct Shared<Req> {
@@ -46,7 +64,7 @@ pub(crate) struct Shared<Req> {
     max_bytes: usize,
     /// The weight of the records held: reserved by `send`, given back when a record finishes.
     bytes: CachePadded<AtomicUsize>,
-    pub(crate) name: Arc<str>,
+    name: Arc<str>,
     /// What every `send` touches, on cache lines of its own so that the worker's counting does
     /// not take them away from senders.
     front: CachePadded<Front>,
@@ -57,64 +75,7 @@ pub(crate) struct Shared<Req> {
     finished: AtomicBool,
     /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
     handles: AtomicUsize,
-    pub(crate) metrics: HandoffMetrics,
-}
-
-/// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes the
-/// counters into them in batches, so that `send` does no more work with metrics on; only a drop
-/// after `close`, which the worker may not live to see, is recorded where it happens.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) struct HandoffMetrics {
-    pub(crate) accepted: Counter,
-    pub(crate) dropped_full: Counter,
-    dropped_closed: Counter,
-    pub(crate) delivered: Counter,
-    pub(crate) shed: Counter,
-    pub(crate) rejected: Counter,
-    pub(crate) failed: Counter,
-    pub(crate) expired: Counter,
-    pub(crate) queued: Gauge,
-    pub(crate) in_flight: Gauge,
-    pub(crate) parked: Gauge,
-}
-
-impl HandoffMetrics {
-    fn new(name: &str) -> Self {
-        let labels = Labels::new("handoff", name);
-        let dropped = |reason| {
-            labels.counter_with(
-                names::HANDOFF_DROPPED,
-                "records a hand-off refused",
-                Some(("reason", reason)),
-            )
-        };
-        let failed = |reason| {
-            labels.counter_with(
-                names::HANDOFF_FAILED,
-                "accepted records a hand-off's stack did not deliver",
-                Some(("reason", reason)),
-            )
-        };
-        Self {
-            accepted: labels.counter(names::HANDOFF_ACCEPTED, "records a hand-off queued"),
-            dropped_full: dropped("full"),
-            dropped_closed: dropped("closed"),
-            delivered: labels.counter(
-                names::HANDOFF_DELIVERED,
-                "records a hand-off's stack delivered",
-            ),
-            shed: failed("shed"),
-            rejected: failed("rejected"),
-            failed: failed("error"),
-            expired: failed("expired"),
-            queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
-            in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
-            parked: labels.gauge(
-                names::HANDOFF_PARKED,
-                "records parked in a hand-off, waiting for the stack",
-            ),
-        }
-    }
+    metrics: HandoffMetrics,
 }
 
 struct Front {
@@ -150,9 +111,11 @@ struct Back {
     retried: AtomicU64,
 }
 
-/// What became of an accepted record.
+/// What became of an accepted record, in the end. (Not the breaker's public
+/// [`Outcome`](crate::breaker::Outcome) of one call: a record refused by a breaker may be parked
+/// and called again; its fate is what it was counted as.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Fate {
     Delivered,
     /// Refused by a bulkhead.
     Shed,
@@ -320,7 +283,7 @@ impl<Req> Shared<Req> {
     #[cold]
     fn drop_closed(&self) -> Sent {
         self.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
-        self.metrics.dropped_closed.increment();
+        self.metrics.dropped_closed();
         Sent::Dropped
     }
 
@@ -344,6 +307,17 @@ impl<Req> Shared<Req> {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.close();
         }
+    }
+
+    /// The hand-off's name, as given to the builder.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metric handles the worker publishes into.
+    #[cfg(feature = "metrics")]
+    pub(super) fn metrics(&self) -> &HandoffMetrics {
+        &self.metrics
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -388,14 +362,14 @@ impl<Req> Shared<Req> {
     }
 
     /// Counts the outcome of a record [taken](Self::take).
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(crate) fn finish(&self, fate: Fate) {
         let back = &*self.back;
-        let counter = match outcome {
-            Outcome::Delivered => &back.delivered,
-            Outcome::Shed => &back.shed,
-            Outcome::Rejected => &back.rejected,
-            Outcome::Failed => &back.failed,
-            Outcome::Expired => &back.expired,
+        let counter = match fate {
+            Fate::Delivered => &back.delivered,
+            Fate::Shed => &back.shed,
+            Fate::Rejected => &back.rejected,
+            Fate::Failed => &back.failed,
+            Fate::Expired => &back.expired,
         };
         // One counter moves: the record leaves `in_flight` (derived) as it enters this one.
         counter.fetch_add(1, Ordering::SeqCst);
@@ -508,81 +482,6 @@ impl<Req> Shared<Req> {
     }
 }
 
-/// A snapshot of a hand-off's counters, from [`Handoff::counts`](super::Handoff::counts).
-///
-/// Every record offered is counted exactly once: `offered = accepted + dropped`, and
-/// `accepted = delivered + expired + shed + rejected + failed + pending`, where `pending =
-/// queued + parked + in_flight`. Both identities hold exactly in every snapshot, also while
-/// records move (a record is counted in the one place the snapshot saw it);
-/// [`is_balanced`](Self::is_balanced) checks them, and fails if the worker ever miscounted.
-/// `queued` includes a sender between its reservation and its push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HandoffCounts {
-    /// Records offered with `send` (or `call`).
-    pub offered: u64,
-    /// Records put in the queue.
-    pub accepted: u64,
-    /// Records refused because the queue was full or the hand-off closed.
-    pub dropped: u64,
-    /// Of `dropped`, the records refused because the hand-off had closed; the others found the
-    /// queue full.
-    pub dropped_closed: u64,
-    /// Records the stack handled successfully.
-    pub delivered: u64,
-    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull), also wrapped as
-    /// the source of another layer's error).
-    pub shed: u64,
-    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen), also wrapped).
-    pub rejected: u64,
-    /// Records that failed with any other error, or whose call panicked, or that were queued
-    /// when the service broke (see the [module docs](super#panics-and-broken-services)). A failed
-    /// write may still have reached the dependency (for Kafka, a timed-out record a resumed
-    /// broker writes after all).
-    pub failed: u64,
-    /// Records that waited longer than the hand-off's
-    /// [`max_age`](super::HandoffBuilder::max_age) before the stack would take them: discarded
-    /// unsent.
-    pub expired: u64,
-    /// Records waiting in the queue.
-    pub queued: u64,
-    /// Records the stack gave back to wait for another try: refused by an open breaker or a
-    /// full bulkhead, or failed with a dependency fault and given one more try. They are sent
-    /// again, oldest first, once the stack takes them.
-    pub parked: u64,
-    /// Records in the stack, not yet finished.
-    pub in_flight: u64,
-    /// Records given one more try after a dependency fault (a statistic: each is also counted
-    /// by the outcome of that try).
-    pub retried: u64,
-    /// The weight of the records pending, for a hand-off bounded by
-    /// [`max_bytes`](super::HandoffBuilder::max_bytes) (0 otherwise).
-    pub bytes: u64,
-}
-
-impl HandoffCounts {
-    /// Records accepted and not yet finished: queued, parked or in flight.
-    pub fn pending(&self) -> u64 {
-        self.queued + self.parked + self.in_flight
-    }
-
-    /// Records accepted and finished, one way or another.
-    pub fn finished(&self) -> u64 {
-        self.delivered + self.expired + self.shed + self.rejected + self.failed
-    }
-
-    /// Records not delivered: dropped, expired, shed, rejected or failed.
-    pub fn ignored(&self) -> u64 {
-        self.dropped + self.expired + self.shed + self.rejected + self.failed
-    }
-
-    /// Whether both accounting identities hold in this snapshot.
-    pub fn is_balanced(&self) -> bool {
-        self.offered == self.accepted + self.dropped
-            && self.accepted == self.finished() + self.pending()
-    }
-}
-
 #[cfg(all(test, tanker_loom))]
 mod loom_tests {
     use super::*;
@@ -596,7 +495,7 @@ mod loom_tests {
     fn work(shared: &Shared<u32>) {
         loop {
             while shared.take().is_some() {
-                shared.finish(Outcome::Delivered);
+                shared.finish(Fate::Delivered);
             }
             if shared.is_drained() {
                 return;
@@ -608,6 +507,16 @@ mod loom_tests {
             }
             shared.doorbell().wait();
         }
+    }
+
+    /// A hand-off's shared state with room for `capacity` records and no byte budget.
+    fn unweighed(capacity: usize) -> Arc<Shared<u32>> {
+        Arc::new(Shared::new(
+            capacity,
+            std::sync::Arc::from("loom"),
+            None,
+            usize::MAX,
+        ))
     }
 
     #[track_caller]
@@ -623,12 +532,7 @@ mod loom_tests {
     #[test]
     fn loom_a_sender_racing_close_is_counted_and_drained() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(
-                4,
-                std::sync::Arc::from("loom"),
-                None,
-                usize::MAX,
-            ));
+            let shared = unweighed(4);
             assert_eq!(shared.offer(0), Sent::Accepted);
             let sender = {
                 let shared = shared.clone();
@@ -654,12 +558,7 @@ mod loom_tests {
     #[test]
     fn loom_a_full_queue_and_close_lose_nothing() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(
-                1,
-                std::sync::Arc::from("loom"),
-                None,
-                usize::MAX,
-            ));
+            let shared = unweighed(1);
             let sender = {
                 let shared = shared.clone();
                 thread::spawn(move || {
@@ -676,6 +575,49 @@ mod loom_tests {
             assert_balanced(&counts);
             assert_eq!(counts.accepted, accepted);
             assert_eq!(counts.dropped, 2 - accepted);
+        });
+    }
+
+    /// A counts snapshot races the worker moving a record through every place it can be
+    /// (taken, parked, back in flight, delivered) and a sender's offer: the snapshot is balanced
+    /// whatever it sees, and counts every record once. `parked` lives with the senders'
+    /// counters and the others with the worker's, so this checks the order of the snapshot's
+    /// loads against the order of the worker's moves across both lines.
+    #[test]
+    fn loom_every_counts_snapshot_is_balanced() {
+        loom::model(|| {
+            let shared = unweighed(4);
+            assert_eq!(shared.offer(0), Sent::Accepted);
+            let worker = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    shared.take().expect("the first record");
+                    shared.park();
+                    shared.unpark();
+                    shared.finish(Fate::Delivered);
+                })
+            };
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.offer(1))
+            };
+            let counts = shared.counts();
+            assert!(counts.is_balanced(), "{counts:?}");
+            assert!(counts.offered <= 2 && counts.parked <= 1, "{counts:?}");
+            worker.join().unwrap();
+            assert_eq!(sender.join().unwrap(), Sent::Accepted);
+            let counts = shared.counts();
+            assert!(counts.is_balanced(), "{counts:?}");
+            assert_eq!(
+                (
+                    counts.delivered,
+                    counts.queued,
+                    counts.parked,
+                    counts.in_flight
+                ),
+                (1, 1, 0, 0),
+                "{counts:?}"
+            );
         });
     }
 
@@ -701,16 +643,16 @@ mod loom_tests {
                 .collect();
             // The worker finishes the first record and gives its 4 bytes back.
             let first = shared.take().expect("the first record");
-            shared.release_bytes(first.weight);
-            shared.finish(Outcome::Delivered);
+            shared.release_bytes(first.weight());
+            shared.finish(Fate::Delivered);
             let sent: Vec<Sent> = senders.into_iter().map(|s| s.join().unwrap()).collect();
             let accepted = sent.iter().filter(|s| **s == Sent::Accepted).count();
             // 6 + 6 > 10: at most one gets in; and once the 4 bytes are back, one always can.
             assert_eq!(accepted, 1, "{sent:?}");
             assert!(shared.bytes.load(Ordering::Relaxed) <= 10);
             while let Some(envelope) = shared.take() {
-                shared.release_bytes(envelope.weight);
-                shared.finish(Outcome::Delivered);
+                shared.release_bytes(envelope.weight());
+                shared.finish(Fate::Delivered);
             }
             assert_eq!(shared.bytes.load(Ordering::Relaxed), 0);
         });

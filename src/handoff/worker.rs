@@ -19,10 +19,8 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::parking::{Held, Lot, Refused};
-use super::shared::{Envelope, Outcome, Shared};
+use super::shared::{Fate, Shared};
 use crate::rejection::chain;
-#[cfg(feature = "metrics")]
-use crate::telemetry::Counter;
 use crate::telemetry::Throttle;
 use crate::{Domain, Rejection};
 
@@ -45,15 +43,6 @@ const LINGER: Duration = Duration::from_millis(50);
 /// microseconds). A record offered to an idle hand-off waits at most this long to be sent,
 /// unless the queue fills to half, which rings the doorbell.
 const SLOW_TICK: Duration = Duration::from_millis(100);
-
-/// Adds to `counter` what `now` grew by since `then`, and remembers `now`.
-#[cfg(feature = "metrics")]
-fn add_since(counter: &Counter, now: u64, then: &mut u64) {
-    if now > *then {
-        counter.add(now - *then);
-        *then = now;
-    }
-}
 
 /// The worker's tick, or `None` on a runtime without the time driver (tokio's timers panic
 /// there; this is the one place that finds out, once, at spawn).
@@ -234,23 +223,9 @@ where
     /// so that the busy path reads no clock).
     idle_since: Option<Instant>,
     #[cfg(feature = "metrics")]
-    published: Published,
+    published: super::publish::Published,
     /// Spaces out the warnings about dropped records.
     drop_reports: Throttle,
-}
-
-/// What the worker last published to the metrics recorder, to publish the differences: counters
-/// of hand-offs that share a name add up, and a value is never published before it has settled.
-#[cfg(feature = "metrics")]
-#[derive(Default)]
-struct Published {
-    accepted: u64,
-    dropped_full: u64,
-    delivered: u64,
-    shed: u64,
-    rejected: u64,
-    failed: u64,
-    expired: u64,
 }
 
 impl<S, Req> Worker<S, Req>
@@ -299,7 +274,7 @@ where
             slow: false,
             idle_since: None,
             #[cfg(feature = "metrics")]
-            published: Published::default(),
+            published: Default::default(),
             drop_reports: Throttle::new(),
         }
     }
@@ -331,7 +306,7 @@ where
             let dropped = self.shared.dropped();
             if let Some(since) = self.drop_reports.poll(dropped) {
                 tracing::warn!(
-                    handoff = &*self.shared.name,
+                    handoff = self.shared.name(),
                     dropped = since,
                     dropped_total = dropped,
                     queued = self.shared.queued(),
@@ -343,41 +318,19 @@ where
 
     #[cfg(feature = "metrics")]
     fn publish_metrics(&mut self) {
-        let metrics = &self.shared.metrics;
         let counts = self.shared.counts();
-        // Only this worker takes records out of the queue and finishes them, so from here these
-        // are exact. `counts.accepted` is not used: a sender reserves there before it knows
-        // whether its record gets in.
-        let accepted =
-            counts.finished() + counts.parked + counts.in_flight + self.shared.queued() as u64;
-        let last = &mut self.published;
-        for (counter, now, then) in [
-            (&metrics.accepted, accepted, &mut last.accepted),
-            (
-                &metrics.dropped_full,
-                counts.dropped - counts.dropped_closed,
-                &mut last.dropped_full,
-            ),
-            (&metrics.delivered, counts.delivered, &mut last.delivered),
-            (&metrics.shed, counts.shed, &mut last.shed),
-            (&metrics.rejected, counts.rejected, &mut last.rejected),
-            (&metrics.failed, counts.failed, &mut last.failed),
-            (&metrics.expired, counts.expired, &mut last.expired),
-        ] {
-            add_since(counter, now, then);
-        }
-        // Absolute values, which every exporter keeps.
-        metrics.queued.set(counts.queued);
-        metrics.in_flight.set(counts.in_flight);
-        metrics.parked.set(counts.parked);
+        let queued = self.shared.queued() as u64;
+        self.shared
+            .metrics()
+            .publish(&counts, queued, &mut self.published);
     }
 
     /// Counts how a call ended, or parks its record for another try.
     fn finish(&mut self, (result, mut record): CallEnd<S::Response, S::Error, Req>) {
         let probe_of = record.probe_of.take();
-        let outcome = match result {
+        let fate = match result {
             Ok(result) => match ended(result.map_err(Into::into)) {
-                Ended::Delivered => Outcome::Delivered,
+                Ended::Delivered => Fate::Delivered,
                 // Parked with the domain that refused; with parking off the refusal is final.
                 Ended::Refused(domain, rejection) if self.park => {
                     if let Some(probed) = probe_of.filter(|&probed| probed != domain) {
@@ -395,8 +348,8 @@ where
                     self.shared.park();
                     return;
                 }
-                Ended::Refused(_, Rejection::BreakerOpen { .. }) => Outcome::Rejected,
-                Ended::Refused(..) => Outcome::Shed,
+                Ended::Refused(_, Rejection::BreakerOpen { .. }) => Fate::Rejected,
+                Ended::Refused(..) => Fate::Shed,
                 Ended::DependencyFault if self.retry && !record.retried => {
                     // Not at once: after the next call that succeeds, or `LOOK_AGAIN`.
                     record.retried = true;
@@ -407,18 +360,18 @@ where
                     return;
                 }
                 Ended::DependencyFault | Ended::Failed => {
-                    tracing::trace!(handoff = &*self.shared.name, "hand-off call failed");
-                    Outcome::Failed
+                    tracing::trace!(handoff = self.shared.name(), "hand-off call failed");
+                    Fate::Failed
                 }
             },
             Err(panic) => {
                 self.panicked("response future", &*panic);
-                Outcome::Failed
+                Fate::Failed
             }
         };
-        match outcome {
-            Outcome::Delivered | Outcome::Failed => {
-                self.call_ended(outcome == Outcome::Delivered, probe_of);
+        match fate {
+            Fate::Delivered | Fate::Failed => {
+                self.call_ended(fate == Fate::Delivered, probe_of);
             }
             _ => {
                 if let Some(probed) = probe_of {
@@ -426,7 +379,7 @@ where
                 }
             }
         }
-        self.done(&record, outcome);
+        self.done(&record, fate);
     }
 
     /// A call left the stack other than by a refusal: a full bulkhead has a slot again, and a
@@ -443,9 +396,9 @@ where
     }
 
     /// Counts a record's final outcome and gives its weight back.
-    fn done(&self, record: &Held<Req>, outcome: Outcome) {
+    fn done(&self, record: &Held<Req>, fate: Fate) {
         self.shared.release_bytes(record.weight);
-        self.shared.finish(outcome);
+        self.shared.finish(fate);
     }
 
     /// Looks at the lot's pauses as of `self.instant`, and sets the alarm for the next one to
@@ -489,19 +442,14 @@ where
         // A full lot takes nothing new: the queue fills and drops the newest, as it does
         // without parking.
         if self.lot.has_room() {
-            if let Some(Envelope {
-                request,
-                stamp,
-                weight,
-            }) = self.shared.take()
-            {
+            if let Some(envelope) = self.shared.take() {
                 self.taken += 1;
                 return Some(Held {
-                    request: Some(request),
-                    stamp,
+                    stamp: envelope.stamp(),
+                    weight: envelope.weight(),
+                    request: Some(envelope.into_request()),
                     seq: self.taken,
                     retried: false,
-                    weight,
                     probe_of: None,
                 });
             }
@@ -529,7 +477,7 @@ where
                     if let Some(probed) = record.probe_of.take() {
                         self.lot.probe_ended(probed, false, self.instant);
                     }
-                    self.done(&record, Outcome::Expired);
+                    self.done(&record, Fate::Expired);
                 }
                 _ => return Some(record),
             }
@@ -538,7 +486,7 @@ where
 
     fn panicked(&self, place: &str, payload: &(dyn Any + Send)) {
         tracing::error!(
-            handoff = &*self.shared.name,
+            handoff = self.shared.name(),
             place,
             panic = panic_message(payload),
             "a hand-off call panicked; its record is counted as failed"
@@ -550,7 +498,7 @@ where
     /// than accepted and failed; what is queued fails; calls in flight finish as they will.
     fn broke(&mut self, why: &dyn fmt::Display) {
         tracing::error!(
-            handoff = &*self.shared.name,
+            handoff = self.shared.name(),
             error = %why,
             "the hand-off's service broke; the hand-off closes: queued records are counted as \
              failed, later ones dropped"
@@ -565,7 +513,7 @@ where
     /// Drives one record into the stack: readiness, then the call.
     fn start(&mut self, cx: &mut Context<'_>, mut record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
-            self.done(&record, Outcome::Failed);
+            self.done(&record, Fate::Failed);
             return Start::Done;
         };
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
@@ -579,7 +527,7 @@ where
                     record.request.take()
                 };
                 let Some(request) = request else {
-                    self.done(&record, Outcome::Failed);
+                    self.done(&record, Fate::Failed);
                     return Start::Done;
                 };
                 match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
@@ -589,7 +537,7 @@ where
                     }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
-                        self.done(&record, Outcome::Failed);
+                        self.done(&record, Fate::Failed);
                     }
                 }
             }
@@ -600,12 +548,12 @@ where
             Ok(Poll::Ready(Err(error))) => {
                 let error: BoxError = error.into();
                 self.broke(&format_args!("poll_ready failed: {error}"));
-                self.done(&record, Outcome::Failed);
+                self.done(&record, Fate::Failed);
             }
             Err(panic) => {
                 let message = panic_message(&*panic).to_owned();
                 self.broke(&format_args!("poll_ready panicked: {message}"));
-                self.done(&record, Outcome::Failed);
+                self.done(&record, Fate::Failed);
             }
         }
         Start::Done

@@ -25,15 +25,21 @@ pub(super) struct Broker {
     /// Set by the statistics callback: records in flight and no delivery for too long.
     stalled: AtomicBool,
     /// The broker's compartment and breaker, known after its first routed call.
-    domain: OnceLock<Domain>,
+    guards: OnceLock<Guards>,
     /// What the statistics callback remembers between two of its runs.
     watch: Mutex<Watch>,
 }
 
-/// The handles of a broker's compartment and breaker.
-pub(super) struct Domain {
-    pub(super) breaker: BreakerHandle,
-    pub(super) bulkhead: BulkheadHandle,
+/// The handles of a broker's compartment and breaker: its guards.
+pub(super) struct Guards {
+    breaker: BreakerHandle,
+    bulkhead: BulkheadHandle,
+}
+
+impl Guards {
+    pub(super) fn new(breaker: BreakerHandle, bulkhead: BulkheadHandle) -> Self {
+        Self { breaker, bulkhead }
+    }
 }
 
 struct Watch {
@@ -91,7 +97,7 @@ impl Broker {
         Self {
             id,
             stalled: AtomicBool::new(false),
-            domain: OnceLock::new(),
+            guards: OnceLock::new(),
             watch: Mutex::new(Watch {
                 delivered: 0,
                 quiet_since: now,
@@ -107,9 +113,9 @@ impl Broker {
     /// Records in the broker's compartment, and records it delivered ever (its breaker's
     /// successes); zeros before its first routed record.
     pub(super) fn load(&self) -> Load {
-        self.domain.get().map_or_else(Load::default, |domain| Load {
-            in_flight: domain.bulkhead.in_flight() as u64,
-            delivered: domain.breaker.counts().successes,
+        self.guards.get().map_or_else(Load::default, |guards| Load {
+            in_flight: guards.bulkhead.in_flight() as u64,
+            delivered: guards.breaker.counts().successes,
         })
     }
 
@@ -120,16 +126,17 @@ impl Broker {
     }
 
     /// Remembers the handles of the broker's compartment and breaker (once).
-    pub(super) fn set_domain(&self, domain: impl FnOnce() -> Option<Domain>) {
-        if self.domain.get().is_none() {
-            if let Some(domain) = domain() {
-                let _ = self.domain.set(domain);
+    pub(super) fn set_guards(&self, guards: impl FnOnce() -> Option<Guards>) {
+        if self.guards.get().is_none() {
+            if let Some(guards) = guards() {
+                let _ = self.guards.set(guards);
             }
         }
     }
 
-    pub(super) fn domain(&self) -> Option<&Domain> {
-        self.domain.get()
+    /// Whether the broker's guards are known (after its first routed call).
+    pub(super) fn has_guards(&self) -> bool {
+        self.guards.get().is_some()
     }
 
     /// Whether a record without a key may go to this broker: it has not stalled, its
@@ -146,25 +153,25 @@ impl Broker {
         if self.stalled() {
             return false;
         }
-        let Some(domain) = self.domain.get() else {
+        let Some(guards) = self.guards.get() else {
             return true;
         };
-        if domain.bulkhead.in_flight() >= domain.bulkhead.max_in_flight() {
+        if guards.bulkhead.in_flight() >= guards.bulkhead.max_in_flight() {
             return false;
         }
-        match domain.breaker.state() {
+        match guards.breaker.state() {
             BreakerState::Closed | BreakerState::ForcedClosed => true,
-            BreakerState::Open => domain.breaker.probe_due(),
+            BreakerState::Open => guards.breaker.probe_due(),
             BreakerState::HalfOpen | BreakerState::ForcedOpen => false,
         }
     }
 
     /// Ends the cool-down of the broker's breaker, if it is open: its next record is a probe.
     pub(super) fn probe_now(&self) {
-        if let Some(domain) = self.domain.get() {
-            if domain.breaker.probe_now() {
+        if let Some(guards) = self.guards.get() {
+            if guards.breaker.probe_now() {
                 tracing::info!(
-                    breaker = domain.breaker.name(),
+                    breaker = guards.breaker.name(),
                     "kafka broker may be back: its breaker probes now"
                 );
             }
