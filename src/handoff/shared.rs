@@ -54,10 +54,6 @@ impl<Req> Envelope<Req> {
 
 pub(crate) struct Shared<Req> {
     buffer: Buffer<Envelope<Req>>,
-    /// The hand-off's coarse clock: milliseconds after `origin`, written by the worker each time
-    /// it runs (at least every 100 ms while it ticks), read by senders to stamp their records.
-    /// On a line of its own, so that the worker's writes do not take the senders' line.
-    clock: CachePadded<AtomicU32>,
     origin: Origin,
     /// What a record weighs, when the hand-off is bounded by bytes.
     weigh: Option<Weigh<Req>>,
@@ -65,8 +61,11 @@ pub(crate) struct Shared<Req> {
     /// The weight of the records held: reserved by `send`, given back when a record finishes.
     bytes: CachePadded<AtomicUsize>,
     name: Arc<str>,
-    /// What every `send` touches, on cache lines of its own so that the worker's counting does
-    /// not take them away from senders.
+    /// What senders read on every `send`, on a line of its own that the worker writes at most
+    /// once a turn (the coarse clock), so that a sender after a turn misses one line.
+    signals: CachePadded<Signals>,
+    /// What senders count on every `send`, on a line of its own that the worker reads only once
+    /// closed (and in a snapshot): a sender's add never waits for the worker's copy to go.
     front: CachePadded<Front>,
     /// What the worker writes for every record.
     back: CachePadded<Back>,
@@ -78,21 +77,33 @@ pub(crate) struct Shared<Req> {
     metrics: HandoffMetrics,
 }
 
-struct Front {
+/// What senders read on every `send`. The worker writes the clock when the millisecond changed,
+/// and the rest only on a change of state (close, a worker that parks without timers or is rung
+/// for a half-full queue) or while records are parked.
+struct Signals {
     closed: AtomicBool,
-    /// Senders look at it after every push; it shares their cache line.
+    /// Senders look at it after every push.
     doorbell: Doorbell,
+    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
+    /// an open breaker or a full bulkhead, or given one more try after a dependency fault. Here,
+    /// where senders read, because parked records and queued ones share the one `capacity`.
+    /// Only the worker writes it, and only while something is parked.
+    parked: AtomicU64,
+    /// The hand-off's coarse clock: milliseconds after `origin`, written by the worker each time
+    /// it runs and the millisecond changed (at least every 100 ms while it ticks), read by
+    /// senders to stamp their records. Here, with what senders read anyway: a sender that comes
+    /// after the worker's turn misses this one line, not two.
+    clock: AtomicU32,
+}
+
+/// What senders write on every `send`.
+struct Front {
     /// Records accepted, plus senders between their reservation and their push.
     accepted: AtomicU64,
     /// Records refused because the queue was full.
     dropped_full: AtomicU64,
     /// Records refused because the hand-off was closed.
     dropped_closed: AtomicU64,
-    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
-    /// an open breaker or a full bulkhead, or given one more try after a dependency fault. Here,
-    /// beside the senders' counters, because senders read it: parked records and queued ones
-    /// share the one `capacity`. Only the worker writes it, and only while something is parked.
-    parked: AtomicU64,
 }
 
 struct Back {
@@ -140,17 +151,19 @@ impl<Req> Shared<Req> {
             max_bytes,
             bytes: CachePadded::new(AtomicUsize::new(0)),
             buffer: Buffer::new(capacity),
-            clock: CachePadded::new(AtomicU32::new(0)),
             origin: Origin::now(),
             metrics: HandoffMetrics::new(&name),
             name,
-            front: CachePadded::new(Front {
+            signals: CachePadded::new(Signals {
                 closed: AtomicBool::new(false),
                 doorbell: Doorbell::new(),
+                parked: AtomicU64::new(0),
+                clock: AtomicU32::new(0),
+            }),
+            front: CachePadded::new(Front {
                 accepted: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
                 dropped_closed: AtomicU64::new(0),
-                parked: AtomicU64::new(0),
             }),
             back: CachePadded::new(Back {
                 delivered: AtomicU64::new(0),
@@ -172,9 +185,9 @@ impl<Req> Shared<Req> {
     /// Offers a record: accepted whole into the queue, or counted as dropped.
     #[inline]
     pub(crate) fn offer(&self, request: Req) -> Sent {
-        let front = &*self.front;
+        let (front, signals) = (&*self.front, &*self.signals);
         if self.buffer.is_full() || self.parked_fill_the_rest() {
-            if front.closed.load(Ordering::Relaxed) {
+            if signals.closed.load(Ordering::Relaxed) {
                 return self.drop_closed();
             }
             // Overloaded: one atomic add, nothing else.
@@ -201,12 +214,12 @@ impl<Req> Shared<Req> {
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         front.accepted.fetch_add(1, Ordering::SeqCst);
         seq_cst_point();
-        if front.closed.load(Ordering::SeqCst) {
+        if signals.closed.load(Ordering::SeqCst) {
             self.release_bytes(weight);
             self.unreserve();
             return self.drop_closed();
         }
-        let stamp = self.clock.load(Ordering::Relaxed);
+        let stamp = signals.clock.load(Ordering::Relaxed);
         if self
             .buffer
             .push(Envelope {
@@ -224,7 +237,7 @@ impl<Req> Shared<Req> {
         }
         // The push was a `SeqCst` read-modify-write (see `Buffer`): the second half of the
         // doorbell's handshake.
-        front
+        signals
             .doorbell
             .after_push(|| self.buffer.len() * 2 >= self.buffer.capacity());
         Sent::Accepted
@@ -235,7 +248,7 @@ impl<Req> Shared<Req> {
     /// does. One load when nothing is parked, which is all the time while the stack is healthy.
     #[inline]
     fn parked_fill_the_rest(&self) -> bool {
-        let parked = self.front.parked.load(Ordering::Relaxed);
+        let parked = self.signals.parked.load(Ordering::Relaxed);
         parked != 0 && parked as usize + self.buffer.len() >= self.buffer.capacity()
     }
 
@@ -275,7 +288,7 @@ impl<Req> Shared<Req> {
     #[cold]
     fn unreserve(&self) {
         self.front.accepted.fetch_sub(1, Ordering::SeqCst);
-        self.front.doorbell.after_push(|| false);
+        self.signals.doorbell.after_push(|| false);
     }
 
     /// Counts a record refused because the hand-off was closed. Recorded here, not by the
@@ -289,12 +302,12 @@ impl<Req> Shared<Req> {
 
     /// Stops accepting, and wakes the worker so that it finishes and ends.
     pub(crate) fn close(&self) {
-        self.front.closed.store(true, Ordering::SeqCst);
-        self.front.doorbell.ring_always();
+        self.signals.closed.store(true, Ordering::SeqCst);
+        self.signals.doorbell.ring_always();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.front.closed.load(Ordering::Acquire)
+        self.signals.closed.load(Ordering::Acquire)
     }
 
     /// A new handle.
@@ -338,7 +351,7 @@ impl<Req> Shared<Req> {
     // ===== the worker's side =====
 
     pub(crate) fn doorbell(&self) -> &Doorbell {
-        &self.front.doorbell
+        &self.signals.doorbell
     }
 
     /// Whether a record is waiting in the queue.
@@ -377,12 +390,12 @@ impl<Req> Shared<Req> {
 
     /// A record in flight is parked: one counter moves, as in [`finish`](Self::finish).
     pub(crate) fn park(&self) {
-        self.front.parked.fetch_add(1, Ordering::SeqCst);
+        self.signals.parked.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A parked record goes back into the stack: in flight again.
     pub(crate) fn unpark(&self) {
-        self.front.parked.fetch_sub(1, Ordering::SeqCst);
+        self.signals.parked.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Counts a record given one more try after a dependency fault.
@@ -393,8 +406,9 @@ impl<Req> Shared<Req> {
     /// Moves the coarse clock to `now` (the worker, each time it runs).
     pub(crate) fn set_clock(&self, now: Instant) -> u32 {
         let millis = self.millis(now);
-        if self.clock.load(Ordering::Relaxed) != millis {
-            self.clock.store(millis, Ordering::Relaxed);
+        let clock = &self.signals.clock;
+        if clock.load(Ordering::Relaxed) != millis {
+            clock.store(millis, Ordering::Relaxed);
         }
         millis
     }
@@ -411,7 +425,7 @@ impl<Req> Shared<Req> {
     /// `closed` is read first: a sender that reserves after it sees `closed` and takes its
     /// reservation back, and one that reserved before is in `accepted` here.
     pub(crate) fn is_drained(&self) -> bool {
-        if !self.front.closed.load(Ordering::SeqCst) {
+        if !self.signals.closed.load(Ordering::SeqCst) {
             return false;
         }
         seq_cst_point();
@@ -452,7 +466,7 @@ impl<Req> Shared<Req> {
         let rejected = back.rejected.load(Ordering::Acquire);
         let failed = back.failed.load(Ordering::Acquire);
         let expired = back.expired.load(Ordering::Acquire);
-        let parked = self.front.parked.load(Ordering::Acquire);
+        let parked = self.signals.parked.load(Ordering::Acquire);
         let taken = back.taken.load(Ordering::Acquire);
         let retried = back.retried.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed) as u64;

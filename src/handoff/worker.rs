@@ -601,7 +601,7 @@ where
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.shared.doorbell().awake();
+        self.shared.doorbell().running();
         self.instant = Instant::now();
         self.now = self.shared.set_clock(self.instant);
         self.wake_lot();
