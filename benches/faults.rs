@@ -52,7 +52,7 @@ use tower::ServiceBuilder;
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::Handoff;
-use tanker::kafka::{FaultClassifier, KafkaConfig, KafkaService, Record};
+use tanker::kafka::{FaultClassifier, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 use tower::Service as _;
 
@@ -222,7 +222,7 @@ struct Raw {
 
 impl Raw {
     fn new(cluster: &Cluster) -> Self {
-        let config = raw::client_config(&KafkaConfig::new(cluster.bootstrap_servers()), "raw")
+        let config = raw::client_config(&KafkaService::builder(cluster.bootstrap_servers()), "raw")
             .expect("KafkaConfig's defaults");
         let reports = Arc::new(raw::Deliveries::default());
         let producer = config
@@ -278,7 +278,7 @@ struct Tanker {
 impl Tanker {
     fn new(rt: &Runtime, cluster: &Cluster, stack: Stack) -> Self {
         let _runtime = rt.enter();
-        let kafka = KafkaConfig::new(cluster.bootstrap_servers())
+        let kafka = KafkaService::builder(cluster.bootstrap_servers())
             .name(stack.name())
             .build()
             .expect("kafka settings");

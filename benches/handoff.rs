@@ -16,7 +16,9 @@
 //!    100 000 records/s (batches of 100 every millisecond, sleeping in between), a trickle of
 //!    one record per millisecond, sparse records (one every 30 ms), and records further apart
 //!    than the worker's 50 ms fast spell (one every 100 ms: the worker is on its slow tick, and
-//!    no send wakes it). The cost of the two clock reads alone is its own row.
+//!    no send wakes it). The cost of the two clock reads alone is its own row, at the steady
+//!    pace and at the sparse ones: a thread that has just woken from a sleep reads the clock
+//!    (and runs any code) on a cold core, so a sparse pace's tail is partly the measurement's.
 
 mod common;
 
@@ -222,10 +224,18 @@ fn latency() {
         "1 per ms",
         &paced(Some(&steady), n_trickle, 1, Duration::from_millis(1)),
     );
+    row(
+        "two clock reads alone, 1 per ms",
+        &paced(None, n_trickle, 1, Duration::from_millis(1)),
+    );
     eprintln!("[handoff bench] latency: {sparse} sends, one every 30 ms");
     row(
         "one every 30 ms",
         &paced(Some(&steady), sparse, 1, Duration::from_millis(30)),
+    );
+    row(
+        "two clock reads alone, one every 30 ms",
+        &paced(None, sparse, 1, Duration::from_millis(30)),
     );
     let parked = env_or("TANKER_BENCH_PARKED_SENDS", 30) as usize;
     eprintln!("[handoff bench] latency: {parked} sends, one every 100 ms");

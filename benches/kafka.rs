@@ -126,7 +126,7 @@ fn cluster() -> Cluster {
 fn kafka_config(cluster: &Cluster, name: &str) -> KafkaConfig {
     let domains = BrokerDomains::new().bulkhead(BulkheadLayer::builder().max_in_flight(IN_FLIGHT));
     PRODUCER_PROPERTIES.iter().fold(
-        KafkaConfig::new(cluster.bootstrap_servers())
+        KafkaService::builder(cluster.bootstrap_servers())
             .name(name.to_owned())
             .broker_domains(domains),
         |config, &(key, value)| config.set(key, value),
@@ -666,7 +666,7 @@ fn throughput_stack(rt: &Runtime, n: u64, layered: bool) -> ThroughputRun {
     let mut occupancy = Occupancy::default();
     let done = wait_for(Duration::from_secs(120), || {
         let counts = stack.handoff.counts();
-        occupancy.add(stack.kafka.in_flight(), counts.queued);
+        occupancy.add(stack.kafka.counts().in_flight, counts.queued);
         occupancy.in_stack += counts.in_flight;
         counts.finished() - base.finished() >= n
     });
@@ -853,7 +853,7 @@ fn memory(rt: &Runtime, secs: u64, rate: u64) -> MemoryRun {
             at: started.elapsed(),
             rss_kib: rss_kib(),
             counts: since(counts, base),
-            kafka_in_flight: stack.kafka.in_flight(),
+            kafka_in_flight: stack.kafka.counts().in_flight,
             breaker: stack.breaker.as_ref().expect("the layered stack").state(),
         });
     }

@@ -289,6 +289,85 @@ async fn records_older_than_max_age_expire_unsent() {
     assert_identity(&counts);
 }
 
+/// What the worker finishes or starts in one turn before it yields its thread (its `BUDGET`).
+const WORKER_BUDGET: u64 = 1024;
+
+/// Records past their maximum age take the worker's per-turn budget like any other record: a
+/// large expired backlog is counted over several turns, and other tasks run in between, instead
+/// of one turn holding the thread for all of it.
+///
+/// Built so that it cannot hang: an observer task looks at the counts once per poll and wakes
+/// itself at once, a bounded number of times. On a current-thread runtime, a task that wakes
+/// itself goes to the back of the run queue, so the observer and the worker (which also wakes
+/// itself when its budget runs out) take turns; nothing here waits for the worker to finish.
+#[tokio::test(start_paused = true)]
+async fn expiry_takes_the_workers_budget_and_yields_between_turns() {
+    const BACKLOG: u64 = 3000;
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let service = {
+        let gate = gate.clone();
+        service_fn(move |n: u64| {
+            let gate = gate.clone();
+            async move {
+                if n == 0 {
+                    gate.notified().await;
+                }
+                Ok::<_, BoxError>(())
+            }
+        })
+    };
+    let handoff = Handoff::builder()
+        .max_age(Duration::from_secs(2))
+        .concurrency(1)
+        .spawn(service)
+        .unwrap();
+
+    // The first record holds the worker's only call, so the backlog waits in the queue.
+    assert_eq!(handoff.send(0), Sent::Accepted);
+    run_worker().await;
+    assert_eq!(handoff.counts().in_flight, 1, "{:?}", handoff.counts());
+    for n in 1..=BACKLOG {
+        assert_eq!(handoff.send(n), Sent::Accepted);
+    }
+    time::advance(Duration::from_millis(2100)).await;
+    run_worker().await;
+    let before = handoff.counts();
+    assert_eq!((before.queued, before.expired), (BACKLOG, 0), "{before:?}");
+
+    // The call ends: the worker's next turns find the whole backlog expired.
+    gate.notify_one();
+    let observer = tokio::spawn({
+        let handoff = handoff.clone();
+        let mut seen = Vec::new();
+        std::future::poll_fn(move |cx| {
+            seen.push(handoff.counts().expired);
+            if seen.len() == 16 {
+                return std::task::Poll::Ready(std::mem::take(&mut seen));
+            }
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        })
+    });
+    let seen = observer.await.unwrap();
+
+    let steps: Vec<u64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        steps.iter().all(|&step| step <= WORKER_BUDGET),
+        "a turn counted more than its budget: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|&n| 0 < n && n < BACKLOG),
+        "the observer ran between two of the worker's turns: {seen:?}"
+    );
+    let counts = settle(&handoff).await;
+    assert_eq!(
+        (counts.expired, counts.delivered),
+        (BACKLOG, 1),
+        "{counts:?}"
+    );
+    assert_identity(&counts);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_dependency_fault_gets_exactly_one_more_try() {
     let dependency = Dependency::default();

@@ -103,7 +103,7 @@ fn cluster(brokers: i32, topic: &str, partitions: i32) -> Cluster {
 /// The per-broker domains are off: these tests tell the story of the generic stack's own
 /// breaker and bulkhead (tests/kafka_partitions.rs tells the per-broker one).
 fn config(cluster: &Cluster, name: &str, message_timeout: Duration) -> KafkaConfig {
-    KafkaConfig::new(cluster.bootstrap_servers())
+    KafkaService::builder(cluster.bootstrap_servers())
         .name(name.to_owned())
         .no_broker_domains()
         .message_timeout(message_timeout)
@@ -718,6 +718,12 @@ async fn oversized_record_is_the_callers_fault_and_never_trips_the_breaker() {
     assert_eq!(error.kind(), KafkaErrorKind::MessageTooLarge, "{error:?}");
     assert_eq!(error.fault(), Fault::Caller);
     assert!(error.to_string().contains("caller fault"), "{error}");
+    let counts = kafka.counts();
+    assert_eq!(
+        (counts.in_flight, counts.delivered, counts.failed),
+        (0, 0, 1),
+        "a refusal at once is counted as failed: {counts:?}"
+    );
 
     // Through the stack, with a breaker that trips on the first failure it counts.
     let mut rig = Rig::new(
@@ -1089,16 +1095,16 @@ async fn in_flight_counts_records_not_librdkafka_events() {
         .collect();
     cluster.broker_up(-1).unwrap();
     // The broker gets the three records; their delivery report waits behind the held event.
-    // `in_flight` must never claim more records than were handed over.
+    // `counts().in_flight` must never claim more records than were handed over.
     let watermarks = watermarks(&cluster, TOPIC);
     let mut seen = BTreeSet::new();
     wait_until("the broker to hold the three records", || {
-        seen.insert(kafka.in_flight());
+        seen.insert(kafka.counts().in_flight);
         watermarks() == 3
     })
     .await;
     for _ in 0..50 {
-        seen.insert(kafka.in_flight());
+        seen.insert(kafka.counts().in_flight);
         tokio::time::sleep(POLL_EVERY).await;
     }
     open_gate();
@@ -1108,7 +1114,13 @@ async fn in_flight_counts_records_not_librdkafka_events() {
     assert_eq!(kafka.flush(Duration::from_secs(5)).await.undelivered, 0);
     assert!(
         seen.iter().all(|&n| n <= 3),
-        "in_flight() reported {seen:?} with 3 records handed over"
+        "counts().in_flight reported {seen:?} with 3 records handed over"
+    );
+    let counts = kafka.counts();
+    assert_eq!(
+        (counts.in_flight, counts.delivered, counts.failed),
+        (0, 3, 0),
+        "{counts:?}"
     );
 }
 
@@ -1193,14 +1205,14 @@ async fn poll_ready_is_always_ready_and_clones_share_one_producer() {
 
 #[test]
 fn bad_properties_are_refused_naming_the_property() {
-    let error = KafkaConfig::new("127.0.0.1:9")
+    let error = KafkaService::builder("127.0.0.1:9")
         .set("no.such.property", "1")
         .build()
         .unwrap_err();
     assert_eq!(error.setting(), "no.such.property", "{error}");
     assert!(error.to_string().contains("no.such.property"), "{error}");
 
-    let error = KafkaConfig::new("127.0.0.1:9")
+    let error = KafkaService::builder("127.0.0.1:9")
         .set("linger.ms", "-5")
         .build()
         .unwrap_err();
@@ -1211,7 +1223,7 @@ fn bad_properties_are_refused_naming_the_property() {
 #[test]
 fn debug_never_shows_the_sasl_password() {
     const SECRET: &str = "hunter2-correct-horse";
-    let config = KafkaConfig::new("127.0.0.1:9").set("sasl.password", SECRET);
+    let config = KafkaService::builder("127.0.0.1:9").set("sasl.password", SECRET);
     let shown = format!("{config:?}");
     assert!(!shown.contains(SECRET), "{shown}");
     assert!(shown.contains("sasl.password"), "{shown}");

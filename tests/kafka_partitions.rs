@@ -48,7 +48,7 @@ fn leader_of(partition: i32) -> i32 {
 /// A producer for `cluster` tuned for fast tests, with its per-broker domains (statistics every
 /// 100 ms).
 fn config(cluster: &Cluster, name: &str) -> KafkaConfig {
-    KafkaConfig::new(cluster.bootstrap_servers())
+    KafkaService::builder(cluster.bootstrap_servers())
         .name(name.to_owned())
         .message_timeout(Duration::from_secs(5))
         .linger(Duration::from_millis(1))
@@ -314,7 +314,10 @@ async fn a_handoff_over_the_leaf_accounts_for_every_record_through_a_frozen_brok
     assert!(counts.is_balanced(), "{counts:?}");
     assert_eq!(counts.offered, sent);
     assert_eq!(counts.pending(), 0, "{counts:?}");
-    wait_until("the leaf's records all reported", || kafka.in_flight() == 0).await;
+    wait_until("the leaf's records all reported", || {
+        kafka.counts().in_flight == 0
+    })
+    .await;
     assert!(
         counts.delivered * 100 >= sent * 99,
         "{counts:?}: fewer than 99 % delivered"

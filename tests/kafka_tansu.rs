@@ -47,7 +47,7 @@ use tanker::breaker::{BreakerHandle, BreakerLayer, BreakerState};
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::{Handoff, HandoffCounts, Sent};
 use tanker::kafka::{
-    Delivery, Fault, FaultClassifier, KafkaConfig, KafkaError, KafkaErrorKind, KafkaService, Record,
+    Delivery, Fault, FaultClassifier, KafkaError, KafkaErrorKind, KafkaService, Record,
 };
 use tanker::ServiceBuilderExt;
 
@@ -344,7 +344,7 @@ struct Stack {
 impl Stack {
     fn new(broker: &Broker, topic: &'static str) -> Self {
         init_tracing();
-        let kafka = KafkaConfig::new(broker.bootstrap())
+        let kafka = KafkaService::builder(broker.bootstrap())
             .name(topic)
             .message_timeout(MESSAGE_TIMEOUT)
             .linger(Duration::from_millis(5))

@@ -228,7 +228,7 @@ mod kafka_down {
 
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
-    use tanker::kafka::KafkaConfig;
+    use tanker::kafka::KafkaService;
 
     /// The producer this test watches (other tests' events are ignored).
     const PRODUCER: &str = "down-and-quiet";
@@ -250,7 +250,7 @@ mod kafka_down {
         let started = Instant::now();
         // Reconnect fast, so that librdkafka reports many failures (one per attempt) and the
         // throttle has something to hold back.
-        let kafka = KafkaConfig::new(cluster.bootstrap_servers())
+        let kafka = KafkaService::builder(cluster.bootstrap_servers())
             .name(PRODUCER)
             .set("reconnect.backoff.ms", "10")
             .reconnect_backoff_max(Duration::from_millis(20))

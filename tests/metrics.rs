@@ -566,13 +566,13 @@ async fn open_error() -> BreakerOpen {
 async fn kafka_counts_deliveries_and_errors_by_kind() {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::DefaultProducerContext;
-    use tanker::kafka::{KafkaConfig, KafkaErrorKind, Record};
+    use tanker::kafka::{KafkaErrorKind, KafkaService, Record};
 
     let cluster: MockCluster<'static, DefaultProducerContext> = MockCluster::new(1).unwrap();
     cluster.create_topic("events", 1, 1).unwrap();
     let store = Store::default();
     let kafka = store.build(|| {
-        KafkaConfig::new(cluster.bootstrap_servers())
+        KafkaService::builder(cluster.bootstrap_servers())
             .name("events-writer")
             .linger(Duration::from_millis(1))
             .build()

@@ -19,7 +19,7 @@ use tower::ServiceBuilder;
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::Handoff;
-use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
+use tanker::kafka::{FaultClassifier, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
 #[path = "../examples/statsd/graphite.rs"]
@@ -111,7 +111,7 @@ async fn ignored_records_and_kafka_errors_reach_statsd_as_graphite_names() {
 
     // Components resolve their metric handles when they are built: build them under the recorder.
     let (kafka, stats) = metrics::with_local_recorder(&recorder, || {
-        let kafka = KafkaConfig::new(cluster.bootstrap_servers())
+        let kafka = KafkaService::builder(cluster.bootstrap_servers())
             .name("stats")
             .message_timeout(Duration::from_millis(200))
             .build()

@@ -26,7 +26,7 @@ use tower::{BoxError, ServiceBuilder};
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
 use tanker::handoff::Handoff;
-use tanker::kafka::{FaultClassifier, KafkaConfig, Record};
+use tanker::kafka::{FaultClassifier, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 
 mod graphite;
@@ -48,7 +48,7 @@ async fn main() -> Result<(), BoxError> {
 
     let cluster = MockCluster::<'static, DefaultProducerContext>::new(1)?;
     cluster.create_topic("stats", 1, 1)?;
-    let kafka = KafkaConfig::new(cluster.bootstrap_servers())
+    let kafka = KafkaService::builder(cluster.bootstrap_servers())
         .name("stats")
         .message_timeout(Duration::from_millis(500))
         .build()?;

@@ -295,6 +295,7 @@ impl Engine {
 
     /// Whether an open breaker's cool-down is over, so that its next call would be a probe: a
     /// load of the state word, and a read of the clock only when the breaker is open.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))] // only the Kafka leaf uses it
     pub(crate) fn probe_due(&self) -> bool {
         if self.word.load().state() != BreakerState::Open {
             return false;

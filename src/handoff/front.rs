@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::shared::{HandoffCounts, Sent, Shared};
+use super::counts::HandoffCounts;
+use super::shared::{Sent, Shared};
 
 /// The front door: puts requests in a bounded queue and returns at once.
 ///
@@ -54,7 +55,7 @@ impl<Req> Handoff<Req> {
 
     /// The hand-off's name, as given to the builder.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        self.shared.name()
     }
 
     /// Whether the hand-off is closed: [`close`](Self::close) was called, or the service broke

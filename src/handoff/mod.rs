@@ -95,16 +95,19 @@
 
 mod buffer;
 mod builder;
+mod counts;
 mod doorbell;
 mod error;
 mod front;
 mod parking;
+mod publish;
 mod shared;
 mod weigh;
 mod worker;
 
 pub use self::builder::{HandoffBuilder, MAX_CAPACITY};
+pub use self::counts::HandoffCounts;
 pub use self::error::SpawnError;
 pub use self::front::{CloseReport, Handoff};
-pub use self::shared::{HandoffCounts, Sent};
+pub use self::shared::Sent;
 pub use self::weigh::{Unweighed, Weigher};

@@ -7,12 +7,12 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::buffer::Buffer;
+use super::counts::HandoffCounts;
 use super::doorbell::{seq_cst_point, Doorbell};
+use super::publish::HandoffMetrics;
 use super::weigh::Weigh;
 use crate::clock::Origin;
-use crate::metrics as names;
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use crate::telemetry::{Counter, Gauge, Labels};
 
 /// What became of a record handed off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,28 +27,45 @@ pub enum Sent {
 
 /// A record in the queue, with the hand-off's coarse time when it was accepted.
 pub(crate) struct Envelope<Req> {
-    pub(crate) request: Req,
+    request: Req,
     /// Milliseconds after the hand-off's origin, on the coarse clock.
-    pub(crate) stamp: u32,
+    stamp: u32,
     /// What it weighs (0 without a weigher), given back when it is finished.
-    pub(crate) weight: usize,
+    weight: usize,
+}
+
+impl<Req> Envelope<Req> {
+    /// When the record was accepted: milliseconds after the hand-off's origin, on the coarse
+    /// clock.
+    pub(crate) fn stamp(&self) -> u32 {
+        self.stamp
+    }
+
+    /// What the record weighs (0 without a weigher), to give back when it is finished.
+    pub(crate) fn weight(&self) -> usize {
+        self.weight
+    }
+
+    /// The record itself.
+    pub(crate) fn into_request(self) -> Req {
+        self.request
+    }
 }
 
 pub(crate) struct Shared<Req> {
     buffer: Buffer<Envelope<Req>>,
-    /// The hand-off's coarse clock: milliseconds after `origin`, written by the worker each time
-    /// it runs (at least every 100 ms while it ticks), read by senders to stamp their records.
-    /// On a line of its own, so that the worker's writes do not take the senders' line.
-    clock: CachePadded<AtomicU32>,
     origin: Origin,
     /// What a record weighs, when the hand-off is bounded by bytes.
     weigh: Option<Weigh<Req>>,
     max_bytes: usize,
     /// The weight of the records held: reserved by `send`, given back when a record finishes.
     bytes: CachePadded<AtomicUsize>,
-    pub(crate) name: Arc<str>,
-    /// What every `send` touches, on cache lines of its own so that the worker's counting does
-    /// not take them away from senders.
+    name: Arc<str>,
+    /// What senders read on every `send`, on a line of its own that the worker writes at most
+    /// once a turn (the coarse clock), so that a sender after a turn misses one line.
+    signals: CachePadded<Signals>,
+    /// What senders count on every `send`, on a line of its own that the worker reads only once
+    /// closed (and in a snapshot): a sender's add never waits for the worker's copy to go.
     front: CachePadded<Front>,
     /// What the worker writes for every record.
     back: CachePadded<Back>,
@@ -57,81 +74,36 @@ pub(crate) struct Shared<Req> {
     finished: AtomicBool,
     /// Live [`Handoff`](super::Handoff) handles; the last one to go closes the hand-off.
     handles: AtomicUsize,
-    pub(crate) metrics: HandoffMetrics,
+    metrics: HandoffMetrics,
 }
 
-/// The hand-off's metric handles (empty without the `metrics` feature). The worker publishes the
-/// counters into them in batches, so that `send` does no more work with metrics on; only a drop
-/// after `close`, which the worker may not live to see, is recorded where it happens.
-#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-pub(crate) struct HandoffMetrics {
-    pub(crate) accepted: Counter,
-    pub(crate) dropped_full: Counter,
-    dropped_closed: Counter,
-    pub(crate) delivered: Counter,
-    pub(crate) shed: Counter,
-    pub(crate) rejected: Counter,
-    pub(crate) failed: Counter,
-    pub(crate) expired: Counter,
-    pub(crate) queued: Gauge,
-    pub(crate) in_flight: Gauge,
-    pub(crate) parked: Gauge,
-}
-
-impl HandoffMetrics {
-    fn new(name: &str) -> Self {
-        let labels = Labels::new("handoff", name);
-        let dropped = |reason| {
-            labels.counter_with(
-                names::HANDOFF_DROPPED,
-                "records a hand-off refused",
-                Some(("reason", reason)),
-            )
-        };
-        let failed = |reason| {
-            labels.counter_with(
-                names::HANDOFF_FAILED,
-                "accepted records a hand-off's stack did not deliver",
-                Some(("reason", reason)),
-            )
-        };
-        Self {
-            accepted: labels.counter(names::HANDOFF_ACCEPTED, "records a hand-off queued"),
-            dropped_full: dropped("full"),
-            dropped_closed: dropped("closed"),
-            delivered: labels.counter(
-                names::HANDOFF_DELIVERED,
-                "records a hand-off's stack delivered",
-            ),
-            shed: failed("shed"),
-            rejected: failed("rejected"),
-            failed: failed("error"),
-            expired: failed("expired"),
-            queued: labels.gauge(names::HANDOFF_QUEUED, "records in a hand-off's queue"),
-            in_flight: labels.gauge(names::HANDOFF_IN_FLIGHT, "records in a hand-off's stack"),
-            parked: labels.gauge(
-                names::HANDOFF_PARKED,
-                "records parked in a hand-off, waiting for the stack",
-            ),
-        }
-    }
-}
-
-struct Front {
+/// What senders read on every `send`. The worker writes the clock when the millisecond changed,
+/// and the rest only on a change of state (close, a worker that parks without timers or is rung
+/// for a half-full queue) or while records are parked.
+struct Signals {
     closed: AtomicBool,
-    /// Senders look at it after every push; it shares their cache line.
+    /// Senders look at it after every push.
     doorbell: Doorbell,
+    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
+    /// an open breaker or a full bulkhead, or given one more try after a dependency fault. Here,
+    /// where senders read, because parked records and queued ones share the one `capacity`.
+    /// Only the worker writes it, and only while something is parked.
+    parked: AtomicU64,
+    /// The hand-off's coarse clock: milliseconds after `origin`, written by the worker each time
+    /// it runs and the millisecond changed (at least every 100 ms while it ticks), read by
+    /// senders to stamp their records. Here, with what senders read anyway: a sender that comes
+    /// after the worker's turn misses this one line, not two.
+    clock: AtomicU32,
+}
+
+/// What senders write on every `send`.
+struct Front {
     /// Records accepted, plus senders between their reservation and their push.
     accepted: AtomicU64,
     /// Records refused because the queue was full.
     dropped_full: AtomicU64,
     /// Records refused because the hand-off was closed.
     dropped_closed: AtomicU64,
-    /// Records back in the worker's hands, waiting for the stack to take them again: refused by
-    /// an open breaker or a full bulkhead, or given one more try after a dependency fault. Here,
-    /// beside the senders' counters, because senders read it: parked records and queued ones
-    /// share the one `capacity`. Only the worker writes it, and only while something is parked.
-    parked: AtomicU64,
 }
 
 struct Back {
@@ -150,9 +122,11 @@ struct Back {
     retried: AtomicU64,
 }
 
-/// What became of an accepted record.
+/// What became of an accepted record, in the end. (Not the breaker's public
+/// [`Outcome`](crate::breaker::Outcome) of one call: a record refused by a breaker may be parked
+/// and called again; its fate is what it was counted as.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Fate {
     Delivered,
     /// Refused by a bulkhead.
     Shed,
@@ -177,17 +151,19 @@ impl<Req> Shared<Req> {
             max_bytes,
             bytes: CachePadded::new(AtomicUsize::new(0)),
             buffer: Buffer::new(capacity),
-            clock: CachePadded::new(AtomicU32::new(0)),
             origin: Origin::now(),
             metrics: HandoffMetrics::new(&name),
             name,
-            front: CachePadded::new(Front {
+            signals: CachePadded::new(Signals {
                 closed: AtomicBool::new(false),
                 doorbell: Doorbell::new(),
+                parked: AtomicU64::new(0),
+                clock: AtomicU32::new(0),
+            }),
+            front: CachePadded::new(Front {
                 accepted: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
                 dropped_closed: AtomicU64::new(0),
-                parked: AtomicU64::new(0),
             }),
             back: CachePadded::new(Back {
                 delivered: AtomicU64::new(0),
@@ -209,9 +185,9 @@ impl<Req> Shared<Req> {
     /// Offers a record: accepted whole into the queue, or counted as dropped.
     #[inline]
     pub(crate) fn offer(&self, request: Req) -> Sent {
-        let front = &*self.front;
+        let (front, signals) = (&*self.front, &*self.signals);
         if self.buffer.is_full() || self.parked_fill_the_rest() {
-            if front.closed.load(Ordering::Relaxed) {
+            if signals.closed.load(Ordering::Relaxed) {
                 return self.drop_closed();
             }
             // Overloaded: one atomic add, nothing else.
@@ -238,12 +214,12 @@ impl<Req> Shared<Req> {
         // `accepted` above what it finished waits for this push (or its undoing) before it ends.
         front.accepted.fetch_add(1, Ordering::SeqCst);
         seq_cst_point();
-        if front.closed.load(Ordering::SeqCst) {
+        if signals.closed.load(Ordering::SeqCst) {
             self.release_bytes(weight);
             self.unreserve();
             return self.drop_closed();
         }
-        let stamp = self.clock.load(Ordering::Relaxed);
+        let stamp = signals.clock.load(Ordering::Relaxed);
         if self
             .buffer
             .push(Envelope {
@@ -261,7 +237,7 @@ impl<Req> Shared<Req> {
         }
         // The push was a `SeqCst` read-modify-write (see `Buffer`): the second half of the
         // doorbell's handshake.
-        front
+        signals
             .doorbell
             .after_push(|| self.buffer.len() * 2 >= self.buffer.capacity());
         Sent::Accepted
@@ -272,7 +248,7 @@ impl<Req> Shared<Req> {
     /// does. One load when nothing is parked, which is all the time while the stack is healthy.
     #[inline]
     fn parked_fill_the_rest(&self) -> bool {
-        let parked = self.front.parked.load(Ordering::Relaxed);
+        let parked = self.signals.parked.load(Ordering::Relaxed);
         parked != 0 && parked as usize + self.buffer.len() >= self.buffer.capacity()
     }
 
@@ -312,7 +288,7 @@ impl<Req> Shared<Req> {
     #[cold]
     fn unreserve(&self) {
         self.front.accepted.fetch_sub(1, Ordering::SeqCst);
-        self.front.doorbell.after_push(|| false);
+        self.signals.doorbell.after_push(|| false);
     }
 
     /// Counts a record refused because the hand-off was closed. Recorded here, not by the
@@ -320,18 +296,18 @@ impl<Req> Shared<Req> {
     #[cold]
     fn drop_closed(&self) -> Sent {
         self.front.dropped_closed.fetch_add(1, Ordering::Relaxed);
-        self.metrics.dropped_closed.increment();
+        self.metrics.dropped_closed();
         Sent::Dropped
     }
 
     /// Stops accepting, and wakes the worker so that it finishes and ends.
     pub(crate) fn close(&self) {
-        self.front.closed.store(true, Ordering::SeqCst);
-        self.front.doorbell.ring_always();
+        self.signals.closed.store(true, Ordering::SeqCst);
+        self.signals.doorbell.ring_always();
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.front.closed.load(Ordering::Acquire)
+        self.signals.closed.load(Ordering::Acquire)
     }
 
     /// A new handle.
@@ -344,6 +320,17 @@ impl<Req> Shared<Req> {
         if self.handles.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.close();
         }
+    }
+
+    /// The hand-off's name, as given to the builder.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The metric handles the worker publishes into.
+    #[cfg(feature = "metrics")]
+    pub(super) fn metrics(&self) -> &HandoffMetrics {
+        &self.metrics
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -364,7 +351,7 @@ impl<Req> Shared<Req> {
     // ===== the worker's side =====
 
     pub(crate) fn doorbell(&self) -> &Doorbell {
-        &self.front.doorbell
+        &self.signals.doorbell
     }
 
     /// Whether a record is waiting in the queue.
@@ -388,14 +375,14 @@ impl<Req> Shared<Req> {
     }
 
     /// Counts the outcome of a record [taken](Self::take).
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(crate) fn finish(&self, fate: Fate) {
         let back = &*self.back;
-        let counter = match outcome {
-            Outcome::Delivered => &back.delivered,
-            Outcome::Shed => &back.shed,
-            Outcome::Rejected => &back.rejected,
-            Outcome::Failed => &back.failed,
-            Outcome::Expired => &back.expired,
+        let counter = match fate {
+            Fate::Delivered => &back.delivered,
+            Fate::Shed => &back.shed,
+            Fate::Rejected => &back.rejected,
+            Fate::Failed => &back.failed,
+            Fate::Expired => &back.expired,
         };
         // One counter moves: the record leaves `in_flight` (derived) as it enters this one.
         counter.fetch_add(1, Ordering::SeqCst);
@@ -403,12 +390,12 @@ impl<Req> Shared<Req> {
 
     /// A record in flight is parked: one counter moves, as in [`finish`](Self::finish).
     pub(crate) fn park(&self) {
-        self.front.parked.fetch_add(1, Ordering::SeqCst);
+        self.signals.parked.fetch_add(1, Ordering::SeqCst);
     }
 
     /// A parked record goes back into the stack: in flight again.
     pub(crate) fn unpark(&self) {
-        self.front.parked.fetch_sub(1, Ordering::SeqCst);
+        self.signals.parked.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Counts a record given one more try after a dependency fault.
@@ -419,8 +406,9 @@ impl<Req> Shared<Req> {
     /// Moves the coarse clock to `now` (the worker, each time it runs).
     pub(crate) fn set_clock(&self, now: Instant) -> u32 {
         let millis = self.millis(now);
-        if self.clock.load(Ordering::Relaxed) != millis {
-            self.clock.store(millis, Ordering::Relaxed);
+        let clock = &self.signals.clock;
+        if clock.load(Ordering::Relaxed) != millis {
+            clock.store(millis, Ordering::Relaxed);
         }
         millis
     }
@@ -437,7 +425,7 @@ impl<Req> Shared<Req> {
     /// `closed` is read first: a sender that reserves after it sees `closed` and takes its
     /// reservation back, and one that reserved before is in `accepted` here.
     pub(crate) fn is_drained(&self) -> bool {
-        if !self.front.closed.load(Ordering::SeqCst) {
+        if !self.signals.closed.load(Ordering::SeqCst) {
             return false;
         }
         seq_cst_point();
@@ -478,7 +466,7 @@ impl<Req> Shared<Req> {
         let rejected = back.rejected.load(Ordering::Acquire);
         let failed = back.failed.load(Ordering::Acquire);
         let expired = back.expired.load(Ordering::Acquire);
-        let parked = self.front.parked.load(Ordering::Acquire);
+        let parked = self.signals.parked.load(Ordering::Acquire);
         let taken = back.taken.load(Ordering::Acquire);
         let retried = back.retried.load(Ordering::Relaxed);
         let bytes = self.bytes.load(Ordering::Relaxed) as u64;
@@ -508,81 +496,6 @@ impl<Req> Shared<Req> {
     }
 }
 
-/// A snapshot of a hand-off's counters, from [`Handoff::counts`](super::Handoff::counts).
-///
-/// Every record offered is counted exactly once: `offered = accepted + dropped`, and
-/// `accepted = delivered + expired + shed + rejected + failed + pending`, where `pending =
-/// queued + parked + in_flight`. Both identities hold exactly in every snapshot, also while
-/// records move (a record is counted in the one place the snapshot saw it);
-/// [`is_balanced`](Self::is_balanced) checks them, and fails if the worker ever miscounted.
-/// `queued` includes a sender between its reservation and its push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct HandoffCounts {
-    /// Records offered with `send` (or `call`).
-    pub offered: u64,
-    /// Records put in the queue.
-    pub accepted: u64,
-    /// Records refused because the queue was full or the hand-off closed.
-    pub dropped: u64,
-    /// Of `dropped`, the records refused because the hand-off had closed; the others found the
-    /// queue full.
-    pub dropped_closed: u64,
-    /// Records the stack handled successfully.
-    pub delivered: u64,
-    /// Records the stack shed ([`BulkheadFull`](crate::bulkhead::BulkheadFull), also wrapped as
-    /// the source of another layer's error).
-    pub shed: u64,
-    /// Records the stack rejected ([`BreakerOpen`](crate::breaker::BreakerOpen), also wrapped).
-    pub rejected: u64,
-    /// Records that failed with any other error, or whose call panicked, or that were queued
-    /// when the service broke (see the [module docs](super#panics-and-broken-services)). A failed
-    /// write may still have reached the dependency (for Kafka, a timed-out record a resumed
-    /// broker writes after all).
-    pub failed: u64,
-    /// Records that waited longer than the hand-off's
-    /// [`max_age`](super::HandoffBuilder::max_age) before the stack would take them: discarded
-    /// unsent.
-    pub expired: u64,
-    /// Records waiting in the queue.
-    pub queued: u64,
-    /// Records the stack gave back to wait for another try: refused by an open breaker or a
-    /// full bulkhead, or failed with a dependency fault and given one more try. They are sent
-    /// again, oldest first, once the stack takes them.
-    pub parked: u64,
-    /// Records in the stack, not yet finished.
-    pub in_flight: u64,
-    /// Records given one more try after a dependency fault (a statistic: each is also counted
-    /// by the outcome of that try).
-    pub retried: u64,
-    /// The weight of the records pending, for a hand-off bounded by
-    /// [`max_bytes`](super::HandoffBuilder::max_bytes) (0 otherwise).
-    pub bytes: u64,
-}
-
-impl HandoffCounts {
-    /// Records accepted and not yet finished: queued, parked or in flight.
-    pub fn pending(&self) -> u64 {
-        self.queued + self.parked + self.in_flight
-    }
-
-    /// Records accepted and finished, one way or another.
-    pub fn finished(&self) -> u64 {
-        self.delivered + self.expired + self.shed + self.rejected + self.failed
-    }
-
-    /// Records not delivered: dropped, expired, shed, rejected or failed.
-    pub fn ignored(&self) -> u64 {
-        self.dropped + self.expired + self.shed + self.rejected + self.failed
-    }
-
-    /// Whether both accounting identities hold in this snapshot.
-    pub fn is_balanced(&self) -> bool {
-        self.offered == self.accepted + self.dropped
-            && self.accepted == self.finished() + self.pending()
-    }
-}
-
 #[cfg(all(test, tanker_loom))]
 mod loom_tests {
     use super::*;
@@ -596,7 +509,7 @@ mod loom_tests {
     fn work(shared: &Shared<u32>) {
         loop {
             while shared.take().is_some() {
-                shared.finish(Outcome::Delivered);
+                shared.finish(Fate::Delivered);
             }
             if shared.is_drained() {
                 return;
@@ -608,6 +521,16 @@ mod loom_tests {
             }
             shared.doorbell().wait();
         }
+    }
+
+    /// A hand-off's shared state with room for `capacity` records and no byte budget.
+    fn unweighed(capacity: usize) -> Arc<Shared<u32>> {
+        Arc::new(Shared::new(
+            capacity,
+            std::sync::Arc::from("loom"),
+            None,
+            usize::MAX,
+        ))
     }
 
     #[track_caller]
@@ -623,12 +546,7 @@ mod loom_tests {
     #[test]
     fn loom_a_sender_racing_close_is_counted_and_drained() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(
-                4,
-                std::sync::Arc::from("loom"),
-                None,
-                usize::MAX,
-            ));
+            let shared = unweighed(4);
             assert_eq!(shared.offer(0), Sent::Accepted);
             let sender = {
                 let shared = shared.clone();
@@ -654,12 +572,7 @@ mod loom_tests {
     #[test]
     fn loom_a_full_queue_and_close_lose_nothing() {
         loom::model(|| {
-            let shared = Arc::new(Shared::<u32>::new(
-                1,
-                std::sync::Arc::from("loom"),
-                None,
-                usize::MAX,
-            ));
+            let shared = unweighed(1);
             let sender = {
                 let shared = shared.clone();
                 thread::spawn(move || {
@@ -676,6 +589,49 @@ mod loom_tests {
             assert_balanced(&counts);
             assert_eq!(counts.accepted, accepted);
             assert_eq!(counts.dropped, 2 - accepted);
+        });
+    }
+
+    /// A counts snapshot races the worker moving a record through every place it can be
+    /// (taken, parked, back in flight, delivered) and a sender's offer: the snapshot is balanced
+    /// whatever it sees, and counts every record once. `parked` lives with the senders'
+    /// counters and the others with the worker's, so this checks the order of the snapshot's
+    /// loads against the order of the worker's moves across both lines.
+    #[test]
+    fn loom_every_counts_snapshot_is_balanced() {
+        loom::model(|| {
+            let shared = unweighed(4);
+            assert_eq!(shared.offer(0), Sent::Accepted);
+            let worker = {
+                let shared = shared.clone();
+                thread::spawn(move || {
+                    shared.take().expect("the first record");
+                    shared.park();
+                    shared.unpark();
+                    shared.finish(Fate::Delivered);
+                })
+            };
+            let sender = {
+                let shared = shared.clone();
+                thread::spawn(move || shared.offer(1))
+            };
+            let counts = shared.counts();
+            assert!(counts.is_balanced(), "{counts:?}");
+            assert!(counts.offered <= 2 && counts.parked <= 1, "{counts:?}");
+            worker.join().unwrap();
+            assert_eq!(sender.join().unwrap(), Sent::Accepted);
+            let counts = shared.counts();
+            assert!(counts.is_balanced(), "{counts:?}");
+            assert_eq!(
+                (
+                    counts.delivered,
+                    counts.queued,
+                    counts.parked,
+                    counts.in_flight
+                ),
+                (1, 1, 0, 0),
+                "{counts:?}"
+            );
         });
     }
 
@@ -701,16 +657,16 @@ mod loom_tests {
                 .collect();
             // The worker finishes the first record and gives its 4 bytes back.
             let first = shared.take().expect("the first record");
-            shared.release_bytes(first.weight);
-            shared.finish(Outcome::Delivered);
+            shared.release_bytes(first.weight());
+            shared.finish(Fate::Delivered);
             let sent: Vec<Sent> = senders.into_iter().map(|s| s.join().unwrap()).collect();
             let accepted = sent.iter().filter(|s| **s == Sent::Accepted).count();
             // 6 + 6 > 10: at most one gets in; and once the 4 bytes are back, one always can.
             assert_eq!(accepted, 1, "{sent:?}");
             assert!(shared.bytes.load(Ordering::Relaxed) <= 10);
             while let Some(envelope) = shared.take() {
-                shared.release_bytes(envelope.weight);
-                shared.finish(Outcome::Delivered);
+                shared.release_bytes(envelope.weight());
+                shared.finish(Fate::Delivered);
             }
             assert_eq!(shared.bytes.load(Ordering::Relaxed), 0);
         });

@@ -19,10 +19,8 @@ use tower::BoxError;
 use tower_service::Service;
 
 use super::parking::{Held, Lot, Refused};
-use super::shared::{Envelope, Outcome, Shared};
+use super::shared::{Fate, Shared};
 use crate::rejection::chain;
-#[cfg(feature = "metrics")]
-use crate::telemetry::Counter;
 use crate::telemetry::Throttle;
 use crate::{Domain, Rejection};
 
@@ -45,15 +43,6 @@ const LINGER: Duration = Duration::from_millis(50);
 /// microseconds). A record offered to an idle hand-off waits at most this long to be sent,
 /// unless the queue fills to half, which rings the doorbell.
 const SLOW_TICK: Duration = Duration::from_millis(100);
-
-/// Adds to `counter` what `now` grew by since `then`, and remembers `now`.
-#[cfg(feature = "metrics")]
-fn add_since(counter: &Counter, now: u64, then: &mut u64) {
-    if now > *then {
-        counter.add(now - *then);
-        *then = now;
-    }
-}
 
 /// The worker's tick, or `None` on a runtime without the time driver (tokio's timers panic
 /// there; this is the one place that finds out, once, at spawn).
@@ -80,16 +69,16 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 /// Counts a record's final outcome and gives its weight back.
-fn count_done<Req>(shared: &Shared<Req>, record: &Held<Req>, outcome: Outcome) {
+fn count_done<Req>(shared: &Shared<Req>, record: &Held<Req>, fate: Fate) {
     shared.release_bytes(record.weight);
-    shared.finish(outcome);
+    shared.finish(fate);
 }
 
 /// How a refusal that is not parked is counted.
-fn final_refusal(why: Refused) -> Outcome {
+fn final_refusal(why: Refused) -> Fate {
     match why {
-        Refused::Breaker(_) => Outcome::Rejected,
-        Refused::Bulkhead { .. } => Outcome::Shed,
+        Refused::Breaker(_) => Fate::Rejected,
+        Refused::Bulkhead { .. } => Fate::Shed,
     }
 }
 
@@ -248,23 +237,9 @@ where
     /// so that the busy path reads no clock).
     idle_since: Option<Instant>,
     #[cfg(feature = "metrics")]
-    published: Published,
+    published: super::publish::Published,
     /// Spaces out the warnings about dropped records.
     drop_reports: Throttle,
-}
-
-/// What the worker last published to the metrics recorder, to publish the differences: counters
-/// of hand-offs that share a name add up, and a value is never published before it has settled.
-#[cfg(feature = "metrics")]
-#[derive(Default)]
-struct Published {
-    accepted: u64,
-    dropped_full: u64,
-    delivered: u64,
-    shed: u64,
-    rejected: u64,
-    failed: u64,
-    expired: u64,
 }
 
 impl<S, Req> Worker<S, Req>
@@ -313,7 +288,7 @@ where
             slow: false,
             idle_since: None,
             #[cfg(feature = "metrics")]
-            published: Published::default(),
+            published: Default::default(),
             drop_reports: Throttle::new(),
         }
     }
@@ -345,7 +320,7 @@ where
             let dropped = self.shared.dropped();
             if let Some(since) = self.drop_reports.poll(dropped) {
                 tracing::warn!(
-                    handoff = &*self.shared.name,
+                    handoff = self.shared.name(),
                     dropped = since,
                     dropped_total = dropped,
                     queued = self.shared.queued(),
@@ -357,41 +332,19 @@ where
 
     #[cfg(feature = "metrics")]
     fn publish_metrics(&mut self) {
-        let metrics = &self.shared.metrics;
         let counts = self.shared.counts();
-        // Only this worker takes records out of the queue and finishes them, so from here these
-        // are exact. `counts.accepted` is not used: a sender reserves there before it knows
-        // whether its record gets in.
-        let accepted =
-            counts.finished() + counts.parked + counts.in_flight + self.shared.queued() as u64;
-        let last = &mut self.published;
-        for (counter, now, then) in [
-            (&metrics.accepted, accepted, &mut last.accepted),
-            (
-                &metrics.dropped_full,
-                counts.dropped - counts.dropped_closed,
-                &mut last.dropped_full,
-            ),
-            (&metrics.delivered, counts.delivered, &mut last.delivered),
-            (&metrics.shed, counts.shed, &mut last.shed),
-            (&metrics.rejected, counts.rejected, &mut last.rejected),
-            (&metrics.failed, counts.failed, &mut last.failed),
-            (&metrics.expired, counts.expired, &mut last.expired),
-        ] {
-            add_since(counter, now, then);
-        }
-        // Absolute values, which every exporter keeps.
-        metrics.queued.set(counts.queued);
-        metrics.in_flight.set(counts.in_flight);
-        metrics.parked.set(counts.parked);
+        let queued = self.shared.queued() as u64;
+        self.shared
+            .metrics()
+            .publish(&counts, queued, &mut self.published);
     }
 
     /// Counts how a call ended, or parks its record for another try.
     fn finish(&mut self, (result, mut record): CallEnd<S::Response, S::Error, Req>) {
         let probe_of = record.probe_of.take();
-        let outcome = match result {
+        let fate = match result {
             Ok(result) => match ended(result.map_err(Into::into)) {
-                Ended::Delivered => Outcome::Delivered,
+                Ended::Delivered => Fate::Delivered,
                 // Parked with the domain that refused; with parking off the refusal is final.
                 Ended::Refused(domain, rejection) if self.park => {
                     let probe_of = match probe_of {
@@ -424,8 +377,8 @@ where
                         }
                     }
                 }
-                Ended::Refused(_, Rejection::BreakerOpen { .. }) => Outcome::Rejected,
-                Ended::Refused(..) => Outcome::Shed,
+                Ended::Refused(_, Rejection::BreakerOpen { .. }) => Fate::Rejected,
+                Ended::Refused(..) => Fate::Shed,
                 Ended::DependencyFault if self.retry && !record.retried => {
                     // Not at once: after the next call that succeeds, or `LOOK_AGAIN`.
                     record.retried = true;
@@ -436,23 +389,23 @@ where
                     return;
                 }
                 Ended::DependencyFault | Ended::Failed => {
-                    tracing::trace!(handoff = &*self.shared.name, "hand-off call failed");
-                    Outcome::Failed
+                    tracing::trace!(handoff = self.shared.name(), "hand-off call failed");
+                    Fate::Failed
                 }
             },
             Err(panic) => {
                 self.panicked("response future", &*panic);
-                Outcome::Failed
+                Fate::Failed
             }
         };
-        match outcome {
-            Outcome::Delivered | Outcome::Failed => {
-                self.call_ended(outcome == Outcome::Delivered, probe_of);
+        match fate {
+            Fate::Delivered | Fate::Failed => {
+                self.call_ended(fate == Fate::Delivered, probe_of);
             }
             // A final refusal of a probe: `done` ends it.
             _ => record.probe_of = probe_of,
         }
-        self.done(record, outcome);
+        self.done(record, fate);
     }
 
     /// A call left the stack other than by a refusal: a full bulkhead has a slot again, and a
@@ -468,15 +421,15 @@ where
         }
     }
 
-    /// Counts a record's final outcome and gives its weight back. If it was its bay's probe
+    /// Counts a record's final fate and gives its weight back. If it was its bay's probe
     /// and the call did not say how it went (it was never made, or it panicked), the bay waits
     /// and probes again: every way a probe ends goes through here or
     /// [`call_ended`](Self::call_ended), so no bay is left waiting for a probe that is gone.
-    fn done(&mut self, mut record: Held<Req>, outcome: Outcome) {
+    fn done(&mut self, mut record: Held<Req>, fate: Fate) {
         if let Some(probed) = record.probe_of.take() {
             self.lot.probe_ended(probed, false, self.instant);
         }
-        count_done(&self.shared, &record, outcome);
+        count_done(&self.shared, &record, fate);
     }
 
     /// Looks at the lot as of `self.instant`: parked records past their maximum age expire
@@ -489,7 +442,7 @@ where
                 |record| now.wrapping_sub(record.stamp) > age,
                 |record| {
                     shared.unpark();
-                    count_done(shared, &record, Outcome::Expired);
+                    count_done(shared, &record, Fate::Expired);
                 },
             );
         }
@@ -533,19 +486,14 @@ where
         // A full lot takes nothing new: the queue fills and drops the newest, as it does
         // without parking.
         if self.lot.has_room() {
-            if let Some(Envelope {
-                request,
-                stamp,
-                weight,
-            }) = self.shared.take()
-            {
+            if let Some(envelope) = self.shared.take() {
                 self.taken += 1;
                 return Some(Held {
-                    request: Some(request),
-                    stamp,
+                    stamp: envelope.stamp(),
+                    weight: envelope.weight(),
+                    request: Some(envelope.into_request()),
                     seq: self.taken,
                     retried: false,
-                    weight,
                     probe_of: None,
                 });
             }
@@ -574,7 +522,7 @@ where
                         // Not sent, so no sign of the domain's health: the next record probes.
                         self.lot.probe_skipped(probed);
                     }
-                    self.done(record, Outcome::Expired);
+                    self.done(record, Fate::Expired);
                 }
                 _ => return Some(record),
             }
@@ -583,7 +531,7 @@ where
 
     fn panicked(&self, place: &str, payload: &(dyn Any + Send)) {
         tracing::error!(
-            handoff = &*self.shared.name,
+            handoff = self.shared.name(),
             place,
             panic = panic_message(payload),
             "a hand-off call panicked; its record is counted as failed"
@@ -595,7 +543,7 @@ where
     /// than accepted and failed; what is queued fails; calls in flight finish as they will.
     fn broke(&mut self, why: &dyn fmt::Display) {
         tracing::error!(
-            handoff = &*self.shared.name,
+            handoff = self.shared.name(),
             error = %why,
             "the hand-off's service broke; the hand-off closes: queued records are counted as \
              failed, later ones dropped"
@@ -611,14 +559,14 @@ where
         self.retry = false;
         for record in self.lot.clear() {
             self.shared.unpark();
-            count_done(&self.shared, &record, Outcome::Failed);
+            count_done(&self.shared, &record, Fate::Failed);
         }
     }
 
     /// Drives one record into the stack: readiness, then the call.
     fn start(&mut self, cx: &mut Context<'_>, mut record: Held<Req>) -> Start {
         let Some(service) = self.service.as_mut() else {
-            self.done(record, Outcome::Failed);
+            self.done(record, Fate::Failed);
             return Start::Done;
         };
         match catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
@@ -632,7 +580,7 @@ where
                     record.request.take()
                 };
                 let Some(request) = request else {
-                    self.done(record, Outcome::Failed);
+                    self.done(record, Fate::Failed);
                     return Start::Done;
                 };
                 match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
@@ -642,7 +590,7 @@ where
                     }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
-                        self.done(record, Outcome::Failed);
+                        self.done(record, Fate::Failed);
                     }
                 }
             }
@@ -653,12 +601,12 @@ where
             Ok(Poll::Ready(Err(error))) => {
                 let error: BoxError = error.into();
                 self.broke(&format_args!("poll_ready failed: {error}"));
-                self.done(record, Outcome::Failed);
+                self.done(record, Fate::Failed);
             }
             Err(panic) => {
                 let message = panic_message(&*panic).to_owned();
                 self.broke(&format_args!("poll_ready panicked: {message}"));
-                self.done(record, Outcome::Failed);
+                self.done(record, Fate::Failed);
             }
         }
         Start::Done
@@ -706,7 +654,7 @@ where
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        self.shared.doorbell().awake();
+        self.shared.doorbell().running();
         self.instant = Instant::now();
         self.now = self.shared.set_clock(self.instant);
         self.wake_lot();

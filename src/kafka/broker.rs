@@ -36,15 +36,21 @@ pub(super) struct Broker {
     /// Records the broker answered, ever: counted by the delivery reports.
     answered: AtomicU64,
     /// The broker's compartment and breaker, known after its first routed call.
-    domain: OnceLock<Domain>,
+    guards: OnceLock<Guards>,
     /// What the statistics callback remembers between two of its runs.
     watch: Mutex<Watch>,
 }
 
-/// The handles of a broker's compartment and breaker.
-pub(super) struct Domain {
-    pub(super) breaker: BreakerHandle,
-    pub(super) bulkhead: BulkheadHandle,
+/// The handles of a broker's compartment and breaker: its guards.
+pub(super) struct Guards {
+    breaker: BreakerHandle,
+    bulkhead: BulkheadHandle,
+}
+
+impl Guards {
+    pub(super) fn new(breaker: BreakerHandle, bulkhead: BulkheadHandle) -> Self {
+        Self { breaker, bulkhead }
+    }
 }
 
 struct Watch {
@@ -103,7 +109,7 @@ impl Broker {
             id,
             stalled: AtomicBool::new(false),
             answered: AtomicU64::new(0),
-            domain: OnceLock::new(),
+            guards: OnceLock::new(),
             watch: Mutex::new(Watch {
                 delivered: 0,
                 quiet_since: now,
@@ -128,9 +134,9 @@ impl Broker {
     pub(super) fn load(&self) -> Load {
         Load {
             in_flight: self
-                .domain
+                .guards
                 .get()
-                .map_or(0, |domain| domain.bulkhead.in_flight() as u64),
+                .map_or(0, |guards| guards.bulkhead.in_flight() as u64),
             delivered: self.answered.load(Ordering::Relaxed),
         }
     }
@@ -149,16 +155,17 @@ impl Broker {
     }
 
     /// Remembers the handles of the broker's compartment and breaker (once).
-    pub(super) fn set_domain(&self, domain: impl FnOnce() -> Option<Domain>) {
-        if self.domain.get().is_none() {
-            if let Some(domain) = domain() {
-                let _ = self.domain.set(domain);
+    pub(super) fn set_guards(&self, guards: impl FnOnce() -> Option<Guards>) {
+        if self.guards.get().is_none() {
+            if let Some(guards) = guards() {
+                let _ = self.guards.set(guards);
             }
         }
     }
 
-    pub(super) fn domain(&self) -> Option<&Domain> {
-        self.domain.get()
+    /// Whether the broker's guards are known (after its first routed call).
+    pub(super) fn has_guards(&self) -> bool {
+        self.guards.get().is_some()
     }
 
     /// Whether a record without a key may go to this broker: it has not stalled, its
@@ -176,26 +183,26 @@ impl Broker {
         if self.stalled() {
             return false;
         }
-        let Some(domain) = self.domain.get() else {
+        let Some(guards) = self.guards.get() else {
             return true;
         };
-        if domain.bulkhead.in_flight() >= domain.bulkhead.max_in_flight() {
+        if guards.bulkhead.in_flight() >= guards.bulkhead.max_in_flight() {
             return false;
         }
-        match domain.breaker.state() {
+        match guards.breaker.state() {
             BreakerState::Closed | BreakerState::ForcedClosed => true,
-            BreakerState::Open => domain.breaker.probe_due(),
-            BreakerState::HalfOpen => domain.breaker.probe_room(),
+            BreakerState::Open => guards.breaker.probe_due(),
+            BreakerState::HalfOpen => guards.breaker.probe_room(),
             BreakerState::ForcedOpen => false,
         }
     }
 
     /// Ends the cool-down of the broker's breaker, if it is open: its next record is a probe.
     pub(super) fn probe_now(&self) {
-        if let Some(domain) = self.domain.get() {
-            if domain.breaker.probe_now() {
+        if let Some(guards) = self.guards.get() {
+            if guards.breaker.probe_now() {
                 tracing::info!(
-                    breaker = domain.breaker.name(),
+                    breaker = guards.breaker.name(),
                     "kafka broker may be back: its breaker probes now"
                 );
             }
@@ -338,12 +345,7 @@ mod tests {
             .unwrap();
         let bulkhead = BulkheadLayer::builder().max_in_flight(8).build().unwrap();
         let broker = Broker::new(1, Instant::now());
-        broker.set_domain(|| {
-            Some(Domain {
-                breaker: breaker.handle(),
-                bulkhead: bulkhead.handle(),
-            })
-        });
+        broker.set_guards(|| Some(Guards::new(breaker.handle(), bulkhead.handle())));
         // `true` fails at once; `false` is a probe that never answers.
         let mut svc = breaker.layer(service_fn(|fail: bool| async move {
             if fail {

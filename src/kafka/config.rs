@@ -17,7 +17,8 @@ use crate::ConfigError;
 
 /// Builds a [`KafkaService`]: a librdkafka producer with defaults for non-critical writes.
 ///
-/// Made by [`KafkaService::builder`] or [`KafkaConfig::new`].
+/// Made by [`KafkaService::builder`], as the layers' builders are made by
+/// `BreakerLayer::builder()` and `BulkheadLayer::builder()`.
 ///
 /// | property | default | why |
 /// |---|---|---|
@@ -37,9 +38,9 @@ use crate::ConfigError;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tanker::kafka::KafkaConfig;
+/// use tanker::kafka::KafkaService;
 ///
-/// let kafka = KafkaConfig::new("127.0.0.1:9092")
+/// let kafka = KafkaService::builder("127.0.0.1:9092")
 ///     .message_timeout(Duration::from_secs(2))
 ///     .set("compression.type", "lz4")
 ///     .set("sasl.password", "hunter2")
@@ -81,8 +82,8 @@ const DEFAULT_PARTITIONER: &str = "consistent_random";
 
 impl KafkaConfig {
     /// A producer for the cluster at `bootstrap_servers` (`host:port[,host:port...]`), with the
-    /// defaults above.
-    pub fn new(bootstrap_servers: impl Into<String>) -> Self {
+    /// defaults above: see [`KafkaService::builder`].
+    fn new(bootstrap_servers: impl Into<String>) -> Self {
         let mut properties: BTreeMap<String, String> = DEFAULTS
             .iter()
             .map(|&(k, v)| (k.to_owned(), v.to_owned()))
@@ -180,15 +181,15 @@ impl KafkaConfig {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tanker::kafka::KafkaConfig;
+    /// use tanker::kafka::KafkaService;
     ///
-    /// let err = KafkaConfig::new("127.0.0.1:9092")
+    /// let err = KafkaService::builder("127.0.0.1:9092")
     ///     .message_timeout(Duration::ZERO)
     ///     .build()
     ///     .unwrap_err();
     /// assert_eq!(err.setting(), "message.timeout.ms");
     ///
-    /// let err = KafkaConfig::new("127.0.0.1:9092").set("lingr.ms", "5").build().unwrap_err();
+    /// let err = KafkaService::builder("127.0.0.1:9092").set("lingr.ms", "5").build().unwrap_err();
     /// assert!(err.to_string().contains("unknown librdkafka property `lingr.ms`"));
     /// ```
     pub fn build(self) -> Result<KafkaService, ConfigError> {
@@ -221,7 +222,7 @@ impl KafkaConfig {
             return Err(ConfigError::new(
                 BOOTSTRAP,
                 "the list of brokers is empty: give at least one `host:port` to \
-                 `KafkaConfig::new`, e.g. `KafkaConfig::new(\"127.0.0.1:9092\")`; without one, \
+                 `KafkaService::builder`, e.g. `KafkaService::builder(\"127.0.0.1:9092\")`; without one, \
                  every record would time out as Kafka's fault and trip the breaker",
             ));
         }
@@ -291,9 +292,10 @@ impl KafkaConfig {
 }
 
 impl KafkaService {
-    /// The builder of a producer for the cluster at `bootstrap_servers`: a [`KafkaConfig`],
-    /// as [`KafkaConfig::new`] makes it. The same entry point as the layers'
-    /// `BreakerLayer::builder()` and `BulkheadLayer::builder()`.
+    /// The builder of a producer for the cluster at `bootstrap_servers`
+    /// (`host:port[,host:port...]`): a [`KafkaConfig`] with the defaults of its table. The
+    /// one entry point, as the layers' `BreakerLayer::builder()` and
+    /// `BulkheadLayer::builder()`.
     ///
     /// ```no_run
     /// use tanker::kafka::KafkaService;
@@ -332,7 +334,7 @@ mod tests {
 
     #[test]
     fn debug_never_shows_secrets() {
-        let config = KafkaConfig::new("127.0.0.1:9092")
+        let config = KafkaService::builder("127.0.0.1:9092")
             .set("sasl.password", "hunter2")
             .set("ssl.key.password", "s3cret-key")
             .set("sasl.oauthbearer.client.secret", "oauth-secret")
@@ -349,7 +351,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_property_and_hide_secrets() {
-        let config = KafkaConfig::new("127.0.0.1:9092").set("sasl.password", "hunter2");
+        let config = KafkaService::builder("127.0.0.1:9092").set("sasl.password", "hunter2");
         let error = RdKafkaError::ClientCreation(
             "Invalid value \"hunter2\" for configuration property \"sasl.password\"".to_owned(),
         );
@@ -365,23 +367,23 @@ mod tests {
     #[test]
     fn an_empty_bootstrap_list_is_refused() {
         for brokers in ["", " ", ",", " , "] {
-            let error = refused(KafkaConfig::new(brokers));
+            let error = refused(KafkaService::builder(brokers));
             assert_eq!(error.setting(), "bootstrap.servers", "{error}");
             assert!(
                 error.to_string().contains("at least one `host:port`"),
                 "{error}"
             );
         }
-        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("bootstrap.servers", ""));
+        let error = refused(KafkaService::builder("127.0.0.1:9092").set("bootstrap.servers", ""));
         assert_eq!(error.setting(), "bootstrap.servers");
     }
 
     #[test]
     fn a_message_timeout_of_zero_is_refused() {
         for config in [
-            KafkaConfig::new("127.0.0.1:9092").message_timeout(Duration::ZERO),
-            KafkaConfig::new("127.0.0.1:9092").message_timeout(Duration::from_micros(999)),
-            KafkaConfig::new("127.0.0.1:9092").set("message.timeout.ms", "0"),
+            KafkaService::builder("127.0.0.1:9092").message_timeout(Duration::ZERO),
+            KafkaService::builder("127.0.0.1:9092").message_timeout(Duration::from_micros(999)),
+            KafkaService::builder("127.0.0.1:9092").set("message.timeout.ms", "0"),
         ] {
             let error = refused(config);
             assert_eq!(error.setting(), "message.timeout.ms", "{error}");
@@ -393,7 +395,7 @@ mod tests {
 
     #[test]
     fn a_queue_capacity_of_zero_is_refused() {
-        let error = refused(KafkaConfig::new("127.0.0.1:9092").queue_capacity(0));
+        let error = refused(KafkaService::builder("127.0.0.1:9092").queue_capacity(0));
         assert_eq!(error.setting(), "queue.buffering.max.messages", "{error}");
         assert!(error.to_string().contains("at least 1"), "{error}");
     }
@@ -427,7 +429,7 @@ mod tests {
 
     #[test]
     fn an_unknown_property_is_named_with_a_pointer_to_the_list() {
-        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("lingr.ms", "5"));
+        let error = refused(KafkaService::builder("127.0.0.1:9092").set("lingr.ms", "5"));
         assert_eq!(error.setting(), "lingr.ms");
         let text = error.to_string();
         assert!(
@@ -449,7 +451,7 @@ mod tests {
             ("-5", "a number in 0..900000"),
             ("soon", "a number in 0..900000"),
         ] {
-            let error = refused(KafkaConfig::new("127.0.0.1:9092").set("linger.ms", value));
+            let error = refused(KafkaService::builder("127.0.0.1:9092").set("linger.ms", value));
             assert_eq!(error.setting(), "linger.ms", "{error}");
             let text = error.to_string();
             assert!(
@@ -459,11 +461,12 @@ mod tests {
             assert!(text.contains(expected), "{text}");
             assert!(!text.contains("queue.buffering.max.ms"), "{text}");
         }
-        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("enable.idempotence", "maybe"));
+        let error =
+            refused(KafkaService::builder("127.0.0.1:9092").set("enable.idempotence", "maybe"));
         assert_eq!(error.setting(), "enable.idempotence");
         assert!(error.to_string().contains("`true` or `false`"), "{error}");
 
-        let error = refused(KafkaConfig::new("127.0.0.1:9092").set("compression.type", "zip"));
+        let error = refused(KafkaService::builder("127.0.0.1:9092").set("compression.type", "zip"));
         assert_eq!(error.setting(), "compression.type");
         let text = error.to_string();
         assert!(
@@ -478,18 +481,18 @@ mod tests {
         const SECRET: &str = "hunter2-correct-horse";
         // A secret property with a value librdkafka refuses.
         let error = refused(
-            KafkaConfig::new("127.0.0.1:9092")
+            KafkaService::builder("127.0.0.1:9092")
                 .set("ssl.key.password", SECRET)
                 .set("linger.ms", "-1"),
         );
         let shown = format!("{error} {error:?}");
         assert!(!shown.contains(SECRET), "{shown}");
         for config in [
-            KafkaConfig::new("").set("sasl.password", SECRET),
-            KafkaConfig::new("127.0.0.1:9092")
+            KafkaService::builder("").set("sasl.password", SECRET),
+            KafkaService::builder("127.0.0.1:9092")
                 .set("sasl.password", SECRET)
                 .queue_capacity(0),
-            KafkaConfig::new("127.0.0.1:9092")
+            KafkaService::builder("127.0.0.1:9092")
                 .set("sasl.password", SECRET)
                 .set("nope", "1"),
         ] {
@@ -504,7 +507,7 @@ mod tests {
             "sasl.password".to_owned(),
             SECRET.to_owned(),
         );
-        let refusal = KafkaConfig::new("127.0.0.1:9092").refusal(&error);
+        let refusal = KafkaService::builder("127.0.0.1:9092").refusal(&error);
         assert!(
             !format!("{refusal} {refusal:?}").contains(SECRET),
             "{refusal}"

@@ -29,6 +29,10 @@ pub(super) struct ProducerState {
     name: Arc<str>,
     /// Records handed to librdkafka whose delivery report has not come back.
     in_flight: AtomicUsize,
+    /// Records Kafka confirmed.
+    delivered: AtomicU64,
+    /// Records librdkafka refused at once or reported failed.
+    failed: AtomicU64,
     /// The leaders table the statistics feed, when the producer routes by leader.
     leaders: Option<Arc<Leaders>>,
     metrics: ProducerMetrics,
@@ -69,6 +73,8 @@ impl ProducerState {
             metrics: ProducerMetrics::new(&name),
             name,
             in_flight: AtomicUsize::new(0),
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             leaders,
             reports: ClientReports::new(),
         }
@@ -77,6 +83,14 @@ impl ProducerState {
     /// Records handed to librdkafka whose delivery report has not come back.
     pub(super) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Records Kafka confirmed, and records that failed (refused at once or reported failed).
+    pub(super) fn outcomes(&self) -> (u64, u64) {
+        (
+            self.delivered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 
     /// A record is about to be handed to librdkafka.
@@ -107,6 +121,7 @@ impl ProducerState {
     }
 
     fn count_error(&self, error: &KafkaError) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
         self.metrics.errors[error.kind().index()].increment();
     }
 }
@@ -119,6 +134,7 @@ impl ProducerContext for ProducerState {
         self.publish_in_flight();
         let outcome = match result {
             Ok(message) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
                 self.metrics.delivered.increment();
                 self.answered(message.topic(), message.partition());
                 Ok(Delivery {

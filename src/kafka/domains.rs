@@ -53,9 +53,9 @@ use crate::ConfigError;
 /// use std::time::Duration;
 /// use tanker::breaker::BreakerLayer;
 /// use tanker::bulkhead::BulkheadLayer;
-/// use tanker::kafka::{BrokerDomains, KafkaConfig};
+/// use tanker::kafka::{BrokerDomains, KafkaService};
 ///
-/// let kafka = KafkaConfig::new("127.0.0.1:9092")
+/// let kafka = KafkaService::builder("127.0.0.1:9092")
 ///     .broker_domains(
 ///         BrokerDomains::new()
 ///             .bulkhead(BulkheadLayer::builder().max_in_flight(512))
@@ -184,7 +184,7 @@ impl BrokerDomains {
                  would never learn the leaders); default 200 ms",
             ));
         }
-        let key: KeyFn = |routed| routed.broker;
+        let key: KeyFn = Routed::broker;
         let builder = KeyedLayer::builder_with_label(key, label)
             .name(name.clone())
             .bulkhead(self.bulkhead.clone())

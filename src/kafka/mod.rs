@@ -12,11 +12,11 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use tanker::handoff::Handoff;
-//! use tanker::kafka::{KafkaConfig, Record};
+//! use tanker::kafka::{KafkaService, Record};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), tower::BoxError> {
-//! let kafka = KafkaConfig::new("127.0.0.1:9092").name("stats").build()?;
+//! let kafka = KafkaService::builder("127.0.0.1:9092").name("stats").build()?;
 //! let stats = Handoff::builder().name("stats").spawn(kafka.clone())?;
 //!
 //! // In a request handler: returns at once, whatever Kafka does.
@@ -64,4 +64,4 @@ pub use self::domains::{BrokerDomains, BrokerHandles};
 pub use self::error::{Fault, KafkaError, KafkaErrorKind};
 pub use self::future::ResponseFuture;
 pub use self::record::{Delivery, Record};
-pub use self::service::{FlushReport, KafkaService};
+pub use self::service::{FlushReport, KafkaCounts, KafkaService};

@@ -22,12 +22,26 @@ use super::record::Record;
 /// A record with the partition the leaf chose for it and that partition's leader, the key of
 /// its compartment; or neither, for a record left to librdkafka.
 pub(super) struct Routed {
-    pub(super) record: Record,
-    pub(super) partition: Option<i32>,
-    pub(super) broker: BrokerId,
+    record: Record,
+    partition: Option<i32>,
+    broker: BrokerId,
 }
 
 impl Routed {
+    /// A record for `partition`, in the compartment of its leader `broker`.
+    pub(super) fn to(record: Record, partition: i32, broker: BrokerId) -> Self {
+        Self {
+            record,
+            partition: Some(partition),
+            broker,
+        }
+    }
+
+    /// The leader of its partition: the key of its compartment.
+    pub(super) fn broker(&self) -> BrokerId {
+        self.broker
+    }
+
     /// A record left to librdkafka's partitioner, outside any compartment.
     pub(super) fn unrouted(record: Record) -> Self {
         Self {
@@ -86,6 +100,11 @@ impl Producer {
 
     pub(super) fn in_flight(&self) -> usize {
         self.producer().map_or(0, |p| p.context().in_flight())
+    }
+
+    /// Records Kafka confirmed, and records that failed.
+    pub(super) fn outcomes(&self) -> (u64, u64) {
+        self.producer().map_or((0, 0), |p| p.context().outcomes())
     }
 
     /// Waits up to `timeout` for the records in flight, on a blocking thread.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tower_service::Service;
 
-use super::broker::{Broker, BrokerId, Domain};
+use super::broker::{Broker, BrokerId, Guards};
 use super::classify::FaultClassifier;
 use super::domains::{BrokerHandles, DomainLayer, KeyFn};
 use super::error::KafkaError;
@@ -82,14 +82,10 @@ impl Domains {
         let Some((partition, broker)) = chosen else {
             return ResponseFuture::direct(producer.call(Routed::unrouted(record)));
         };
-        let delivery = keyed.call(Routed {
-            record,
-            partition: Some(partition),
-            broker: broker.id(),
-        });
-        if broker.domain().is_none() {
+        let delivery = keyed.call(Routed::to(record, partition, broker.id()));
+        if !broker.has_guards() {
             let broker = broker.clone();
-            self.remember_domain(&broker);
+            self.remember_guards(&broker);
         }
         ResponseFuture::broker(delivery)
     }
@@ -97,12 +93,11 @@ impl Domains {
     /// Keeps the handles of a broker's compartment and breaker with the broker, for routing
     /// and for probing when it comes back up.
     #[cold]
-    fn remember_domain(&self, broker: &Broker) {
-        broker.set_domain(|| {
-            self.handles.get(&broker.id()).map(|key| Domain {
-                breaker: key.breaker().clone(),
-                bulkhead: key.bulkhead().clone(),
-            })
+    fn remember_guards(&self, broker: &Broker) {
+        broker.set_guards(|| {
+            self.handles
+                .get(&broker.id())
+                .map(|key| Guards::new(key.breaker().clone(), key.bulkhead().clone()))
         });
     }
 }
@@ -113,6 +108,24 @@ impl Domains {
 pub struct FlushReport {
     /// Records still queued or in flight when the flush ended.
     pub undelivered: usize,
+}
+
+/// A snapshot of a [`KafkaService`]'s counters, from [`KafkaService::counts`], shared by its
+/// clones.
+///
+/// Each counter is read on its own, so under load they may be a few records apart. Records a
+/// broker's compartment or breaker refused never reach the producer: they are counted by that
+/// broker's handles ([`KafkaService::brokers`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KafkaCounts {
+    /// Records handed to librdkafka whose delivery report has not come back yet.
+    pub in_flight: usize,
+    /// Records Kafka confirmed.
+    pub delivered: u64,
+    /// Records librdkafka refused at once (a full queue, a record too large) or reported
+    /// failed (timed out, purged at shutdown...).
+    pub failed: u64,
 }
 
 impl KafkaService {
@@ -142,9 +155,25 @@ impl KafkaService {
         self.producer.name()
     }
 
-    /// Records handed to the producer whose delivery report has not come back yet.
-    pub fn in_flight(&self) -> usize {
-        self.producer.in_flight()
+    /// A snapshot of the producer's counters: records in flight, delivered and failed. Each
+    /// broker's own compartment and breaker count in [`brokers`](Self::brokers).
+    ///
+    /// ```no_run
+    /// use tanker::kafka::KafkaService;
+    ///
+    /// let kafka = KafkaService::builder("127.0.0.1:9092").build()?;
+    /// let counts = kafka.counts();
+    /// assert_eq!((counts.in_flight, counts.delivered, counts.failed), (0, 0, 0));
+    /// # Ok::<_, tanker::ConfigError>(())
+    /// ```
+    pub fn counts(&self) -> KafkaCounts {
+        let in_flight = self.producer.in_flight();
+        let (delivered, failed) = self.producer.outcomes();
+        KafkaCounts {
+            in_flight,
+            delivered,
+            failed,
+        }
     }
 
     /// The per-broker compartments and breakers (see [`BrokerDomains`](super::BrokerDomains)),
@@ -162,7 +191,7 @@ impl KafkaService {
     pub async fn flush(&self, timeout: Duration) -> FlushReport {
         self.producer.flush(timeout).await;
         FlushReport {
-            undelivered: self.in_flight(),
+            undelivered: self.producer.in_flight(),
         }
     }
 }
@@ -189,7 +218,7 @@ impl fmt::Debug for KafkaService {
         // The configuration is not shown: it may hold secrets.
         f.debug_struct("KafkaService")
             .field("name", &self.name())
-            .field("in_flight", &self.in_flight())
+            .field("counts", &self.counts())
             .finish()
     }
 }

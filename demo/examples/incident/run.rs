@@ -486,9 +486,9 @@ impl Protection {
 }
 
 /// The producer's settings, shared by the protected writer and fire-and-forget: tanker's
-/// defaults (`KafkaConfig::new`), so both write with the same librdkafka properties.
+/// defaults (`KafkaService::builder`), so both write with the same librdkafka properties.
 fn kafka_config(bootstrap: &str) -> KafkaConfig {
-    KafkaConfig::new(bootstrap).name("stats")
+    KafkaService::builder(bootstrap).name("stats")
 }
 
 /// The protected writer: the README's quick start on its defaults, nothing tuned for the demo
