@@ -277,6 +277,9 @@ impl Drop for Broker {
 struct Outcomes {
     delivered: Vec<(u64, Delivery)>,
     failed: Vec<(u64, KafkaErrorKind)>,
+    /// Refused by the leader's own compartment or breaker inside the leaf, never sent: the
+    /// hand-off counts these as shed or rejected, not failed.
+    refused: Vec<u64>,
 }
 
 /// The Kafka leaf with a tap that writes down each record's outcome (the hand-off only counts
@@ -305,6 +308,7 @@ impl Service<Record> for Tapped {
             let mut outcomes = lock(&outcomes);
             match &result {
                 Ok(delivery) => outcomes.delivered.push((id, *delivery)),
+                Err(error) if error.kind() == KafkaErrorKind::Refused => outcomes.refused.push(id),
                 Err(error) => outcomes.failed.push((id, error.kind())),
             }
             result
@@ -505,6 +509,12 @@ impl Stack {
             "{counts:?}"
         );
         assert_eq!(counts.failed, outcomes.failed.len() as u64, "{counts:?}");
+        // The leaf's own refusals are final here (parking is off): among the shed and rejected.
+        assert!(
+            counts.shed + counts.rejected >= outcomes.refused.len() as u64,
+            "{counts:?}; refused by the leaf {}",
+            outcomes.refused.len()
+        );
         drop(outcomes);
         self.assert_sends_never_blocked();
         println!(
