@@ -393,8 +393,12 @@ async fn a_dependency_fault_gets_exactly_one_more_try() {
     assert_identity(&counts);
 }
 
-#[tokio::test(start_paused = true)]
-async fn retry_failed_off_makes_a_dependency_fault_final() {
+/// A dependency that never answers, behind a 100 ms tower timeout (a dependency fault each
+/// call), and the number of calls it was given.
+fn hung_behind_a_timeout() -> (
+    Arc<AtomicU64>,
+    impl Service<u32, Response = (), Error = BoxError, Future: Send> + Send + 'static,
+) {
     let calls = Arc::new(AtomicU64::new(0));
     let counter = calls.clone();
     let service = ServiceBuilder::new()
@@ -403,6 +407,12 @@ async fn retry_failed_off_makes_a_dependency_fault_final() {
             counter.fetch_add(1, Ordering::SeqCst);
             std::future::pending::<Result<(), BoxError>>()
         }));
+    (calls, service)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_failed_off_makes_a_dependency_fault_final() {
+    let (calls, service) = hung_behind_a_timeout();
     let handoff = Handoff::builder()
         .retry_failed(false)
         .spawn(service)
@@ -526,14 +536,7 @@ async fn a_byte_budget_drops_what_would_not_fit_and_gets_its_bytes_back() {
 
 #[tokio::test(start_paused = true)]
 async fn expired_and_failed_records_give_their_bytes_back() {
-    let calls = Arc::new(AtomicU64::new(0));
-    let counter = calls.clone();
-    let service = ServiceBuilder::new()
-        .timeout(Duration::from_millis(100))
-        .service(service_fn(move |_: u32| {
-            counter.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<Result<(), BoxError>>()
-        }));
+    let (calls, service) = hung_behind_a_timeout();
     let handoff = Handoff::builder()
         .max_bytes(1000, |n: &u32| *n as usize)
         .spawn(service)
