@@ -536,7 +536,7 @@ async fn a_byte_budget_drops_what_would_not_fit_and_gets_its_bytes_back() {
 
 #[tokio::test(start_paused = true)]
 async fn expired_and_failed_records_give_their_bytes_back() {
-    let (calls, service) = hung_behind_a_timeout();
+    let (_calls, service) = hung_behind_a_timeout();
     let handoff = Handoff::builder()
         .max_bytes(1000, |n: &u32| *n as usize)
         .spawn(service)
