@@ -2,7 +2,7 @@
 //! leaders table, and reports librdkafka's logs and errors through `tracing`, at most once a
 //! second per producer.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,10 @@ pub(super) struct ProducerState {
     failed: AtomicU64,
     /// The leaders table the statistics feed, when the producer routes by leader.
     leaders: Option<Arc<Leaders>>,
+    /// Whether librdkafka said its producer failed fatally (an error event, or a record refused
+    /// or failed with that kind): only then is it asked for the error, which costs a call
+    /// across the FFI and a 512-byte buffer.
+    fatal: AtomicBool,
     metrics: ProducerMetrics,
     reports: ClientReports,
 }
@@ -76,8 +80,14 @@ impl ProducerState {
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             leaders,
+            fatal: AtomicBool::new(false),
             reports: ClientReports::new(),
         }
+    }
+
+    /// Whether the producer may have failed fatally: see [`fatal`](Self::fatal).
+    pub(super) fn fatal_raised(&self) -> bool {
+        self.fatal.load(Ordering::Relaxed)
     }
 
     /// Records handed to librdkafka whose delivery report has not come back.
@@ -122,6 +132,9 @@ impl ProducerState {
 
     fn count_error(&self, error: &KafkaError) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        if error.kind() == KafkaErrorKind::Fatal {
+            self.fatal.store(true, Ordering::Relaxed);
+        }
         self.metrics.errors[error.kind().index()].increment();
     }
 }
@@ -198,6 +211,9 @@ impl ClientContext for ProducerState {
     fn error(&self, error: RdKafkaError, reason: &str) {
         let producer = &*self.name;
         let code = error.rdkafka_error_code();
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            self.fatal.store(true, Ordering::Relaxed);
+        }
         // librdkafka sometimes says that all brokers are down when none is ("0/1 brokers are
         // down", a race between its threads): nothing to warn about.
         if code == Some(RDKafkaErrorCode::AllBrokersDown) && reason.starts_with("0/") {

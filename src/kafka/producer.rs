@@ -150,9 +150,14 @@ impl Service<Routed> for Producer {
     type Future = DeliveryFuture;
 
     /// Ready, unless the producer hit a fatal error, which it returns (the producer is then
-    /// broken for good and must be rebuilt).
+    /// broken for good and must be rebuilt). librdkafka is asked only once its context has
+    /// seen a sign of one (an error event or a record failed with that kind): until then this
+    /// is one load.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let producer = self.producer()?;
+        if !producer.context().fatal_raised() {
+            return Poll::Ready(Ok(()));
+        }
         match producer.client().fatal_error() {
             None => Poll::Ready(Ok(())),
             Some((code, reason)) => {
