@@ -88,7 +88,9 @@ pub(super) struct DeliveryFuture {
 
 enum DeliveryState {
     Waiting(oneshot::Receiver<Result<Delivery, KafkaError>>),
-    Failed(Option<KafkaError>),
+    /// Boxed: a refusal is rare, and every call's future would otherwise carry the error's
+    /// room (a hand-off keeps thousands of them in flight).
+    Failed(Option<Box<KafkaError>>),
 }
 
 impl DeliveryFuture {
@@ -102,7 +104,7 @@ impl DeliveryFuture {
     /// Resolves at once with `error`: the record never reached librdkafka's queue.
     pub(super) fn failed(error: KafkaError) -> Self {
         Self {
-            state: DeliveryState::Failed(Some(error)),
+            state: DeliveryState::Failed(Some(Box::new(error))),
         }
     }
 }
@@ -122,7 +124,7 @@ impl Future for DeliveryFuture {
             },
             DeliveryState::Failed(error) => Poll::Ready(Err(error
                 .take()
-                .unwrap_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None)))),
+                .map_or_else(|| KafkaError::new(KafkaErrorKind::Closed, None), |e| *e))),
         }
     }
 }
