@@ -12,17 +12,14 @@ use rdkafka::error::{KafkaError as RdKafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::statistics::Statistics;
-use tokio::sync::oneshot;
 
 use super::leaders::Leaders;
 
 use super::error::{Fault, KafkaError, KafkaErrorKind};
 use super::record::Delivery;
+use super::reply::Reply;
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
-
-/// Where a record's delivery report goes.
-pub(super) type Reply = oneshot::Sender<Result<Delivery, KafkaError>>;
 
 /// The producer's context, shared with librdkafka's threads.
 pub(super) struct ProducerState {
@@ -140,9 +137,9 @@ impl ProducerState {
 }
 
 impl ProducerContext for ProducerState {
-    type DeliveryOpaque = Box<Reply>;
+    type DeliveryOpaque = Arc<Reply>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, reply: Box<Reply>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, reply: Arc<Reply>) {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         let outcome = match result {
@@ -166,7 +163,7 @@ impl ProducerContext for ProducerState {
             }
         };
         // The caller may have stopped waiting; the record is counted either way.
-        let _ = reply.send(outcome);
+        reply.send(outcome);
     }
 }
 

@@ -4,15 +4,16 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tokio::sync::oneshot;
 use tower::BoxError;
 
 use super::classify::FaultClassifier;
 use super::error::{KafkaError, KafkaErrorKind};
 use super::record::Delivery;
+use super::reply::Reply;
 use crate::keyed::future::ResponseFuture as KeyedFuture;
 
 pin_project! {
@@ -87,7 +88,7 @@ pub(super) struct DeliveryFuture {
 }
 
 enum DeliveryState {
-    Waiting(oneshot::Receiver<Result<Delivery, KafkaError>>),
+    Waiting(Arc<Reply>),
     /// Boxed: a refusal is rare, and every call's future would otherwise carry the error's
     /// room (a hand-off keeps thousands of them in flight).
     Failed(Option<Box<KafkaError>>),
@@ -95,7 +96,7 @@ enum DeliveryState {
 
 impl DeliveryFuture {
     /// Waits for the delivery report `delivery` will bring.
-    pub(super) fn waiting(delivery: oneshot::Receiver<Result<Delivery, KafkaError>>) -> Self {
+    pub(super) fn waiting(delivery: Arc<Reply>) -> Self {
         Self {
             state: DeliveryState::Waiting(delivery),
         }
@@ -114,11 +115,11 @@ impl Future for DeliveryFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.state {
-            DeliveryState::Waiting(delivery) => match Pin::new(delivery).poll(cx) {
+            DeliveryState::Waiting(delivery) => match delivery.poll(cx) {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Ok(outcome)) => Poll::Ready(outcome),
-                // The producer went away without reporting: it was dropped.
-                Poll::Ready(Err(_closed)) => {
+                Poll::Ready(Some(outcome)) => Poll::Ready(outcome),
+                // Polled after it resolved, which a caller should not do.
+                Poll::Ready(None) => {
                     Poll::Ready(Err(KafkaError::new(KafkaErrorKind::Closed, None)))
                 }
             },

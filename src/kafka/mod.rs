@@ -56,6 +56,7 @@ mod partitioner;
 mod producer;
 mod record;
 mod refusal;
+mod reply;
 mod service;
 
 pub use self::classify::FaultClassifier;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError as RdKafkaError;
 use rdkafka::producer::{Producer as _, ThreadedProducer};
-use tokio::sync::oneshot;
 use tower_service::Service;
 
 use super::broker::BrokerId;
@@ -18,6 +17,7 @@ use super::error::{KafkaError, KafkaErrorKind};
 use super::future::DeliveryFuture;
 use super::leaders::Leaders;
 use super::record::Record;
+use super::reply::Reply;
 
 /// A record with the partition the leaf chose for it and that partition's leader, the key of
 /// its compartment; or neither, for a record left to librdkafka.
@@ -127,13 +127,13 @@ impl Producer {
             Ok(producer) => producer,
             Err(error) => return DeliveryFuture::failed(error),
         };
-        let (reply, delivery) = oneshot::channel();
+        let (reply, delivery) = Reply::pair();
         let Routed {
             record, partition, ..
         } = routed;
         let state = producer.context();
         state.sending();
-        match producer.send(record.to_base(partition, Box::new(reply))) {
+        match producer.send(record.to_base(partition, reply)) {
             Ok(()) => DeliveryFuture::waiting(delivery),
             Err((error, _record)) => {
                 let error = KafkaError::from_rdkafka(error).for_topic(record.topic());
