@@ -199,7 +199,9 @@ pub struct KafkaError {
 /// What caused a [`KafkaError`]: librdkafka's error, or a compartment's refusal.
 #[derive(Debug, Clone)]
 enum Cause {
-    Rdkafka(RdKafkaError),
+    /// Boxed: a record's outcome (`Result<Delivery, KafkaError>`) then stays small on every
+    /// record's way back, and the failure, rarer, pays the allocation.
+    Rdkafka(Box<RdKafkaError>),
     /// The broker's breaker refused: kept by value, its box freed.
     BreakerOpen(BreakerOpen),
     /// The broker's compartment was full: kept by value, its box freed.
@@ -212,7 +214,7 @@ impl KafkaError {
     pub(crate) fn new(kind: KafkaErrorKind, source: Option<RdKafkaError>) -> Self {
         Self {
             kind,
-            source: source.map(Cause::Rdkafka),
+            source: source.map(|error| Cause::Rdkafka(Box::new(error))),
             topic: None,
         }
     }
@@ -302,7 +304,7 @@ impl fmt::Display for KafkaError {
 impl std::error::Error for KafkaError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.source {
-            Some(Cause::Rdkafka(error)) => Some(error),
+            Some(Cause::Rdkafka(error)) => Some(&**error),
             Some(Cause::BreakerOpen(open)) => Some(open),
             Some(Cause::BulkheadFull(full)) => Some(full),
             Some(Cause::Refusal(refusal)) => Some(&**refusal),
