@@ -429,11 +429,7 @@ impl Outcome {
 
     /// The `q` quantile of its sends, in nanoseconds.
     fn send_ns(&self, q: f64) -> u32 {
-        if self.sends.is_empty() {
-            return 0;
-        }
-        let at = ((self.sends.len() - 1) as f64 * q).round() as usize;
-        self.sends[at]
+        percentile(&self.sends, q)
     }
 
     /// Seconds from the heal to the end of the first second that delivered at least `FULL` of
@@ -475,6 +471,48 @@ struct ScenarioRun {
     /// The process's resident memory during the fault, lowest and highest, in MiB.
     rss_mib: (f64, f64),
     outcomes: Vec<Outcome>,
+    /// The floors timed in the same turns as the variants' sends (sorted, in ns): two clock
+    /// reads alone, and a bare `ArrayQueue` push (the queue a hand-off is built on, drained by a
+    /// thread every millisecond): what any hand-off costs at this pace, on this machine.
+    floors: [(&'static str, Vec<u32>); 2],
+}
+
+/// The least a hand-off can do, timed beside the variants: a bare queue, drained by a thread
+/// every millisecond as a hand-off's worker would take from it.
+struct BareQueue {
+    queue: Arc<crossbeam_queue::ArrayQueue<Record>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    drainer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BareQueue {
+    fn new() -> Self {
+        let queue = Arc::new(crossbeam_queue::ArrayQueue::new(50_000));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let drainer = {
+            let (queue, stop) = (queue.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    while queue.pop().is_some() {}
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Self {
+            queue,
+            stop,
+            drainer: Some(drainer),
+        }
+    }
+}
+
+impl Drop for BareQueue {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(drainer) = self.drainer.take() {
+            let _ = drainer.join();
+        }
+    }
 }
 
 /// Runs `send` and adds its duration to `sends`.
@@ -523,6 +561,8 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     let total = phases.sending() + phases.settle;
     let mut seconds: [Seconds; 3] = Default::default();
     let mut sends: [Vec<u32>; 3] = Default::default();
+    let mut floors: [Vec<u32>; 2] = Default::default();
+    let bare = BareQueue::new();
     let (mut rss_low, mut rss_high) = (f64::MAX, 0.0f64);
     let mut peak_backlog = [0; 2];
     let mut keyed_offered = [0u64; PARTITIONS as usize];
@@ -545,10 +585,18 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
                 while sent < due.min(phases.sending() * phases.rate) {
                     // Each variant goes first in turn: the one right after raw's `send`
                     // (librdkafka's locks and allocations) starts with colder caches. The
-                    // record is built before the clock starts, as a handler would have it.
-                    for turn in 0..3 {
-                        match (sent as usize + turn) % 3 {
+                    // record is built before the clock starts, as a handler would have it. The
+                    // two floors take their turns too.
+                    for turn in 0..5 {
+                        match (sent as usize + turn) % 5 {
                             0 => timed(&mut sends[0], || raw.send(sent)),
+                            3 => timed(&mut floors[0], || {}),
+                            4 => {
+                                let record = record(sent);
+                                timed(&mut floors[1], || {
+                                    let _ = bare.queue.push(record);
+                                });
+                            }
                             which => {
                                 let (tanker, record) = (&tankers[which - 1], record(sent));
                                 timed(&mut sends[which], || {
@@ -650,12 +698,26 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     }
     drop(raw);
     drop(clusters);
+    drop(bare);
+    let [clock, push] = floors;
     ScenarioRun {
         fault,
         phases: *phases,
         rss_mib: (rss_low, rss_high),
         outcomes,
+        floors: [
+            ("floor: two clock reads alone", sorted(clock)),
+            ("floor: bare `ArrayQueue::push`", sorted(push)),
+        ],
     }
+}
+
+/// The `q` quantile of sorted durations (0 if there are none).
+fn percentile(sorted: &[u32], q: f64) -> u32 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
 fn sorted(mut sends: Vec<u32>) -> Vec<u32> {
@@ -748,6 +810,16 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
                 outcome.send_ns(0.5),
                 outcome.send_ns(0.99),
                 outcome.send_ns(0.999),
+            );
+        }
+        for (name, floor) in &run.floors {
+            let _ = writeln!(
+                out,
+                "| {} | {name} | {} / {} / {} |",
+                run.fault.describe(),
+                percentile(floor, 0.5),
+                percentile(floor, 0.99),
+                percentile(floor, 0.999),
             );
         }
     }

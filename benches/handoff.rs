@@ -19,6 +19,14 @@
 //!    no send wakes it). The cost of the two clock reads alone is its own row, at the steady
 //!    pace and at the sparse ones: a thread that has just woken from a sleep reads the clock
 //!    (and runs any code) on a cold core, so a sparse pace's tail is partly the measurement's.
+//! 3. **`peers`**: `send` side by side with the least a hand-off can do, at sparse paces (one
+//!    per millisecond, one every 4 ms, the same time for each), in one run: each period, every variant offers one
+//!    record after its own sleep, in an order that rotates, so that each starts on a core that
+//!    ran something else meanwhile. The variants: two clock reads alone; one atomic add on a
+//!    counter another thread reads every millisecond; a bare `crossbeam_queue::ArrayQueue` push
+//!    (the queue `send` uses) drained by a thread every millisecond; tokio's
+//!    `mpsc::Sender::try_send` to a task that receives; and `Handoff::send`. The ratios to
+//!    the bare push say what the hand-off adds to the queue it is built on.
 
 mod common;
 
@@ -26,6 +34,10 @@ use common::env_or;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::ArrayQueue;
 use tokio::runtime::{Builder, Runtime};
 use tower::{service_fn, BoxError};
 
@@ -247,6 +259,146 @@ fn latency() {
     println!();
 }
 
+// ---------------------------------------------------------------------------------------------
+// peers
+// ---------------------------------------------------------------------------------------------
+
+/// One way to hand a record over, timed by [`side_by_side`].
+struct Variant<'a> {
+    name: &'static str,
+    offer: Box<dyn FnMut(u64) + 'a>,
+    samples: Vec<u64>,
+}
+
+/// Offers `n` records to every variant, one per variant per `period`, each after its own sleep
+/// (the period is split in equal slots), in an order that rotates every period; returns each
+/// variant's sorted durations in nanoseconds.
+fn side_by_side(variants: &mut [Variant<'_>], n: usize, period: Duration) {
+    let slot = period / variants.len() as u32;
+    let mut next = Instant::now();
+    for i in 0..n {
+        for k in 0..variants.len() {
+            next += slot;
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            let variant = &mut variants[(i + k) % variants.len()];
+            let t0 = Instant::now();
+            (variant.offer)(black_box(i as u64));
+            let t1 = Instant::now();
+            variant.samples.push((t1 - t0).as_nanos() as u64);
+        }
+    }
+    for variant in variants.iter_mut() {
+        variant.samples.sort_unstable();
+    }
+}
+
+fn peers() {
+    let n = env_or("TANKER_BENCH_PEER_SENDS", 20_000) as usize;
+    let rt = runtime();
+    let handoff = handoff(&rt, "peers");
+    // The counter and the bare queue each have a thread that looks at them every millisecond,
+    // as the hand-off's worker does on its fast tick.
+    let stop = Arc::new(AtomicBool::new(false));
+    let counter = Arc::new(AtomicU64::new(0));
+    let queue = Arc::new(ArrayQueue::<u64>::new(50_000));
+    let drainer = {
+        let (stop, counter, queue) = (stop.clone(), counter.clone(), queue.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                seen = seen.max(counter.load(Ordering::Relaxed));
+                while queue.pop().is_some() {}
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            black_box(seen);
+        })
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(50_000);
+    let receiver = rt.spawn(async move { while rx.recv().await.is_some() {} });
+
+    println!("### `send` beside the least a hand-off can do, at sparse paces (ns)\n");
+    println!(
+        "Each period, every variant offers one record after its own sleep, in a rotating \
+         order; {n} records each. Ratios are to the bare `ArrayQueue` push.\n"
+    );
+    println!("| pace | variant | p50 | p99 | p99.9 | max | p50 / p99.9 vs bare push |");
+    println!("|---|---|---|---|---|---|---|");
+    for (pace, period) in [
+        ("1 per ms", Duration::from_millis(1)),
+        ("one every 4 ms", Duration::from_millis(4)),
+    ] {
+        // The same time for each pace.
+        let n = (n as u128 * Duration::from_millis(1).as_nanos() / period.as_nanos()) as usize;
+        let n = n.max(100);
+        eprintln!("[handoff bench] peers: {n} records each, {pace}");
+        let mut variants = vec![
+            Variant {
+                name: "two clock reads alone",
+                offer: Box::new(|_| {}),
+                samples: Vec::new(),
+            },
+            Variant {
+                name: "one atomic add",
+                offer: Box::new(|i| {
+                    counter.fetch_add(i, Ordering::Relaxed);
+                }),
+                samples: Vec::new(),
+            },
+            Variant {
+                name: "bare `ArrayQueue::push`",
+                offer: Box::new(|i| {
+                    assert!(queue.push(i).is_ok(), "the drained queue never fills");
+                }),
+                samples: Vec::new(),
+            },
+            Variant {
+                name: "tokio `mpsc::Sender::try_send`",
+                offer: Box::new(|i| {
+                    assert!(tx.try_send(i).is_ok(), "the received channel never fills");
+                }),
+                samples: Vec::new(),
+            },
+            Variant {
+                name: "`Handoff::send`",
+                offer: Box::new(|i| {
+                    assert_eq!(
+                        handoff.send(i),
+                        Sent::Accepted,
+                        "the queue never fills here"
+                    );
+                }),
+                samples: Vec::new(),
+            },
+        ];
+        side_by_side(&mut variants, n, period);
+        let bare = variants
+            .iter()
+            .find(|v| v.name.starts_with("bare"))
+            .map(|v| (percentile(&v.samples, 50.0), percentile(&v.samples, 99.9)))
+            .expect("the bare push is a variant");
+        for v in &variants {
+            let (p50, p999) = (percentile(&v.samples, 50.0), percentile(&v.samples, 99.9));
+            println!(
+                "| {pace} | {} | {p50} | {} | {p999} | {} | {:.2} / {:.2} |",
+                v.name,
+                percentile(&v.samples, 99.0),
+                v.samples[v.samples.len() - 1],
+                p50 as f64 / bare.0.max(1) as f64,
+                p999 as f64 / bare.1.max(1) as f64,
+            );
+        }
+    }
+    println!();
+    stop.store(true, Ordering::Relaxed);
+    drainer.join().expect("drainer");
+    drop(tx);
+    rt.block_on(receiver).expect("receiver");
+    wait_finished(&handoff);
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -258,5 +410,8 @@ fn main() {
     }
     if wanted("latency") {
         latency();
+    }
+    if wanted("peers") {
+        peers();
     }
 }
