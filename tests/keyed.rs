@@ -264,6 +264,44 @@ async fn beyond_the_open_cap_the_layer_reports_one_outage_until_a_key_heals() {
     next_is(&mut svc, &mut deps, ("healthy", 3)).await;
 }
 
+/// A catch-all key is left out of the open count: with it open, as many other keys may be open
+/// as without it before the layer takes the fault for an outage; and it is still refused with
+/// the others once there is one.
+#[tokio::test(start_paused = true)]
+async fn an_exempt_key_does_not_count_toward_the_open_cap() {
+    let (layer, mut svc, mut deps) = stack(
+        builder()
+            .max_open(1)
+            .exempt_from_max_open(|key| *key == "unknown"),
+    );
+    let handle = layer.handle();
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("unknown", i), Err(())).await;
+    }
+    assert!(refused(&mut svc, ("unknown", 9)).await.is::<BreakerOpen>());
+    assert_eq!(
+        handle.counts().open_keys,
+        0,
+        "the exempt key is not counted"
+    );
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("a", i), Err(())).await;
+    }
+    assert!(refused(&mut svc, ("a", 9)).await.is::<BreakerOpen>());
+    assert_eq!(handle.counts().open_keys, 1);
+    assert!(!handle.outage(), "one counted key open is within the cap");
+    next_is(&mut svc, &mut deps, ("healthy", 0)).await;
+
+    // A second counted key opens: now it is an outage, and every key is refused.
+    for i in 0..2 {
+        let _ = round_trip(&mut svc, &mut deps, ("b", i), Err(())).await;
+    }
+    assert!(refused(&mut svc, ("b", 9)).await.is::<BreakerOpen>());
+    assert_eq!(handle.counts().open_keys, 2);
+    assert!(handle.outage());
+    assert!(refused(&mut svc, ("healthy", 1)).await.is::<BreakerOpen>());
+}
+
 #[tokio::test(start_paused = true)]
 async fn handles_list_each_key_with_its_label_and_control_its_breaker() {
     let layer = KeyedLayer::builder(|r: &Req| r.1)

@@ -39,7 +39,8 @@ use crate::ConfigError;
 /// - a broker whose connection **comes back up** makes its breaker probe at once, so delivery
 ///   resumes within a statistics interval of the heal;
 /// - more than [`max_open`](Self::max_open) brokers open at once is one outage of the cluster:
-///   every record is refused until a broker heals.
+///   every record is refused until a broker heals. The shared compartment of the partitions
+///   without a leader does not count: it is not a broker.
 ///
 /// | setting | default | why |
 /// |---|---|---|
@@ -188,7 +189,8 @@ impl BrokerDomains {
         let builder = KeyedLayer::builder_with_label(key, label)
             .name(name.clone())
             .bulkhead(self.bulkhead.clone())
-            .breaker(self.breaker.clone());
+            .breaker(self.breaker.clone())
+            .exempt_from_max_open(|broker: &BrokerId| *broker == NO_LEADER);
         let builder = match self.max_open {
             Some(max) => builder.max_open(max),
             None => builder.no_max_open(),
@@ -219,3 +221,53 @@ fn label(id: &BrokerId) -> String {
 
 /// The handles of a producer's per-broker compartments and breakers.
 pub type BrokerHandles = KeyedHandle<BrokerId, FaultClassifier>;
+
+#[cfg(test)]
+mod tests {
+    use tower::{Layer, Service, ServiceExt};
+
+    use super::*;
+    use crate::kafka::{KafkaError, KafkaErrorKind, Record};
+
+    /// The partitions without a leader share a compartment that is not a broker: with it open,
+    /// two brokers may still be open each on its own; a third is the cluster's outage.
+    #[tokio::test(start_paused = true)]
+    async fn the_no_leader_compartment_does_not_count_as_an_open_broker() {
+        async fn fail<S: Service<Routed>>(service: &mut S, broker: BrokerId) {
+            let routed = Routed::to(Record::new("t", "x"), 0, broker);
+            let ready = service.ready().await.ok().expect("always ready");
+            assert!(ready.call(routed).await.is_err());
+        }
+
+        let domains = BrokerDomains::new().breaker(
+            BreakerLayer::builder()
+                .classify(FaultClassifier)
+                .consecutive_failures(1),
+        );
+        let layer = domains.layer(&Arc::from("test")).expect("valid settings");
+        let handle = layer.handle();
+        let down = tower::service_fn(|_: Routed| async {
+            Err::<(), _>(KafkaError::new(KafkaErrorKind::BrokerDown, None))
+        });
+        let mut service = layer.layer(down);
+        for broker in [NO_LEADER, 1, 2] {
+            fail(&mut service, broker).await;
+        }
+        assert_eq!(handle.counts().open_keys, 0, "nothing was refused yet");
+        for broker in [NO_LEADER, 1, 2] {
+            fail(&mut service, broker).await;
+        }
+        assert_eq!(
+            handle.counts().open_keys,
+            2,
+            "brokers 1 and 2, not no-leader"
+        );
+        assert!(!handle.outage(), "two open brokers are within max_open (2)");
+        fail(&mut service, 3).await;
+        fail(&mut service, 3).await;
+        assert!(
+            handle.outage(),
+            "a third open broker is the cluster's outage"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use tower_layer::Layer;
 
 use super::handle::KeyedHandle;
 use super::service::Keyed;
-use super::table::{check_templates, LabelFn, Settings, Table};
+use super::table::{check_templates, ExemptFn, LabelFn, Settings, Table};
 use crate::breaker::{BreakerBuilder, BreakerLayer, ErrorsAsFailures};
 use crate::bulkhead::{BulkheadBuilder, BulkheadLayer};
 use crate::ConfigError;
@@ -52,6 +52,7 @@ impl KeyedLayer<(), ()> {
             breaker: BreakerLayer::builder(),
             max_keys: 1024,
             max_open: None,
+            exempt: None,
             request: PhantomData,
         }
     }
@@ -107,6 +108,7 @@ impl<K, F, C> fmt::Debug for KeyedLayer<K, F, C> {
 /// | [`breaker`](Self::breaker) | [`BreakerLayer::builder()`] | the breaker each key gets, with the template's thresholds and classifier |
 /// | [`max_keys`](Self::max_keys) | 1024 | bounds the memory and the metric series; idle keys make room for new ones |
 /// | [`max_open`](Self::max_open) | none | without a cap, any number of keys may be open, each on its own |
+/// | [`exempt_from_max_open`](Self::exempt_from_max_open) | none | every key counts toward the cap |
 pub struct KeyedBuilder<Request, K, F, C = ErrorsAsFailures> {
     key: F,
     label: LabelFn<K>,
@@ -115,6 +117,7 @@ pub struct KeyedBuilder<Request, K, F, C = ErrorsAsFailures> {
     breaker: BreakerBuilder<C>,
     max_keys: usize,
     max_open: Option<usize>,
+    exempt: Option<ExemptFn<K>>,
     request: PhantomData<fn(&Request)>,
 }
 
@@ -152,6 +155,7 @@ impl<Request, K, F, C> KeyedBuilder<Request, K, F, C> {
             breaker: template,
             max_keys: self.max_keys,
             max_open: self.max_open,
+            exempt: self.exempt,
             request: PhantomData,
         }
     }
@@ -180,6 +184,19 @@ impl<Request, K, F, C> KeyedBuilder<Request, K, F, C> {
     /// Removes the cap on open keys (the default).
     pub fn no_max_open(mut self) -> Self {
         self.max_open = None;
+        self
+    }
+
+    /// Keys for which `exempt` holds never count toward [`max_open`](Self::max_open): a
+    /// catch-all key (the calls whose destination is not known yet, say), whose trouble says
+    /// nothing about how many of the dependency's hosts are sick. Such a key still has its own
+    /// breaker and compartment, and is refused with the others during an outage. Asked once per
+    /// key, when the key enters the table.
+    pub fn exempt_from_max_open(
+        mut self,
+        exempt: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.exempt = Some(Box::new(exempt));
         self
     }
 }
@@ -220,6 +237,7 @@ where
             breaker: self.breaker,
             max_keys: self.max_keys,
             max_open: self.max_open,
+            exempt: self.exempt,
         });
         Ok(KeyedLayer {
             table: Arc::new(table),
@@ -235,6 +253,7 @@ impl<Request, K, F, C> fmt::Debug for KeyedBuilder<Request, K, F, C> {
             .field("bulkhead", &self.bulkhead)
             .field("max_keys", &self.max_keys)
             .field("max_open", &self.max_open)
+            .field("exempt_from_max_open", &self.exempt.is_some())
             .finish()
     }
 }

@@ -30,6 +30,10 @@ use crate::{ConfigError, Domain};
 /// How a key's label is made from the key.
 pub(crate) type LabelFn<K> = Box<dyn Fn(&K) -> String + Send + Sync>;
 
+/// Whether a key is left out of the open count (see
+/// [`KeyedBuilder::exempt_from_max_open`](super::KeyedBuilder::exempt_from_max_open)).
+pub(crate) type ExemptFn<K> = Box<dyn Fn(&K) -> bool + Send + Sync>;
+
 /// `retry_after` unknown (none seen yet), in [`Table::retry_after`].
 const NO_RETRY: u64 = u64::MAX;
 
@@ -43,6 +47,8 @@ pub(crate) struct KeyEntry<C> {
     touched: AtomicBool,
     /// Whether the key is counted among the open keys.
     ejection: Ejection,
+    /// Whether the key never counts among the open keys.
+    exempt: bool,
 }
 
 impl<C> KeyEntry<C> {
@@ -116,6 +122,7 @@ pub(crate) struct Settings<K, C> {
     pub(crate) breaker: BreakerBuilder<C>,
     pub(crate) max_keys: usize,
     pub(crate) max_open: Option<usize>,
+    pub(crate) exempt: Option<ExemptFn<K>>,
 }
 
 /// The table's metric handles (empty without the `metrics` feature).
@@ -285,6 +292,7 @@ where
             bulkhead,
             touched: AtomicBool::new(true),
             ejection: Ejection::new(),
+            exempt: settings.exempt.as_ref().is_some_and(|exempt| exempt(key)),
         })
     }
 
@@ -349,6 +357,9 @@ where
         if let Some(after) = retry_after {
             let nanos = u64::try_from(after.as_nanos()).unwrap_or(NO_RETRY - 1);
             self.retry_after.store(nanos, Ordering::Relaxed);
+        }
+        if entry.exempt {
+            return;
         }
         let Some(open) = self.open.open(&entry.ejection) else {
             return;
