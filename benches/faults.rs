@@ -477,6 +477,31 @@ struct ScenarioRun {
     floors: [(&'static str, Vec<u32>); 2],
 }
 
+/// A random order of the five timed senders (raw, tanker, layers, the two floors) for each
+/// record: a Fisher-Yates shuffle driven by xorshift, fixed seed.
+struct Turns {
+    state: u64,
+}
+
+impl Turns {
+    fn new() -> Self {
+        Self {
+            state: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+
+    fn next(&mut self) -> [usize; 5] {
+        let mut order = [0, 1, 2, 3, 4];
+        for i in (1..order.len()).rev() {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            order.swap(i, (self.state % (i as u64 + 1)) as usize);
+        }
+        order
+    }
+}
+
 /// The least a hand-off can do, timed beside the variants: a bare queue, drained by a thread
 /// every millisecond as a hand-off's worker would take from it.
 struct BareQueue {
@@ -563,6 +588,7 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     let mut sends: [Vec<u32>; 3] = Default::default();
     let mut floors: [Vec<u32>; 2] = Default::default();
     let bare = BareQueue::new();
+    let mut order = Turns::new();
     let (mut rss_low, mut rss_high) = (f64::MAX, 0.0f64);
     let mut peak_backlog = [0; 2];
     let mut keyed_offered = [0u64; PARTITIONS as usize];
@@ -583,12 +609,12 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
             if second < phases.sending() {
                 let due = (start.elapsed().as_secs_f64() * phases.rate as f64) as u64;
                 while sent < due.min(phases.sending() * phases.rate) {
-                    // Each variant goes first in turn: the one right after raw's `send`
-                    // (librdkafka's locks and allocations) starts with colder caches. The
-                    // record is built before the clock starts, as a handler would have it. The
-                    // two floors take their turns too.
-                    for turn in 0..5 {
-                        match (sent as usize + turn) % 5 {
+                    // The five take turns in a random order each time, so that each comes
+                    // right after raw's `send` (librdkafka's locks and allocations: colder
+                    // caches) as often as the others. The record is built before the clock
+                    // starts, as a handler would have it.
+                    for which in order.next() {
+                        match which {
                             0 => timed(&mut sends[0], || raw.send(sent)),
                             3 => timed(&mut floors[0], || {}),
                             4 => {
@@ -795,8 +821,8 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
     }
     let _ = writeln!(
         out,
-        "\n`send` latency over the whole run (ns, two clock reads included; the variants take turns \
-         going first; tanker's record is built before the clock starts, raw's `BaseRecord` inside \
+        "\n`send` latency over the whole run (ns, two clock reads included; the variants and the two \
+         floors go in a random order for each record; tanker's record is built before the clock starts, raw's `BaseRecord` inside \
          it, without allocating), and the process's resident memory during the fault (every variant shares the process):\n\n\
          | fault | variant | p50 / p99 / p99.9 |\n|---|---|---|"
     );
