@@ -125,32 +125,70 @@ fn is_dependency_fault(error: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 pin_project! {
-    /// A call in the stack, with a copy of its record in case the stack gives it back.
-    struct Tracked<F, Req> {
+    /// A call in the stack, with the place of its record in the worker's [`InFlight`].
+    struct Tracked<F> {
         #[pin]
         call: F,
-        record: Option<Held<Req>>,
+        place: u32,
     }
 }
 
-impl<F: Future, Req> Future for Tracked<F, Req> {
-    type Output = (F::Output, Held<Req>);
+impl<F: Future> Future for Tracked<F> {
+    type Output = (F::Output, u32);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let output = std::task::ready!(this.call.poll(cx));
-        let record = this
-            .record
-            .take()
-            .expect("a Tracked call is polled after it ended");
-        Poll::Ready((output, record))
+        Poll::Ready((output, *this.place))
     }
 }
 
-type Call<F, Req> = Tracked<CatchUnwind<AssertUnwindSafe<F>>, Req>;
+type Call<F> = Tracked<CatchUnwind<AssertUnwindSafe<F>>>;
 
 /// How a call ended (its result, or the panic it raised), with its record.
 type CallEnd<R, E, Req> = (Result<Result<R, E>, Box<dyn Any + Send>>, Held<Req>);
+
+/// The records of the calls in the stack, each kept (with a copy of its request, in case the
+/// stack gives it back) in a place of its own rather than in its call's future: every call is
+/// one allocation of the set of calls, and the record would make it twice as large. A slab:
+/// places are reused, so it grows to the most calls ever in flight (at most `concurrency`).
+struct InFlight<Req> {
+    places: Vec<Option<Held<Req>>>,
+    free: Vec<u32>,
+}
+
+impl<Req> InFlight<Req> {
+    fn new() -> Self {
+        Self {
+            places: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    /// Keeps `record` and returns its place.
+    fn insert(&mut self, record: Held<Req>) -> u32 {
+        match self.free.pop() {
+            Some(place) => {
+                self.places[place as usize] = Some(record);
+                place
+            }
+            None => {
+                self.places.push(Some(record));
+                // At most `concurrency` places, which `Worker::new` caps at `u32::MAX`.
+                u32::try_from(self.places.len() - 1).expect("at most u32::MAX calls in flight")
+            }
+        }
+    }
+
+    /// The record at `place`, which is free again.
+    fn remove(&mut self, place: u32) -> Held<Req> {
+        let record = self.places[place as usize]
+            .take()
+            .expect("a call's record is taken once, when the call ends");
+        self.free.push(place);
+        record
+    }
+}
 
 /// What [`Worker::start`] did with a record.
 enum Start {
@@ -195,7 +233,9 @@ where
     /// the hand-off is closed.
     service: Option<S>,
     concurrency: usize,
-    calls: FuturesUnordered<Call<S::Future, Req>>,
+    calls: FuturesUnordered<Call<S::Future>>,
+    /// The records of `calls`.
+    in_flight: InFlight<Req>,
     /// A record taken while the service was not ready.
     held: Option<Held<Req>>,
     /// Records the stack gave back (parked), by the domain that refused them, each domain with
@@ -268,8 +308,10 @@ where
         Self {
             shared,
             service: Some(service),
-            concurrency,
+            // Each call in flight has a place numbered by a u32 (see `InFlight`).
+            concurrency: concurrency.min(u32::MAX as usize),
             calls: FuturesUnordered::new(),
+            in_flight: InFlight::new(),
             held: None,
             lot,
             lot_share: LOT_SHARE,
@@ -586,7 +628,7 @@ where
                 match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
                     Ok(call) => self.calls.push(Tracked {
                         call: AssertUnwindSafe(call).catch_unwind(),
-                        record: Some(record),
+                        place: self.in_flight.insert(record),
                     }),
                     Err(panic) => {
                         self.panicked("call", &*panic);
@@ -616,12 +658,13 @@ where
     fn finish_ready(&mut self, cx: &mut Context<'_>, budget: &mut u32) -> bool {
         let mut any = false;
         while *budget > 0 {
-            let Poll::Ready(Some(result)) = self.calls.poll_next_unpin(cx) else {
+            let Poll::Ready(Some((result, place))) = self.calls.poll_next_unpin(cx) else {
                 break;
             };
             *budget -= 1;
             any = true;
-            self.finish(result);
+            let record = self.in_flight.remove(place);
+            self.finish((result, record));
         }
         any
     }
