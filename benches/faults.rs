@@ -51,7 +51,7 @@ use tower::ServiceBuilder;
 
 use tanker::breaker::BreakerLayer;
 use tanker::bulkhead::BulkheadLayer;
-use tanker::handoff::Handoff;
+use tanker::handoff::{Handoff, Sent};
 use tanker::kafka::{FaultClassifier, KafkaService, Record};
 use tanker::ServiceBuilderExt;
 use tower::Service as _;
@@ -417,6 +417,8 @@ struct Outcome {
     detail: String,
     /// The duration of each of its `send` calls, in nanoseconds, sorted.
     sends: Vec<u32>,
+    /// tanker's variants: the same, split by what `send` answered (`Dropped`, `Accepted`).
+    by_answer: Option<[Vec<u32>; 2]>,
     /// Times its breakers opened (tanker's variants).
     breakers_opened: Option<u64>,
     balanced: Option<bool>,
@@ -540,11 +542,13 @@ impl Drop for BareQueue {
     }
 }
 
-/// Runs `send` and adds its duration to `sends`.
-fn timed(sends: &mut Vec<u32>, send: impl FnOnce()) {
+/// Runs `send`, adds its duration (ns) to `sends` and returns it.
+fn timed(sends: &mut Vec<u32>, send: impl FnOnce()) -> u32 {
     let start = Instant::now();
     send();
-    sends.push(u32::try_from(start.elapsed().as_nanos()).unwrap_or(u32::MAX));
+    let took = u32::try_from(start.elapsed().as_nanos()).unwrap_or(u32::MAX);
+    sends.push(took);
+    took
 }
 
 /// Per-second counts of one variant.
@@ -587,6 +591,8 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
     let mut seconds: [Seconds; 3] = Default::default();
     let mut sends: [Vec<u32>; 3] = Default::default();
     let mut floors: [Vec<u32>; 2] = Default::default();
+    // tanker's variants' sends, split by answer: [dropped, accepted].
+    let mut by_answer: [[Vec<u32>; 2]; 2] = Default::default();
     let bare = BareQueue::new();
     let mut order = Turns::new();
     let (mut rss_low, mut rss_high) = (f64::MAX, 0.0f64);
@@ -615,8 +621,12 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
                     // starts, as a handler would have it.
                     for which in order.next() {
                         match which {
-                            0 => timed(&mut sends[0], || raw.send(sent)),
-                            3 => timed(&mut floors[0], || {}),
+                            0 => {
+                                timed(&mut sends[0], || raw.send(sent));
+                            }
+                            3 => {
+                                timed(&mut floors[0], || {});
+                            }
                             4 => {
                                 let record = record(sent);
                                 timed(&mut floors[1], || {
@@ -625,9 +635,12 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
                             }
                             which => {
                                 let (tanker, record) = (&tankers[which - 1], record(sent));
-                                timed(&mut sends[which], || {
-                                    let _ = tanker.handoff.send(record);
+                                let mut answer = Sent::Accepted;
+                                let took = timed(&mut sends[which], || {
+                                    answer = tanker.handoff.send(record);
                                 });
+                                by_answer[which - 1][usize::from(answer == Sent::Accepted)]
+                                    .push(took);
                             }
                         }
                     }
@@ -684,14 +697,16 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
             raw.producer.in_flight_count()
         ),
         sends: sorted(raw_sends),
+        by_answer: None,
         breakers_opened: None,
         balanced: None,
     };
     let mut outcomes = vec![raw_outcome];
-    for ((tanker, seconds), (sends, peak)) in tankers
+    for (((tanker, seconds), (sends, peak)), answers) in tankers
         .into_iter()
         .zip([builtin_seconds, layers_seconds])
         .zip([builtin_sends, layers_sends].into_iter().zip(peak_backlog))
+        .zip(by_answer)
     {
         let counts = rt
             .block_on(tanker.handoff.close(Duration::from_secs(5)))
@@ -718,6 +733,7 @@ fn scenario(rt: &Runtime, fault: Fault, phases: &Phases) -> ScenarioRun {
                 tanker.per_broker(),
             ),
             sends: sorted(sends),
+            by_answer: Some(answers.map(sorted)),
             breakers_opened: Some(tanker.breakers_opened()),
             balanced: Some(counts.is_balanced() && counts.pending() == 0),
         });
@@ -837,6 +853,23 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
                 outcome.send_ns(0.99),
                 outcome.send_ns(0.999),
             );
+        }
+        for outcome in &run.outcomes {
+            let Some(answers) = &outcome.by_answer else {
+                continue;
+            };
+            for (answer, sends) in ["Dropped", "Accepted"].iter().zip(answers) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {}, sends answered `{answer}` ({}) | {} / {} / {} |",
+                    run.fault.describe(),
+                    outcome.name,
+                    sends.len(),
+                    percentile(sends, 0.5),
+                    percentile(sends, 0.99),
+                    percentile(sends, 0.999),
+                );
+            }
         }
         for (name, floor) in &run.floors {
             let _ = writeln!(
