@@ -859,6 +859,9 @@ fn report(runs: &[ScenarioRun], phases: &Phases) -> String {
                 continue;
             };
             for (answer, sends) in ["Dropped", "Accepted"].iter().zip(answers) {
+                if sends.is_empty() {
+                    continue;
+                }
                 let _ = writeln!(
                     out,
                     "| {} | {}, sends answered `{answer}` ({}) | {} / {} / {} |",
