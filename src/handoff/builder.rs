@@ -197,7 +197,8 @@ impl<W> HandoffBuilder<W> {
         self
     }
 
-    /// The most calls the worker keeps in flight through the stack at once. At least 1.
+    /// The most calls the worker keeps in flight through the stack at once. At least 1 (and at
+    /// most `u32::MAX`: more is taken as that).
     ///
     /// The worker polls each call as it starts it, so a call that answers at once never counts
     /// against a smaller bulkhead further down: a burst is shed only if the dependency really is
@@ -344,9 +345,9 @@ impl<W> HandoffBuilder<W> {
             self.park,
             self.retry_failed,
         );
-        // Each call ends on a channel that counts against tokio's cooperative budget; with
-        // thousands of calls in flight that budget, not the work, would pace the worker. It keeps
-        // its own budget instead (`worker::BUDGET`), and yields after that many records.
+        // A call may end on a channel or a timer that counts against tokio's cooperative budget;
+        // with thousands of calls in flight that budget, not the work, would pace the worker. It
+        // keeps its own budget instead (`worker::BUDGET`), and yields after that many records.
         runtime.spawn(tokio::task::unconstrained(worker.run()));
         Ok(Handoff::new(shared))
     }

@@ -17,7 +17,7 @@ use super::leaders::Leaders;
 
 use super::error::{Fault, KafkaError, KafkaErrorKind};
 use super::record::Delivery;
-use super::reply::Reply;
+use super::reply::{Reply, ReplyGuard};
 use crate::metrics as names;
 use crate::telemetry::{Counter, Gauge, Labels, Throttle};
 
@@ -140,6 +140,7 @@ impl ProducerContext for ProducerState {
     type DeliveryOpaque = Arc<Reply>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, reply: Arc<Reply>) {
+        let reply = ReplyGuard::new(reply);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.publish_in_flight();
         let outcome = match result {

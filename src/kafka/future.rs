@@ -89,8 +89,9 @@ pub(super) struct DeliveryFuture {
 
 enum DeliveryState {
     Waiting(Arc<Reply>),
-    /// Boxed: a refusal is rare, and every call's future would otherwise carry the error's
-    /// room (a hand-off keeps thousands of them in flight).
+    /// Boxed: every call's future would otherwise carry the error's room (a hand-off keeps
+    /// thousands of them in flight), while a record refused at once (a full librdkafka queue,
+    /// which a hand-off's concurrency keeps far away) pays an allocation.
     Failed(Option<Box<KafkaError>>),
 }
 

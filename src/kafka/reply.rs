@@ -3,13 +3,19 @@
 //!
 //! One allocation per record: librdkafka holds one `Arc` of the slot as the record's opaque
 //! value (rdkafka turns an `Arc` into the C pointer and back), the future holds the other. A
-//! channel would cost two (the channel, and a box for its sender to become a pointer), and one of
-//! them would be freed by librdkafka's thread, across threads, on every record.
+//! channel would cost two (the channel, and a box for its sender to become a pointer), and the
+//! box would be freed by librdkafka's thread, across threads, on every record. The slot is
+//! freed by whichever side lets go last: the waiting call, unless it was dropped first.
+//!
+//! librdkafka reports every record it accepted exactly once: delivered, failed, or purged when
+//! the producer is dropped (a purge is a [`Closed`](super::KafkaErrorKind::Closed) error). The
+//! context's `delivery` holds the slot in a [`ReplyGuard`], which fills it with `Closed` if the
+//! report panics before it is sent, so a waiting call always ends.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use super::error::KafkaError;
+use super::error::{KafkaError, KafkaErrorKind};
 use super::record::Delivery;
 
 /// A record's outcome, as its delivery report says.
@@ -46,8 +52,8 @@ impl Reply {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Fills the slot with the record's outcome and wakes the call, if it waits. A second
-    /// report for the same record (librdkafka sends one) is ignored.
+    /// Fills the slot with the record's outcome and wakes the call, if it waits; a call that
+    /// was dropped is woken for nothing. Only the first outcome counts.
     pub(super) fn send(&self, outcome: Outcome) {
         let waker = {
             let mut state = self.state();
@@ -87,13 +93,39 @@ impl Reply {
     }
 }
 
+/// A record's slot while its delivery report is being made: filled with a
+/// [`Closed`](KafkaErrorKind::Closed) error if dropped before [`send`](Self::send) (a panic in
+/// the report's bookkeeping, a metrics recorder's say), so that the waiting call still ends, as
+/// a dropped channel would have ended it.
+pub(super) struct ReplyGuard(Option<Arc<Reply>>);
+
+impl ReplyGuard {
+    pub(super) fn new(reply: Arc<Reply>) -> Self {
+        Self(Some(reply))
+    }
+
+    /// Sends the record's outcome.
+    pub(super) fn send(mut self, outcome: Outcome) {
+        if let Some(reply) = self.0.take() {
+            reply.send(outcome);
+        }
+    }
+}
+
+impl Drop for ReplyGuard {
+    fn drop(&mut self) {
+        if let Some(reply) = self.0.take() {
+            reply.send(Err(KafkaError::new(KafkaErrorKind::Closed, None)));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::task::Wake;
 
     use super::*;
-    use crate::kafka::KafkaErrorKind;
 
     struct Count(AtomicUsize);
 
@@ -160,6 +192,29 @@ mod tests {
         sender.send(delivery());
         assert_eq!(first.0.load(Ordering::SeqCst), 0);
         assert_eq!(second.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_report_that_never_came_ends_the_call_as_closed() {
+        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        let (sender, receiver) = Reply::pair();
+        assert!(receiver.poll(&mut cx).is_pending());
+        // The report's bookkeeping panicked: the guard is dropped unsent.
+        let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _guard = ReplyGuard::new(sender);
+            panic!("a recorder panicked");
+        }));
+        assert!(unwound.is_err());
+        match receiver.poll(&mut cx) {
+            Poll::Ready(Some(Err(e))) => assert_eq!(e.kind(), KafkaErrorKind::Closed),
+            other => panic!("expected Closed, got {other:?}"),
+        }
+
+        // Sent: the guard adds nothing after the outcome.
+        let (sender, receiver) = Reply::pair();
+        ReplyGuard::new(sender).send(delivery());
+        assert!(matches!(receiver.poll(&mut cx), Poll::Ready(Some(Ok(_)))));
     }
 
     #[test]

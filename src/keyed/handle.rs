@@ -152,7 +152,8 @@ pub struct KeyedCounts {
     /// How many keys the table holds.
     pub keys: usize,
     /// How many keys are counted open: keys whose breaker rejected a call or let a probe
-    /// through, and has not let an ordinary call through since.
+    /// through, and has not let an ordinary call through since. Keys exempt from the cap
+    /// ([`exempt_from_max_open`](super::KeyedBuilder::exempt_from_max_open)) never count.
     pub open_keys: usize,
     /// Idle keys evicted to make room for new ones since the layer was built.
     pub evicted: u64,

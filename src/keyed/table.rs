@@ -354,12 +354,13 @@ where
     /// remembers its `retry_after` for refusals during an outage.
     #[cold]
     pub(crate) fn mark_open(&self, entry: &KeyEntry<C>, retry_after: Option<Duration>) {
+        // An exempt key is no part of an outage: neither its count nor its wait.
+        if entry.exempt {
+            return;
+        }
         if let Some(after) = retry_after {
             let nanos = u64::try_from(after.as_nanos()).unwrap_or(NO_RETRY - 1);
             self.retry_after.store(nanos, Ordering::Relaxed);
-        }
-        if entry.exempt {
-            return;
         }
         let Some(open) = self.open.open(&entry.ejection) else {
             return;
