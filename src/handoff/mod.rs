@@ -99,6 +99,7 @@ mod counts;
 mod doorbell;
 mod error;
 mod front;
+mod in_flight;
 mod parking;
 mod publish;
 mod shared;

@@ -11,13 +11,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::future::{CatchUnwind, FutureExt};
-use futures_util::stream::{FuturesUnordered, StreamExt};
-use pin_project_lite::pin_project;
 use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 use tower::BoxError;
 use tower_service::Service;
 
+use super::in_flight::InFlight;
 use super::parking::{Held, Lot, Refused};
 use super::shared::{Fate, Shared};
 use crate::rejection::chain;
@@ -124,71 +123,10 @@ fn is_dependency_fault(error: &(dyn std::error::Error + 'static)) -> bool {
     })
 }
 
-pin_project! {
-    /// A call in the stack, with the place of its record in the worker's [`InFlight`].
-    struct Tracked<F> {
-        #[pin]
-        call: F,
-        place: u32,
-    }
-}
-
-impl<F: Future> Future for Tracked<F> {
-    type Output = (F::Output, u32);
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let output = std::task::ready!(this.call.poll(cx));
-        Poll::Ready((output, *this.place))
-    }
-}
-
-type Call<F> = Tracked<CatchUnwind<AssertUnwindSafe<F>>>;
+type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
 
 /// How a call ended (its result, or the panic it raised), with its record.
 type CallEnd<R, E, Req> = (Result<Result<R, E>, Box<dyn Any + Send>>, Held<Req>);
-
-/// The records of the calls in the stack, each kept (with a copy of its request, in case the
-/// stack gives it back) in a place of its own rather than in its call's future: every call is
-/// one allocation of the set of calls, and the record would make it twice as large. A slab:
-/// places are reused, so it grows to the most calls ever in flight (at most `concurrency`).
-struct InFlight<Req> {
-    places: Vec<Option<Held<Req>>>,
-    free: Vec<u32>,
-}
-
-impl<Req> InFlight<Req> {
-    fn new() -> Self {
-        Self {
-            places: Vec::new(),
-            free: Vec::new(),
-        }
-    }
-
-    /// Keeps `record` and returns its place.
-    fn insert(&mut self, record: Held<Req>) -> u32 {
-        match self.free.pop() {
-            Some(place) => {
-                self.places[place as usize] = Some(record);
-                place
-            }
-            None => {
-                self.places.push(Some(record));
-                // At most `concurrency` places, which `Worker::new` caps at `u32::MAX`.
-                u32::try_from(self.places.len() - 1).expect("at most u32::MAX calls in flight")
-            }
-        }
-    }
-
-    /// The record at `place`, which is free again.
-    fn remove(&mut self, place: u32) -> Held<Req> {
-        let record = self.places[place as usize]
-            .take()
-            .expect("a call's record is taken once, when the call ends");
-        self.free.push(place);
-        record
-    }
-}
 
 /// What [`Worker::start`] did with a record.
 enum Start {
@@ -233,9 +171,9 @@ where
     /// the hand-off is closed.
     service: Option<S>,
     concurrency: usize,
-    calls: FuturesUnordered<Call<S::Future>>,
-    /// The records of `calls`.
-    in_flight: InFlight<Req>,
+    /// The calls in the stack, each with its record (kept, with a copy of its request, in case
+    /// the stack gives it back).
+    calls: InFlight<Call<S::Future>, Held<Req>>,
     /// A record taken while the service was not ready.
     held: Option<Held<Req>>,
     /// Records the stack gave back (parked), by the domain that refused them, each domain with
@@ -308,10 +246,9 @@ where
         Self {
             shared,
             service: Some(service),
-            // Each call in flight has a place numbered by a u32 (see `InFlight`).
+            // Each call in flight has a berth numbered by a u32 (see `InFlight::push`).
             concurrency: concurrency.min(u32::MAX as usize),
-            calls: FuturesUnordered::new(),
-            in_flight: InFlight::new(),
+            calls: InFlight::new(),
             held: None,
             lot,
             lot_share: LOT_SHARE,
@@ -626,10 +563,9 @@ where
                     return Start::Done;
                 };
                 match catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-                    Ok(call) => self.calls.push(Tracked {
-                        call: AssertUnwindSafe(call).catch_unwind(),
-                        place: self.in_flight.insert(record),
-                    }),
+                    Ok(call) => self
+                        .calls
+                        .push(AssertUnwindSafe(call).catch_unwind(), record),
                     Err(panic) => {
                         self.panicked("call", &*panic);
                         self.done(record, Fate::Failed);
@@ -658,13 +594,12 @@ where
     fn finish_ready(&mut self, cx: &mut Context<'_>, budget: &mut u32) -> bool {
         let mut any = false;
         while *budget > 0 {
-            let Poll::Ready(Some((result, place))) = self.calls.poll_next_unpin(cx) else {
+            let Poll::Ready(Some(end)) = self.calls.poll_next(cx) else {
                 break;
             };
             *budget -= 1;
             any = true;
-            let record = self.in_flight.remove(place);
-            self.finish((result, record));
+            self.finish(end);
         }
         any
     }
