@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Model-checks tanker's lock-free protocols with loom: every interleaving of the bulkhead's
-# admission, the breaker's state word and window, and the hand-off's counters, up to a bound on
+# admission, the breaker's state word and window, the hand-off's counters and doorbell, and the
+# wake marks of the hand-off worker's calls in flight, up to a bound on
 # preemptions (LOOM_MAX_PREEMPTIONS, 3 by default: a few minutes on two cores).
 #
 # The library is built with `--cfg tanker_loom` (src/sync.rs swaps the atomics) into its own

@@ -103,6 +103,7 @@ mod in_flight;
 mod parking;
 mod publish;
 mod shared;
+mod wake_marks;
 mod weigh;
 mod worker;
 

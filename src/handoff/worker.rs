@@ -274,7 +274,7 @@ where
 
     pub(crate) async fn run(mut self) {
         // If the worker ends any other way (a panic outside the guarded call sites, such as a
-        // response's or an error's `Drop`; the runtime shutting down), the hand-off closes and
+        // call's future's, a response's or an error's `Drop`; the runtime shutting down), the hand-off closes and
         // `close` returns instead of waiting for a worker that is gone; what was pending stays
         // counted as pending.
         let ended = WorkerGone::armed(self.shared.clone());
