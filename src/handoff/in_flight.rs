@@ -150,26 +150,8 @@ mod tests {
     use futures::task::noop_waker_ref;
     use std::sync::atomic::AtomicUsize;
     use std::sync::{Arc, Mutex};
-    use std::task::Wake;
 
-    /// A waker that counts its wakes.
-    #[derive(Default)]
-    struct Counting(AtomicUsize);
-
-    impl Wake for Counting {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
-    impl Counting {
-        fn wakes(&self) -> usize {
-            self.0.load(std::sync::atomic::Ordering::SeqCst)
-        }
-    }
+    use crate::handoff::wake_marks::tests::Counting;
 
     type Set = InFlight<oneshot::Receiver<u32>, &'static str>;
 

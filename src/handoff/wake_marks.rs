@@ -150,13 +150,13 @@ impl WakeMarks {
 }
 
 #[cfg(all(test, not(tanker_loom)))]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
 
-    /// A waker that counts its wakes.
+    /// A waker that counts its wakes (the worker's task, in these tests and `in_flight`'s).
     #[derive(Default)]
-    struct Counting(AtomicUsize);
+    pub(in crate::handoff) struct Counting(AtomicUsize);
 
     impl Wake for Counting {
         fn wake(self: Arc<Self>) {
@@ -164,6 +164,12 @@ mod tests {
         }
         fn wake_by_ref(self: &Arc<Self>) {
             self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl Counting {
+        pub(in crate::handoff) fn wakes(&self) -> usize {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -190,11 +196,11 @@ mod tests {
         for berth in [5, 70, 71, 130, 5] {
             wakers[berth].wake_by_ref();
         }
-        assert_eq!(worker.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(worker.wakes(), 1);
         assert_eq!(look(&marks, &cx), vec![5, 70, 71, 130]);
         assert!(look(&marks, &cx).is_empty(), "a look takes the marks");
         wakers[71].wake_by_ref();
-        assert_eq!(worker.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(worker.wakes(), 2);
         assert_eq!(look(&marks, &cx), vec![71]);
     }
 
@@ -249,10 +255,10 @@ mod tests {
                     break;
                 }
                 // Wait for a wake, as the worker's task would.
-                while woken.0.load(std::sync::atomic::Ordering::SeqCst) == seen_wakes {
+                while woken.wakes() == seen_wakes {
                     std::thread::yield_now();
                 }
-                seen_wakes = woken.0.load(std::sync::atomic::Ordering::SeqCst);
+                seen_wakes = woken.wakes();
             }
             done_tx.send(()).unwrap();
         });
