@@ -203,6 +203,11 @@ impl<W> HandoffBuilder<W> {
     /// The worker polls each call as it starts it, so a call that answers at once never counts
     /// against a smaller bulkhead further down: a burst is shed only if the dependency really is
     /// slower than the burst.
+    ///
+    /// The worker keeps a place for each call it has had in flight at once (a box the size of
+    /// the stack's response future, and a waker), reused for later calls so that a call costs
+    /// no allocation: that memory grows to the most calls ever in flight at once, bounded by
+    /// this setting, and is given back when the worker ends.
     pub fn concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency;
         self
