@@ -82,7 +82,9 @@ fn random_start() -> u64 {
 #[derive(Default)]
 pub(super) struct LeaderMap {
     version: u64,
-    topics: HashMap<Box<str>, Arc<TopicLeaders>>,
+    /// Looked up for every record, hence foldhash (as the keyed layer's table); the names are
+    /// the producer's own topics.
+    topics: HashMap<Box<str>, Arc<TopicLeaders>, foldhash::fast::RandomState>,
 }
 
 impl LeaderMap {
@@ -223,7 +225,10 @@ impl Leaders {
         }
         let mut map = LeaderMap {
             version: old.version + 1,
-            topics: HashMap::with_capacity(old.topics.len().max(topics.len())),
+            topics: HashMap::with_capacity_and_hasher(
+                old.topics.len().max(topics.len()),
+                Default::default(),
+            ),
         };
         for (name, known) in &old.topics {
             map.topics.insert(name.clone(), known.clone());

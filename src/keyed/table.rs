@@ -89,10 +89,19 @@ impl<C> KeyEntry<C> {
     }
 }
 
+/// A version's map of keys to their entries.
+///
+/// Hashed with foldhash, seeded at random per table, rather than the standard library's
+/// SipHash: a lookup is on every call's path, and SipHash alone cost a keyed call more than
+/// everything else the layer adds (`cargo bench --bench overhead -- keyed`). Keys may come from
+/// requests (a host header), so the seed is random, and the table is bounded by `max_keys`:
+/// colliding keys chosen by a client could slow lookups to at most a walk of that many entries.
+type Entries<K, C> = HashMap<K, Arc<KeyEntry<C>>, foldhash::quality::RandomState>;
+
 /// The map as one version of the table saw it; never changed once published.
 pub(crate) struct Snapshot<K, C> {
     version: u64,
-    entries: HashMap<K, Arc<KeyEntry<C>>>,
+    entries: Entries<K, C>,
 }
 
 impl<K: Hash + Eq, C> Snapshot<K, C> {
@@ -183,7 +192,7 @@ where
     pub(crate) fn new(settings: Settings<K, C>) -> Self {
         let empty = Arc::new(Snapshot {
             version: 0,
-            entries: HashMap::new(),
+            entries: Entries::default(),
         });
         Self {
             metrics: TableMetrics::new(&settings.name),
@@ -296,7 +305,7 @@ where
         })
     }
 
-    fn publish(&self, keys: &mut Keys<K, C>, entries: HashMap<K, Arc<KeyEntry<C>>>) {
+    fn publish(&self, keys: &mut Keys<K, C>, entries: Entries<K, C>) {
         let version = keys.snapshot.version + 1;
         self.metrics.keys.set(entries.len() as u64);
         keys.snapshot = Arc::new(Snapshot { version, entries });
