@@ -82,8 +82,8 @@ fn random_start() -> u64 {
 #[derive(Default)]
 pub(super) struct LeaderMap {
     version: u64,
-    /// Looked up for every record, hence foldhash (as the keyed layer's table); the names are
-    /// the producer's own topics.
+    /// Looked up for every record, hence foldhash rather than SipHash; no resistance to chosen
+    /// collisions is needed, since the names are the producer's own topics.
     topics: HashMap<Box<str>, Arc<TopicLeaders>, foldhash::fast::RandomState>,
 }
 

@@ -93,9 +93,12 @@ impl<C> KeyEntry<C> {
 ///
 /// Hashed with foldhash, seeded at random per table, rather than the standard library's
 /// SipHash: a lookup is on every call's path, and SipHash alone cost a keyed call more than
-/// everything else the layer adds (`cargo bench --bench overhead -- keyed`). Keys may come from
-/// requests (a host header), so the seed is random, and the table is bounded by `max_keys`:
-/// colliding keys chosen by a client could slow lookups to at most a walk of that many entries.
+/// everything else the layer adds (`cargo bench --bench overhead -- keyed`). foldhash does not
+/// claim to resist a client that learns its seed (by timing requests) and then sends keys that
+/// collide. What bounds the harm is the table: at most `max_keys` keys, so a lookup walks at most
+/// that many, and adding a key costs one pass over them (the eviction hand looks nothing up).
+/// Keys that come from untrusted requests are best bounded before they reach the layer (a
+/// known host, a tenant that exists).
 type Entries<K, C> = HashMap<K, Arc<KeyEntry<C>>, foldhash::quality::RandomState>;
 
 /// The map as one version of the table saw it; never changed once published.
@@ -119,7 +122,9 @@ impl<K: Hash + Eq, C> Snapshot<K, C> {
 /// What the lock guards: the published snapshot, and the order the eviction hand walks.
 struct Keys<K, C> {
     snapshot: Arc<Snapshot<K, C>>,
-    order: Vec<K>,
+    /// Every key with its entry, so that the hand's walk looks nothing up: a pick costs one pass
+    /// over the keys, whatever their hashes.
+    order: Vec<(K, Arc<KeyEntry<C>>)>,
     hand: usize,
 }
 
@@ -275,7 +280,7 @@ where
         let entry = Arc::new(self.build_entry(key)?);
         let mut entries = keys.snapshot.entries.clone();
         if let Some(victim) = victim {
-            let evicted = keys.order.swap_remove(victim);
+            let (evicted, _) = keys.order.swap_remove(victim);
             if let Some(entry) = entries.remove(&evicted) {
                 tracing::debug!(keyed = %self.settings.name, key = %entry.label, "idle key evicted");
             }
@@ -283,7 +288,7 @@ where
             self.metrics.evicted.increment();
         }
         entries.insert(key.clone(), entry.clone());
-        keys.order.push(key.clone());
+        keys.order.push((key.clone(), entry.clone()));
         self.publish(&mut keys, entries);
         Some(entry)
     }
@@ -324,7 +329,6 @@ where
     /// key without a mark. If every idle key had a mark, the first of them is taken. Returns
     /// `None` if no key is idle. The key taken leaves the open count for good.
     fn victim(&self, keys: &mut Keys<K, C>) -> Option<usize> {
-        let snapshot = keys.snapshot.clone();
         let mut marked = None;
         for _ in 0..keys.order.len() {
             if keys.hand >= keys.order.len() {
@@ -332,9 +336,7 @@ where
             }
             let at = keys.hand;
             keys.hand += 1;
-            let Some(entry) = snapshot.get(&keys.order[at]) else {
-                continue;
-            };
+            let entry = &keys.order[at].1;
             let unmarked = !entry.touched.swap(false, Ordering::Relaxed);
             if !entry.idle() {
                 continue;
@@ -345,8 +347,7 @@ where
             marked = marked.or(Some(at));
         }
         let at = marked?;
-        let entry = snapshot.get(&keys.order[at])?;
-        self.retire(entry).then_some(at)
+        self.retire(&keys.order[at].1).then_some(at)
     }
 
     /// Takes an idle key out of the open count for good, before its eviction. A key still
