@@ -25,8 +25,9 @@ where
     let reader = {
         let stop = stop.clone();
         std::thread::spawn(move || {
+            // At least one snapshot, however late the thread starts.
             let mut snapshots = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while snapshots == 0 || !stop.load(Ordering::Relaxed) {
                 let m = handle.counts();
                 assert!(m.window_failures <= m.window_calls, "{m:?}");
                 assert!(m.window_slow_calls <= m.window_calls, "{m:?}");

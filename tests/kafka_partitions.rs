@@ -177,8 +177,10 @@ struct Outcomes {
     records: Vec<(Duration, Option<i32>)>,
 }
 
-/// When the sick broker has been seen: 1 s after the fault, before any record could time out.
-const SETTLED: Duration = Duration::from_secs(1);
+/// When the sick broker has surely been seen: it is seen 0.5 s after its first record stalls,
+/// plus up to one statistics interval (0.1 s); 2 s leaves a loaded machine slack, and is still
+/// before any record could time out (5 s). The faults bench measures how soon (about 0.6 s).
+const SETTLED: Duration = Duration::from_secs(2);
 /// Records sent after [`SETTLED`] that make a test's verdict mean something: with sticky
 /// batches of 64, a leaf that did not avoid the sick broker would send some of them there.
 const LATE_RECORDS: usize = 1000;
@@ -383,8 +385,10 @@ async fn a_broker_that_comes_back_up_is_probed_at_once() {
     let delivery = loop {
         match produce(&kafka, to_broker_2()).await {
             Ok(delivery) => break delivery,
+            // As below: the bound is the point (long before the 60 s cool-down), not the
+            // speed, and a loaded CI machine needs slack.
             Err(error) => assert!(
-                healed.elapsed() < Duration::from_secs(5),
+                healed.elapsed() < Duration::from_secs(15),
                 "still refused {:?} after the heal: {error}",
                 healed.elapsed()
             ),

@@ -51,6 +51,9 @@ use tanker::kafka::{
 };
 use tanker::ServiceBuilderExt;
 
+mod support;
+use support::sends::SendTimes;
+
 /// How often a wait checks its condition.
 const POLL: Duration = Duration::from_millis(20);
 /// How long a wait may take before the test fails.
@@ -391,7 +394,7 @@ impl Stack {
             outcomes,
             next_id: 0,
             accepted: Vec::new(),
-            sends: SendTimes::default(),
+            sends: SendTimes::new(SEND_BOUND),
         }
     }
 
@@ -400,11 +403,8 @@ impl Stack {
         let id = self.next_id;
         self.next_id += 1;
         let record = Record::new(self.topic, payload_of(id)).key(id.to_string());
-        let before = context_switches();
-        let started = WallClock::now();
-        let sent = self.handoff.send(record);
-        let took = started.elapsed();
-        self.sends.count(took, before);
+        let handoff = &self.handoff;
+        let sent = self.sends.time(|| handoff.send(record));
         if sent == Sent::Accepted {
             self.accepted.push(id);
         }
@@ -566,62 +566,6 @@ impl Stack {
             self.state()
         );
     }
-}
-
-/// How long the sends took. A send over the bound is explained by the thread's context
-/// switches around it: preempted by the scheduler (an involuntary switch: the time measures a
-/// busy machine, not the hand-off), or blocked (a voluntary switch: a lock, a wait, a sleep).
-#[derive(Debug, Default)]
-struct SendTimes {
-    /// The longest send, preempted sends left out.
-    longest: Duration,
-    /// Sends over the bound during which the thread was preempted.
-    preempted: u64,
-    /// The longest of those.
-    longest_preempted: Duration,
-    /// Sends over the bound during which the thread gave up the CPU itself.
-    blocked: u64,
-}
-
-impl SendTimes {
-    fn count(&mut self, took: Duration, before: Option<Switches>) {
-        if took >= SEND_BOUND {
-            if let (Some(before), Some(after)) = (before, context_switches()) {
-                if after.voluntary != before.voluntary {
-                    self.blocked += 1;
-                } else if after.involuntary != before.involuntary {
-                    self.preempted += 1;
-                    self.longest_preempted = self.longest_preempted.max(took);
-                    return;
-                }
-            }
-        }
-        self.longest = self.longest.max(took);
-    }
-}
-
-/// The calling thread's context switches so far, from `/proc/thread-self/status` (`None` where
-/// there is no such file).
-#[derive(Debug, Clone, Copy)]
-struct Switches {
-    voluntary: u64,
-    involuntary: u64,
-}
-
-fn context_switches() -> Option<Switches> {
-    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some(Switches {
-        voluntary: field("voluntary_ctxt_switches:")?,
-        involuntary: field("nonvoluntary_ctxt_switches:")?,
-    })
 }
 
 fn init_tracing() {

@@ -4,6 +4,7 @@ pub(crate) mod breaker;
 pub(crate) mod bulkhead;
 pub(crate) mod capture;
 pub(crate) mod handoff;
+pub(crate) mod sends;
 
 use std::error::Error as StdError;
 use std::fmt;
