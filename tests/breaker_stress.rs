@@ -3,7 +3,7 @@
 //! checks holds for every interleaving, so any run that breaks it is a bug.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use tanker::breaker::{Breaker, BreakerHandle, BreakerLayer, BreakerState};
@@ -22,12 +22,14 @@ where
 {
     let work = Arc::new(work);
     let stop = Arc::new(AtomicBool::new(false));
+    // The reader and the workers start together, however late the scheduler runs each thread.
+    let start = Arc::new(Barrier::new(THREADS + 1));
     let reader = {
-        let stop = stop.clone();
+        let (stop, start) = (stop.clone(), start.clone());
         std::thread::spawn(move || {
-            // At least one snapshot, however late the thread starts.
+            start.wait();
             let mut snapshots = 0u64;
-            while snapshots == 0 || !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 let m = handle.counts();
                 assert!(m.window_failures <= m.window_calls, "{m:?}");
                 assert!(m.window_slow_calls <= m.window_calls, "{m:?}");
@@ -38,15 +40,16 @@ where
             snapshots
         })
     };
-    let started = Instant::now();
     let threads: Vec<_> = (0..THREADS)
         .map(|thread| {
-            let (svc, work) = (svc.clone(), work.clone());
+            let (svc, work, start) = (svc.clone(), work.clone(), start.clone());
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_time()
                     .build()
                     .unwrap();
+                start.wait();
+                let started = Instant::now();
                 let mut round = 0;
                 while started.elapsed() < RUN_FOR {
                     rt.block_on(work(svc.clone(), thread, round));

@@ -26,6 +26,8 @@ const BROKERS: i32 = 3;
 const PARTITIONS: i32 = 6;
 /// How long any awaited event may take before the test fails.
 const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+/// `message.timeout.ms`: how long librdkafka keeps a record that no broker confirms.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// 3 brokers, a topic of 6 partitions, partition `p` led by broker `p % 3 + 1`.
 fn cluster() -> Cluster {
@@ -50,7 +52,7 @@ fn leader_of(partition: i32) -> i32 {
 fn config(cluster: &Cluster, name: &str) -> KafkaConfig {
     KafkaService::builder(cluster.bootstrap_servers())
         .name(name.to_owned())
-        .message_timeout(Duration::from_secs(5))
+        .message_timeout(MESSAGE_TIMEOUT)
         .linger(Duration::from_millis(1))
         .set("reconnect.backoff.ms", "20")
         .reconnect_backoff_max(Duration::from_millis(100))
@@ -178,16 +180,22 @@ struct Outcomes {
 }
 
 /// When the sick broker has surely been seen: it is seen 0.5 s after its first record stalls,
-/// plus up to one statistics interval (0.1 s); 2 s leaves a loaded machine slack, and is still
-/// before any record could time out (5 s). The faults bench measures how soon (about 0.6 s).
+/// plus up to one statistics interval (0.1 s), so 2 s leaves a loaded machine slack. (The
+/// README's faults run gives how soon it is seen: about 0.6 s.)
 const SETTLED: Duration = Duration::from_secs(2);
-/// Records sent after [`SETTLED`] that make a test's verdict mean something: with sticky
-/// batches of 64, a leaf that did not avoid the sick broker would send some of them there.
-const LATE_RECORDS: usize = 1000;
+/// Records sent after [`SETTLED`] that make a test's verdict mean something: records without a
+/// key go to the partitions in turn, a batch of 64 each, so any 6 batches in a row reach every
+/// partition, and a leaf that did not avoid the sick broker would send some of them there.
+const LATE_RECORDS: usize = 6 * 64;
 
 /// Sends a keyless record every 2 ms, starting when the fault does, until [`LATE_RECORDS`] were
 /// sent after [`SETTLED`], and collects what became of each. Ticks that a loaded machine delays
-/// are sent in a burst once it wakes, so the offered rate holds on average.
+/// are sent in a burst once it wakes (tokio's default, wanted here), so the offered rate holds
+/// on average.
+///
+/// Every record must be sent before the first of those stuck on the sick broker times out
+/// ([`MESSAGE_TIMEOUT`] after the fault at the earliest): from then on the broker no longer
+/// counts as stalled, and its breaker may rightly probe it with a record without a key.
 async fn keyless_through(kafka: &KafkaService) -> Outcomes {
     let outcomes = Arc::new(Mutex::new(Outcomes::default()));
     let start = Instant::now();
@@ -198,8 +206,8 @@ async fn keyless_through(kafka: &KafkaService) -> Outcomes {
         ticks.tick().await;
         let sent = start.elapsed();
         assert!(
-            sent < SETTLED + EVENT_DEADLINE,
-            "sent only {late} records after {SETTLED:?}"
+            sent < MESSAGE_TIMEOUT,
+            "sent only {late} records between {SETTLED:?} and the first timeout"
         );
         late += usize::from(sent >= SETTLED);
         let (kafka, outcomes) = (kafka.clone(), outcomes.clone());
@@ -227,7 +235,6 @@ fn assert_avoided(outcomes: &Outcomes, kafka: &KafkaService, sick: i32) {
         .iter()
         .filter(|(sent, _)| *sent >= SETTLED)
         .collect();
-    assert_eq!(late.len(), LATE_RECORDS);
     let failed = late.iter().filter(|(_, p)| p.is_none()).count();
     assert_eq!(failed, 0, "records sent after {SETTLED:?} failed");
     let mut per_broker = BTreeMap::new();
@@ -243,8 +250,8 @@ fn assert_avoided(outcomes: &Outcomes, kafka: &KafkaService, sick: i32) {
     }
 }
 
-/// A producer whose brokers' compartments are far larger than the records a test sends: a
-/// frozen broker's compartment never fills, so only its stall steers records away from it.
+/// A producer whose brokers' compartments are far larger than the records a test sends: a sick
+/// broker's compartment never fills, so only its stall steers records away from it.
 fn avoids_only_stalls(cluster: &Cluster, name: &str) -> KafkaService {
     let domains = BrokerDomains::new()
         .statistics_interval(Duration::from_millis(100))
@@ -397,8 +404,8 @@ async fn a_broker_that_comes_back_up_is_probed_at_once() {
     let delivery = loop {
         match produce(&kafka, to_broker_2()).await {
             Ok(delivery) => break delivery,
-            // As below: the bound is the point (long before the 60 s cool-down), not the
-            // speed, and a loaded CI machine needs slack.
+            // The bound is the point (long before the 60 s cool-down), not the speed: the
+            // faults bench measures that (1 s); a loaded CI machine needs slack.
             Err(error) => assert!(
                 healed.elapsed() < Duration::from_secs(15),
                 "still refused {:?} after the heal: {error}",
