@@ -495,8 +495,8 @@ async fn broker_down_opens_the_breaker_and_send_never_blocks() {
     // machine a few take over 1 ms because the scheduler preempted the sender in the middle
     // (measured: 0 to 7 per 21 000 sends, up to 36 ms), among them sends that ring the worker's
     // doorbell (one per `capacity / 2` sends while the queue fills: the woken worker can take
-    // the sender's core and drain the queue first). Those are left out of the quantile, but
-    // there may be few of them. 99.9 % of the others took under 1 ms, and no send came anywhere
+    // the sender's core and drain the queue first). Those are left out of the quantile, and
+    // only a few may happen. 99.9 % of the others took under 1 ms, and no send came anywhere
     // near the 700 ms message timeout that a send waiting on Kafka would take.
     let sends = &rig.sends;
     eprintln!("broker down: {sends:?}");
